@@ -1,0 +1,851 @@
+//! The in-process broker: a model of the NATS semantics aether relies on.
+//!
+//! [`BrokerState`] is the state machine (synchronous, time passed in), so that the simulation's
+//! broker host can run exactly the same logic behind a network protocol; [`MemoryBroker`] wraps
+//! it for in-process use. TTLs, max age and the duplicate window follow the clock the broker was
+//! built with.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::subject::{
+    matches, overlap, validate_kv_key, validate_name, validate_pattern, validate_subject,
+};
+use super::{
+    AppendAck, AppendOptions, Broker, BrokerError, DEFAULT_MAX_PAYLOAD, Headers, KvConfig, KvEntry,
+    KvOperation, KvWatch, Message, StoredMessage, StreamConfig, Subscription,
+};
+use crate::clock::{Clock, SystemClock};
+
+/// Capacity of each subscription's and watch's queue. Like a NATS slow consumer, a subscriber
+/// that falls this far behind loses messages rather than blocking the publisher.
+pub const SUBSCRIBER_QUEUE_MAX: usize = 65_536;
+
+/// The broker's reading of time for one operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time since the broker started (drives TTL, max age, duplicate window).
+    pub monotonic: Duration,
+    /// Wall time (recorded on stored messages).
+    pub wall: SystemTime,
+}
+
+#[derive(Debug)]
+struct StoredEntry {
+    message: StoredMessage,
+    stored_at: Duration,
+}
+
+#[derive(Debug)]
+struct StreamState {
+    config: StreamConfig,
+    last_sequence: u64,
+    messages: BTreeMap<u64, StoredEntry>,
+    /// Sequences per subject, in order.
+    subjects: BTreeMap<String, VecDeque<u64>>,
+    /// Message id → (sequence, stored at).
+    dedupe: BTreeMap<String, (u64, Duration)>,
+    dedupe_order: VecDeque<(Duration, String)>,
+}
+
+impl StreamState {
+    fn expire(&mut self, now: Duration) {
+        if let Some(max_age) = self.config.max_age {
+            while let Some((&seq, entry)) = self.messages.first_key_value() {
+                if entry.stored_at + max_age > now {
+                    break;
+                }
+                let subject = entry.message.subject.clone();
+                self.remove(seq, &subject);
+            }
+        }
+        while let Some((at, _)) = self.dedupe_order.front() {
+            if *at + self.config.duplicate_window > now {
+                break;
+            }
+            let (at, id) = self.dedupe_order.pop_front().expect("front exists");
+            if self.dedupe.get(&id).is_some_and(|(_, t)| *t == at) {
+                self.dedupe.remove(&id);
+            }
+        }
+    }
+
+    fn remove(&mut self, seq: u64, subject: &str) {
+        self.messages.remove(&seq);
+        if let Some(seqs) = self.subjects.get_mut(subject) {
+            seqs.retain(|s| *s != seq);
+            if seqs.is_empty() {
+                self.subjects.remove(subject);
+            }
+        }
+    }
+
+    fn last_of(&self, subject: &str) -> u64 {
+        self.subjects
+            .get(subject)
+            .and_then(|s| s.back().copied())
+            .unwrap_or(0)
+    }
+}
+
+#[derive(Debug)]
+struct KvValue {
+    value: Bytes,
+    revision: u64,
+    operation: KvOperation,
+    written_at: Duration,
+}
+
+#[derive(Debug)]
+struct BucketState {
+    config: KvConfig,
+    revision: u64,
+    entries: BTreeMap<String, KvValue>,
+}
+
+impl BucketState {
+    fn expire(&mut self, now: Duration) {
+        if let Some(ttl) = self.config.ttl {
+            self.entries.retain(|_, v| v.written_at + ttl > now);
+        }
+    }
+
+    fn entry(&self, key: &str) -> Option<KvEntry> {
+        self.entries.get(key).map(|v| KvEntry {
+            bucket: self.config.bucket.clone(),
+            key: key.to_owned(),
+            value: v.value.clone(),
+            revision: v.revision,
+            operation: v.operation,
+        })
+    }
+}
+
+struct Subscriber {
+    pattern: String,
+    sender: mpsc::Sender<Message>,
+}
+
+struct Watcher {
+    bucket: String,
+    pattern: String,
+    sender: mpsc::Sender<KvEntry>,
+}
+
+/// The broker state machine. Every operation takes the current [`Now`]; nothing inside reads a
+/// clock, so the simulation can drive it with virtual time.
+#[derive(Default)]
+pub struct BrokerState {
+    max_payload: usize,
+    streams: BTreeMap<String, StreamState>,
+    buckets: BTreeMap<String, BucketState>,
+    subscribers: BTreeMap<u64, Subscriber>,
+    watchers: BTreeMap<u64, Watcher>,
+    next_id: u64,
+}
+
+fn message_size(headers: &Headers, payload: &Bytes) -> usize {
+    let headers_len = if headers.is_empty() {
+        0
+    } else {
+        // "NATS/1.0\r\n" + "key: value\r\n"... + "\r\n"
+        12 + headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>()
+    };
+    headers_len + payload.len()
+}
+
+impl BrokerState {
+    /// An empty broker accepting messages up to `max_payload` bytes (headers included).
+    pub fn new(max_payload: usize) -> Self {
+        Self {
+            max_payload,
+            ..Self::default()
+        }
+    }
+
+    /// Creates a stream unless one of that name exists.
+    ///
+    /// # Errors
+    /// See [`Broker::ensure_stream`].
+    pub fn ensure_stream(&mut self, config: StreamConfig) -> Result<(), BrokerError> {
+        validate_name("stream", &config.name)?;
+        if config.subjects.is_empty() {
+            return Err(BrokerError::invalid(format!(
+                "stream {:?} needs at least one subject",
+                config.name
+            )));
+        }
+        for s in &config.subjects {
+            validate_pattern(s)?;
+        }
+        if self.streams.contains_key(&config.name) {
+            return Ok(());
+        }
+        for (name, other) in &self.streams {
+            for a in &config.subjects {
+                for b in &other.config.subjects {
+                    if overlap(a, b) {
+                        return Err(BrokerError::invalid(format!(
+                            "subjects of stream {:?} overlap with stream {name:?} ({a:?} and {b:?})",
+                            config.name
+                        )));
+                    }
+                }
+            }
+        }
+        if let Some(max_age) = config.max_age
+            && config.duplicate_window > max_age
+        {
+            return Err(BrokerError::invalid(
+                "duplicate window must not exceed the stream's max age",
+            ));
+        }
+        self.streams.insert(
+            config.name.clone(),
+            StreamState {
+                config,
+                last_sequence: 0,
+                messages: BTreeMap::new(),
+                subjects: BTreeMap::new(),
+                dedupe: BTreeMap::new(),
+                dedupe_order: VecDeque::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn stream_for_subject(&mut self, subject: &str) -> Option<&mut StreamState> {
+        self.streams
+            .values_mut()
+            .find(|s| s.config.subjects.iter().any(|p| matches(p, subject)))
+    }
+
+    /// Appends a message to the stream capturing `subject`.
+    ///
+    /// As on a single NATS server, a duplicate message id is recognised before the expected
+    /// sequence is checked: a retried append returns the original's sequence with
+    /// `duplicate: true`.
+    ///
+    /// # Errors
+    /// See [`Broker::append`].
+    pub fn append(
+        &mut self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+        options: AppendOptions,
+        now: Now,
+    ) -> Result<AppendAck, BrokerError> {
+        validate_subject(subject)?;
+        let size = message_size(&headers, &payload);
+        let server_max = self.max_payload;
+        if size > server_max {
+            return Err(BrokerError::PayloadTooLarge {
+                size,
+                max: server_max,
+            });
+        }
+        let stream = self
+            .stream_for_subject(subject)
+            .ok_or_else(|| BrokerError::not_found(format!("stream for subject {subject:?}")))?;
+        stream.expire(now.monotonic);
+        if let Some(max) = stream.config.max_message_size
+            && size > max
+        {
+            return Err(BrokerError::PayloadTooLarge { size, max });
+        }
+        if let Some(id) = &options.message_id
+            && let Some((sequence, _)) = stream.dedupe.get(id)
+        {
+            return Ok(AppendAck {
+                sequence: *sequence,
+                duplicate: true,
+            });
+        }
+        if let Some(expected) = options.expected_last_subject_sequence {
+            let actual = stream.last_of(subject);
+            if actual != expected {
+                return Err(BrokerError::WrongLastSequence { expected, actual });
+            }
+        }
+        stream.last_sequence += 1;
+        let sequence = stream.last_sequence;
+        stream.messages.insert(
+            sequence,
+            StoredEntry {
+                message: StoredMessage {
+                    subject: subject.to_owned(),
+                    sequence,
+                    headers,
+                    payload,
+                    time: now.wall,
+                },
+                stored_at: now.monotonic,
+            },
+        );
+        let seqs = stream.subjects.entry(subject.to_owned()).or_default();
+        seqs.push_back(sequence);
+        if let Some(limit) = stream.config.max_messages_per_subject
+            && seqs.len() as u64 > limit
+        {
+            let oldest = seqs.pop_front().expect("over the limit, so not empty");
+            stream.messages.remove(&oldest);
+        }
+        if let Some(id) = options.message_id {
+            stream.dedupe.insert(id.clone(), (sequence, now.monotonic));
+            stream.dedupe_order.push_back((now.monotonic, id));
+        }
+        Ok(AppendAck {
+            sequence,
+            duplicate: false,
+        })
+    }
+
+    fn stream(&mut self, name: &str, now: Now) -> Result<&mut StreamState, BrokerError> {
+        let stream = self
+            .streams
+            .get_mut(name)
+            .ok_or_else(|| BrokerError::not_found(format!("stream {name:?}")))?;
+        stream.expire(now.monotonic);
+        Ok(stream)
+    }
+
+    /// The last message on `subject`.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown stream.
+    pub fn last(
+        &mut self,
+        stream: &str,
+        subject: &str,
+        now: Now,
+    ) -> Result<Option<StoredMessage>, BrokerError> {
+        validate_subject(subject)?;
+        let stream = self.stream(stream, now)?;
+        let seq = stream.last_of(subject);
+        Ok(stream.messages.get(&seq).map(|e| e.message.clone()))
+    }
+
+    /// Messages on `subject` from `from_sequence` on.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown stream.
+    pub fn read(
+        &mut self,
+        stream: &str,
+        subject: &str,
+        from_sequence: u64,
+        now: Now,
+    ) -> Result<Vec<StoredMessage>, BrokerError> {
+        validate_subject(subject)?;
+        let stream = self.stream(stream, now)?;
+        let Some(seqs) = stream.subjects.get(subject) else {
+            return Ok(Vec::new());
+        };
+        let start = seqs.partition_point(|s| *s < from_sequence);
+        Ok(seqs
+            .iter()
+            .skip(start)
+            .filter_map(|s| stream.messages.get(s).map(|e| e.message.clone()))
+            .collect())
+    }
+
+    /// Registers a subscriber; returns its id.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad pattern.
+    pub fn subscribe(
+        &mut self,
+        pattern: &str,
+        sender: mpsc::Sender<Message>,
+    ) -> Result<u64, BrokerError> {
+        validate_pattern(pattern)?;
+        self.next_id += 1;
+        self.subscribers.insert(
+            self.next_id,
+            Subscriber {
+                pattern: pattern.to_owned(),
+                sender,
+            },
+        );
+        Ok(self.next_id)
+    }
+
+    /// Removes a subscriber.
+    pub fn unsubscribe(&mut self, id: u64) {
+        self.subscribers.remove(&id);
+    }
+
+    /// Delivers a core message to every matching subscriber; returns how many matched.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad subject, `PayloadTooLarge`.
+    pub fn publish(&mut self, message: Message) -> Result<usize, BrokerError> {
+        validate_subject(&message.subject)?;
+        let size = message_size(&message.headers, &message.payload);
+        if size > self.max_payload {
+            return Err(BrokerError::PayloadTooLarge {
+                size,
+                max: self.max_payload,
+            });
+        }
+        let mut delivered = 0;
+        self.subscribers.retain(|_, sub| {
+            if sub.sender.is_closed() {
+                return false;
+            }
+            if matches(&sub.pattern, &message.subject) {
+                delivered += 1;
+                if sub.sender.try_send(message.clone()).is_err() {
+                    tracing::warn!(pattern = %sub.pattern, "slow subscriber: message dropped");
+                }
+            }
+            true
+        });
+        Ok(delivered)
+    }
+
+    /// A fresh, unique inbox subject for a request.
+    pub fn new_inbox(&mut self) -> String {
+        self.next_id += 1;
+        format!("_INBOX.{}", self.next_id)
+    }
+
+    /// Creates a bucket unless it exists.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad name or a TTL under 100 ms.
+    pub fn kv_ensure(&mut self, config: KvConfig) -> Result<(), BrokerError> {
+        validate_name("bucket", &config.bucket)?;
+        if let Some(ttl) = config.ttl
+            && ttl < Duration::from_millis(100)
+        {
+            return Err(BrokerError::invalid("KV TTL must be at least 100 ms"));
+        }
+        self.buckets
+            .entry(config.bucket.clone())
+            .or_insert_with(|| BucketState {
+                config,
+                revision: 0,
+                entries: BTreeMap::new(),
+            });
+        Ok(())
+    }
+
+    fn bucket(&mut self, bucket: &str, now: Now) -> Result<&mut BucketState, BrokerError> {
+        let state = self
+            .buckets
+            .get_mut(bucket)
+            .ok_or_else(|| BrokerError::not_found(format!("KV bucket {bucket:?}")))?;
+        state.expire(now.monotonic);
+        Ok(state)
+    }
+
+    /// The live entry for `key`.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown bucket.
+    pub fn kv_get(
+        &mut self,
+        bucket: &str,
+        key: &str,
+        now: Now,
+    ) -> Result<Option<KvEntry>, BrokerError> {
+        validate_kv_key(key)?;
+        let b = self.bucket(bucket, now)?;
+        Ok(b.entry(key).filter(|e| e.operation == KvOperation::Put))
+    }
+
+    /// Every live entry, by key.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown bucket.
+    pub fn kv_entries(&mut self, bucket: &str, now: Now) -> Result<Vec<KvEntry>, BrokerError> {
+        let b = self.bucket(bucket, now)?;
+        Ok(b.entries
+            .keys()
+            .filter_map(|k| b.entry(k))
+            .filter(|e| e.operation == KvOperation::Put)
+            .collect())
+    }
+
+    fn kv_write(
+        &mut self,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+        operation: KvOperation,
+        condition: KvCondition,
+        now: Now,
+    ) -> Result<u64, BrokerError> {
+        validate_kv_key(key)?;
+        let max_payload = self.max_payload;
+        let b = self.bucket(bucket, now)?;
+        let max = b.config.max_value_size.unwrap_or(max_payload);
+        if value.len() > max {
+            return Err(BrokerError::PayloadTooLarge {
+                size: value.len(),
+                max,
+            });
+        }
+        let current = b.entries.get(key);
+        match condition {
+            KvCondition::None => {}
+            KvCondition::Absent => {
+                if current.is_some_and(|v| v.operation == KvOperation::Put) {
+                    return Err(BrokerError::AlreadyExists {
+                        what: format!("key {key:?} in bucket {bucket:?}"),
+                    });
+                }
+            }
+            KvCondition::Revision(expected) => {
+                if current.map(|v| v.revision).unwrap_or(0) != expected {
+                    return Err(BrokerError::WrongRevision {
+                        key: key.to_owned(),
+                        expected,
+                    });
+                }
+            }
+        }
+        b.revision += 1;
+        let revision = b.revision;
+        b.entries.insert(
+            key.to_owned(),
+            KvValue {
+                value,
+                revision,
+                operation,
+                written_at: now.monotonic,
+            },
+        );
+        let entry = b.entry(key).expect("just written");
+        self.notify_watchers(&entry);
+        Ok(revision)
+    }
+
+    fn notify_watchers(&mut self, entry: &KvEntry) {
+        self.watchers.retain(|_, w| {
+            if w.sender.is_closed() {
+                return false;
+            }
+            if w.bucket == entry.bucket
+                && matches(&w.pattern, &entry.key)
+                && w.sender.try_send(entry.clone()).is_err()
+            {
+                tracing::warn!(bucket = %w.bucket, "slow KV watcher: entry dropped");
+            }
+            true
+        });
+    }
+
+    /// Creates `key` if it has no live value.
+    ///
+    /// # Errors
+    /// See [`Broker::kv_create`].
+    pub fn kv_create(
+        &mut self,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+        now: Now,
+    ) -> Result<u64, BrokerError> {
+        self.kv_write(
+            bucket,
+            key,
+            value,
+            KvOperation::Put,
+            KvCondition::Absent,
+            now,
+        )
+    }
+
+    /// Updates `key` at `revision`.
+    ///
+    /// # Errors
+    /// See [`Broker::kv_update`].
+    pub fn kv_update(
+        &mut self,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+        now: Now,
+    ) -> Result<u64, BrokerError> {
+        self.kv_write(
+            bucket,
+            key,
+            value,
+            KvOperation::Put,
+            KvCondition::Revision(revision),
+            now,
+        )
+    }
+
+    /// Writes `key` unconditionally.
+    ///
+    /// # Errors
+    /// See [`Broker::kv_put`].
+    pub fn kv_put(
+        &mut self,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+        now: Now,
+    ) -> Result<u64, BrokerError> {
+        self.kv_write(bucket, key, value, KvOperation::Put, KvCondition::None, now)
+    }
+
+    /// Deletes `key`.
+    ///
+    /// # Errors
+    /// See [`Broker::kv_delete`].
+    pub fn kv_delete(&mut self, bucket: &str, key: &str, now: Now) -> Result<(), BrokerError> {
+        self.kv_write(
+            bucket,
+            key,
+            Bytes::new(),
+            KvOperation::Delete,
+            KvCondition::None,
+            now,
+        )
+        .map(|_| ())
+    }
+
+    /// Registers a watcher and queues the current matching entries to it; returns its id.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown bucket, `InvalidArgument` for a bad pattern.
+    pub fn kv_watch(
+        &mut self,
+        bucket: &str,
+        pattern: &str,
+        sender: mpsc::Sender<KvEntry>,
+        now: Now,
+    ) -> Result<u64, BrokerError> {
+        validate_pattern(pattern)?;
+        let b = self.bucket(bucket, now)?;
+        let mut current: Vec<KvEntry> = b
+            .entries
+            .keys()
+            .filter(|k| matches(pattern, k))
+            .filter_map(|k| b.entry(k))
+            .collect();
+        current.sort_by_key(|e| e.revision);
+        for entry in current {
+            if sender.try_send(entry).is_err() {
+                tracing::warn!(
+                    bucket,
+                    "KV watcher queue full while sending current entries"
+                );
+            }
+        }
+        self.next_id += 1;
+        self.watchers.insert(
+            self.next_id,
+            Watcher {
+                bucket: bucket.to_owned(),
+                pattern: pattern.to_owned(),
+                sender,
+            },
+        );
+        Ok(self.next_id)
+    }
+}
+
+enum KvCondition {
+    None,
+    Absent,
+    Revision(u64),
+}
+
+type TimeSource = Arc<dyn Fn() -> Now + Send + Sync>;
+
+/// The in-process broker: [`BrokerState`] behind a mutex, on a clock.
+///
+/// Cheap to clone; clones share state. Dropped subscriptions and watches are removed lazily.
+#[derive(Clone)]
+pub struct MemoryBroker {
+    state: Arc<Mutex<BrokerState>>,
+    now: TimeSource,
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryBroker")
+    }
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBroker {
+    /// A broker on the system clock with the NATS default max payload (1 MiB).
+    pub fn new() -> Self {
+        Self::with_clock(SystemClock::new())
+    }
+
+    /// A broker whose TTLs, max age and duplicate window follow `clock`.
+    pub fn with_clock(clock: impl Clock) -> Self {
+        Self::with_clock_and_max_payload(clock, DEFAULT_MAX_PAYLOAD)
+    }
+
+    /// A broker on `clock` accepting messages up to `max_payload` bytes.
+    pub fn with_clock_and_max_payload(clock: impl Clock, max_payload: usize) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(BrokerState::new(max_payload))),
+            now: Arc::new(move || Now {
+                monotonic: clock.monotonic(),
+                wall: clock.wall(),
+            }),
+        }
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut BrokerState, Now) -> T) -> T {
+        let now = (self.now)();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut state, now)
+    }
+}
+
+impl Broker for MemoryBroker {
+    async fn ensure_stream(&self, config: StreamConfig) -> Result<(), BrokerError> {
+        self.with_state(|s, _| s.ensure_stream(config))
+    }
+
+    async fn append(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+        options: AppendOptions,
+    ) -> Result<AppendAck, BrokerError> {
+        self.with_state(|s, now| s.append(subject, headers, payload, options, now))
+    }
+
+    async fn last(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<StoredMessage>, BrokerError> {
+        self.with_state(|s, now| s.last(stream, subject, now))
+    }
+
+    async fn read(
+        &self,
+        stream: &str,
+        subject: &str,
+        from_sequence: u64,
+    ) -> Result<Vec<StoredMessage>, BrokerError> {
+        self.with_state(|s, now| s.read(stream, subject, from_sequence, now))
+    }
+
+    async fn publish(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+    ) -> Result<(), BrokerError> {
+        self.with_state(|s, _| {
+            s.publish(Message {
+                subject: subject.to_owned(),
+                headers,
+                payload,
+                reply: None,
+            })
+        })
+        .map(|_| ())
+    }
+
+    async fn subscribe(&self, pattern: &str) -> Result<Subscription, BrokerError> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE_MAX);
+        self.with_state(|s, _| s.subscribe(pattern, tx))?;
+        Ok(Subscription::new(ReceiverStream::new(rx)))
+    }
+
+    async fn request(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Message, BrokerError> {
+        validate_subject(subject)?;
+        let (tx, mut rx) = mpsc::channel(1);
+        let (sub_id, matched) = self.with_state(|s, _| {
+            let inbox = s.new_inbox();
+            let sub_id = s.subscribe(&inbox, tx)?;
+            let matched = s.publish(Message {
+                subject: subject.to_owned(),
+                headers,
+                payload,
+                reply: Some(inbox),
+            });
+            Ok::<_, BrokerError>((sub_id, matched))
+        })?;
+        let result = match matched {
+            Ok(0) => Err(BrokerError::NoResponders {
+                subject: subject.to_owned(),
+            }),
+            Err(e) => Err(e),
+            Ok(_) => match tokio::time::timeout(timeout, rx.recv()).await {
+                Ok(Some(reply)) => Ok(reply),
+                Ok(None) | Err(_) => Err(BrokerError::Timeout {
+                    operation: format!("a reply to {subject:?}"),
+                }),
+            },
+        };
+        self.with_state(|s, _| s.unsubscribe(sub_id));
+        result
+    }
+
+    async fn kv_ensure(&self, config: KvConfig) -> Result<(), BrokerError> {
+        self.with_state(|s, _| s.kv_ensure(config))
+    }
+
+    async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, BrokerError> {
+        self.with_state(|s, now| s.kv_get(bucket, key, now))
+    }
+
+    async fn kv_create(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, BrokerError> {
+        self.with_state(|s, now| s.kv_create(bucket, key, value, now))
+    }
+
+    async fn kv_update(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> Result<u64, BrokerError> {
+        self.with_state(|s, now| s.kv_update(bucket, key, value, revision, now))
+    }
+
+    async fn kv_put(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, BrokerError> {
+        self.with_state(|s, now| s.kv_put(bucket, key, value, now))
+    }
+
+    async fn kv_delete(&self, bucket: &str, key: &str) -> Result<(), BrokerError> {
+        self.with_state(|s, now| s.kv_delete(bucket, key, now))
+    }
+
+    async fn kv_entries(&self, bucket: &str) -> Result<Vec<KvEntry>, BrokerError> {
+        self.with_state(|s, now| s.kv_entries(bucket, now))
+    }
+
+    async fn kv_watch(&self, bucket: &str, key_pattern: &str) -> Result<KvWatch, BrokerError> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE_MAX);
+        self.with_state(|s, now| s.kv_watch(bucket, key_pattern, tx, now))?;
+        Ok(KvWatch::new(ReceiverStream::new(rx)))
+    }
+}
