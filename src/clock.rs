@@ -143,6 +143,8 @@ pub struct Runtime<B, C = SystemClock> {
     broker: B,
     clock: C,
     rng: SharedRng,
+    #[cfg(feature = "sim")]
+    planted_bugs: crate::planted::PlantedBugs,
 }
 
 impl<B: crate::broker::Broker> Runtime<B, SystemClock> {
@@ -155,7 +157,26 @@ impl<B: crate::broker::Broker> Runtime<B, SystemClock> {
 impl<B: crate::broker::Broker, C: Clock> Runtime<B, C> {
     /// A bundle from its three parts.
     pub fn new(broker: B, clock: C, rng: SharedRng) -> Self {
-        Self { broker, clock, rng }
+        Self {
+            broker,
+            clock,
+            rng,
+            #[cfg(feature = "sim")]
+            planted_bugs: crate::planted::PlantedBugs::default(),
+        }
+    }
+
+    /// Switches planted bugs on (simulation only; see [`crate::planted`]).
+    #[cfg(feature = "sim")]
+    pub fn with_planted_bugs(mut self, bugs: crate::planted::PlantedBugs) -> Self {
+        self.planted_bugs = bugs;
+        self
+    }
+
+    /// The planted bugs switched on for this runtime.
+    #[cfg(feature = "sim")]
+    pub fn planted_bugs(&self) -> &crate::planted::PlantedBugs {
+        &self.planted_bugs
     }
 
     /// The broker.

@@ -40,6 +40,7 @@ pub mod bus;
 pub mod clock;
 pub mod codec;
 pub mod event;
+pub mod planted;
 pub mod store;
 
 pub use broker::{Broker, BrokerError, MemoryBroker};

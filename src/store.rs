@@ -653,10 +653,13 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         if size > max {
             return Err(SendError::Append(AppendError::TooLarge { size, max }));
         }
-        let options = AppendOptions {
+        let mut options = AppendOptions {
             expected_last_subject_sequence: Some(tip.sequence),
             message_id: Some(commit.commit_id.clone()),
         };
+        if crate::planted!(self.inner.rt, append_without_expected_sequence) {
+            options.expected_last_subject_sequence = None;
+        }
         let config = &self.inner.config;
         let mut ambiguous: Option<BrokerError> = None;
         let mut delay = config.retry_delay;
@@ -677,6 +680,11 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 Err(e) if e.is_ambiguous() => {
                     tracing::debug!(commit = %commit.commit_id, error = %e, "append outcome unknown; retrying");
                     ambiguous = Some(e);
+                    if crate::planted!(self.inner.rt, retry_with_fresh_commit_id) {
+                        let fresh = self.inner.rt.rng().uuid().to_string();
+                        options.message_id = Some(fresh.clone());
+                        headers.insert(HEADER_COMMIT_ID.into(), fresh);
+                    }
                     let jitter = self
                         .inner
                         .rt
@@ -794,7 +802,10 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             .broker()
             .read(&self.inner.events_stream, subject, 1)
             .await?;
-        let result = check_replay(actor, &records, from_version);
+        let mut result = check_replay(actor, &records, from_version);
+        if crate::planted!(self.inner.rt, skip_damaged_records) {
+            result.replay.errors.clear();
+        }
         if let Some(last) = records.last() {
             let version = result.last_version;
             self.set_hint(
