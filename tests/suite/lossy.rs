@@ -1,0 +1,152 @@
+//! A broker wrapper that loses append replies: the append reaches the inner broker and is
+//! committed, then the caller is told it timed out — the ambiguous write of DESIGN §2.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use aether::broker::{
+    AppendAck, AppendOptions, Broker, BrokerError, Headers, KvConfig, KvEntry, KvWatch, Message,
+    StoredMessage, StreamConfig, Subscription,
+};
+use bytes::Bytes;
+
+/// How the wrapper answers the retry that follows a lost reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryAnswer {
+    /// Pass the retry through unchanged (a single NATS server answers `duplicate: true`).
+    Dedupe,
+    /// Strip the message id from the retry, so the broker checks the expected sequence first
+    /// and answers wrong-last-sequence (what clustered servers may do).
+    SequenceFirst,
+}
+
+/// Wraps a broker; the first `lose` appends are committed but answered with a timeout.
+#[derive(Clone)]
+pub struct LossyBroker<B> {
+    inner: B,
+    lose: Arc<AtomicU32>,
+    answer: RetryAnswer,
+    /// Appends that reached the inner broker.
+    pub appends: Arc<AtomicU32>,
+}
+
+impl<B: Broker> LossyBroker<B> {
+    /// Loses the replies of the next `lose` appends.
+    pub fn new(inner: B, lose: u32, answer: RetryAnswer) -> Self {
+        Self {
+            inner,
+            lose: Arc::new(AtomicU32::new(lose)),
+            answer,
+            appends: Arc::new(AtomicU32::new(0)),
+        }
+    }
+}
+
+impl<B: Broker> Broker for LossyBroker<B> {
+    async fn ensure_stream(&self, config: StreamConfig) -> Result<(), BrokerError> {
+        self.inner.ensure_stream(config).await
+    }
+
+    async fn append(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+        mut options: AppendOptions,
+    ) -> Result<AppendAck, BrokerError> {
+        let previous = self.appends.fetch_add(1, Ordering::SeqCst);
+        if previous > 0 && self.answer == RetryAnswer::SequenceFirst {
+            options.message_id = None;
+        }
+        let result = self.inner.append(subject, headers, payload, options).await;
+        let lose = self
+            .lose
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lose && result.is_ok() {
+            return Err(BrokerError::Timeout {
+                operation: "append acknowledgement (reply lost on purpose)".into(),
+            });
+        }
+        result
+    }
+
+    async fn last(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<StoredMessage>, BrokerError> {
+        self.inner.last(stream, subject).await
+    }
+
+    async fn read(
+        &self,
+        stream: &str,
+        subject: &str,
+        from_sequence: u64,
+    ) -> Result<Vec<StoredMessage>, BrokerError> {
+        self.inner.read(stream, subject, from_sequence).await
+    }
+
+    async fn publish(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+    ) -> Result<(), BrokerError> {
+        self.inner.publish(subject, headers, payload).await
+    }
+
+    async fn subscribe(&self, pattern: &str) -> Result<Subscription, BrokerError> {
+        self.inner.subscribe(pattern).await
+    }
+
+    async fn request(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Message, BrokerError> {
+        self.inner.request(subject, headers, payload, timeout).await
+    }
+
+    async fn kv_ensure(&self, config: KvConfig) -> Result<(), BrokerError> {
+        self.inner.kv_ensure(config).await
+    }
+
+    async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, BrokerError> {
+        self.inner.kv_get(bucket, key).await
+    }
+
+    async fn kv_create(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, BrokerError> {
+        self.inner.kv_create(bucket, key, value).await
+    }
+
+    async fn kv_update(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> Result<u64, BrokerError> {
+        self.inner.kv_update(bucket, key, value, revision).await
+    }
+
+    async fn kv_put(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, BrokerError> {
+        self.inner.kv_put(bucket, key, value).await
+    }
+
+    async fn kv_delete(&self, bucket: &str, key: &str) -> Result<(), BrokerError> {
+        self.inner.kv_delete(bucket, key).await
+    }
+
+    async fn kv_entries(&self, bucket: &str) -> Result<Vec<KvEntry>, BrokerError> {
+        self.inner.kv_entries(bucket).await
+    }
+
+    async fn kv_watch(&self, bucket: &str, key_pattern: &str) -> Result<KvWatch, BrokerError> {
+        self.inner.kv_watch(bucket, key_pattern).await
+    }
+}

@@ -1,0 +1,530 @@
+//! Store and snapshot behaviour, generic over the broker.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use aether::broker::{AppendOptions, Broker, Headers};
+use aether::codec::encode_actor_id;
+use aether::store::{EVENT_STORED, OpenError, ReplayErrorCause};
+use aether::{
+    AppendError, BusConfig, EventBus, EventStore, EventStored, ExpectedVersion, Filter, NewEvent,
+    ReadError, Runtime, Snapshot, SnapshotError, StoreConfig,
+};
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::Barrier;
+
+use super::lossy::{LossyBroker, RetryAnswer};
+
+pub async fn open<B: Broker>(broker: B, ns: &str) -> EventStore<B> {
+    EventStore::open(Runtime::system(broker), StoreConfig::new(ns))
+        .await
+        .expect("store opens")
+}
+
+fn ev(kind: &str, n: i64) -> NewEvent {
+    NewEvent::new(kind, json!({ "n": n }))
+}
+
+pub async fn append_assigns_contiguous_versions<B: Broker>(broker: B, ns: String) {
+    let store = open(broker, &ns).await;
+    let first = store
+        .append(
+            "a1",
+            ExpectedVersion::NoStream,
+            vec![ev("A", 1), ev("B", 2)],
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.first_version(), first.last_version()), (1, 2));
+    let second = store
+        .append("a1", ExpectedVersion::Exact(2), vec![ev("C", 3)])
+        .await
+        .unwrap();
+    assert_eq!((second.first_version(), second.last_version()), (3, 3));
+    let third = store
+        .append("a1", ExpectedVersion::Any, vec![ev("D", 4), ev("E", 5)])
+        .await
+        .unwrap();
+    assert_eq!(third.last_version(), 5);
+    let events = store.events("a1", 1).await.unwrap();
+    let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, vec!["A", "B", "C", "D", "E"]);
+    assert!(events.iter().all(|e| e.actor_id == "a1"));
+    assert_eq!(store.latest_version("a1").await.unwrap(), 5);
+    assert_eq!(store.events("a1", 4).await.unwrap().len(), 2);
+    assert_eq!(store.events("a1", 6).await.unwrap().len(), 0);
+}
+
+pub async fn append_with_stale_version_returns_conflict<B: Broker>(broker: B, ns: String) {
+    let store = open(broker, &ns).await;
+    store
+        .append(
+            "a1",
+            ExpectedVersion::NoStream,
+            vec![ev("A", 1), ev("A", 2)],
+        )
+        .await
+        .unwrap();
+    let err = store
+        .append("a1", ExpectedVersion::Exact(1), vec![ev("A", 3)])
+        .await
+        .unwrap_err();
+    match err {
+        AppendError::Conflict(c) => {
+            assert_eq!(c.actor, "a1");
+            assert_eq!(c.expected, ExpectedVersion::Exact(1));
+            assert_eq!(c.actual, 2);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let err = store
+        .append("a1", ExpectedVersion::NoStream, vec![ev("A", 3)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Conflict(ref c) if c.actual == 2),
+        "{err:?}"
+    );
+    let err = store
+        .append("new", ExpectedVersion::Exact(3), vec![ev("A", 3)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Conflict(ref c) if c.actual == 0),
+        "{err:?}"
+    );
+    assert_eq!(store.latest_version("a1").await.unwrap(), 2);
+}
+
+pub async fn failed_multi_event_append_stores_nothing<B: Broker>(broker: B, ns: String) {
+    let store = open(broker, &ns).await;
+    store
+        .append("a1", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap();
+    let events: Vec<NewEvent> = (0..10).map(|i| ev("Batch", i)).collect();
+    assert!(
+        store
+            .append("a1", ExpectedVersion::Exact(0), events)
+            .await
+            .is_err()
+    );
+    assert_eq!(store.events("a1", 1).await.unwrap().len(), 1);
+}
+
+pub async fn stale_hint_in_another_process_costs_a_retry_not_correctness<B: Broker>(
+    broker: B,
+    ns: String,
+) {
+    // Two stores = two processes with their own hint caches.
+    let a = open(broker.clone(), &ns).await;
+    let b = open(broker, &ns).await;
+    a.append("x", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap();
+    assert_eq!(b.latest_version("x").await.unwrap(), 1); // b caches version 1
+    a.append("x", ExpectedVersion::Exact(1), vec![ev("A", 2)])
+        .await
+        .unwrap();
+    // b's hint says 1; the broker knows 2.
+    let err = b
+        .append("x", ExpectedVersion::Exact(1), vec![ev("B", 2)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Conflict(ref c) if c.actual == 2),
+        "{err:?}"
+    );
+    // Any keeps versions contiguous across writers.
+    for i in 0..5 {
+        a.append("x", ExpectedVersion::Any, vec![ev("A", i)])
+            .await
+            .unwrap();
+        b.append("x", ExpectedVersion::Any, vec![ev("B", i)])
+            .await
+            .unwrap();
+    }
+    let versions: Vec<u64> = a
+        .events("x", 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, (1..=12).collect::<Vec<_>>());
+    // b's hint is 2 versions behind after a's last write; Exact(12) still succeeds.
+    b.append("x", ExpectedVersion::Exact(12), vec![ev("B", 13)])
+        .await
+        .unwrap();
+}
+
+pub async fn fifty_concurrent_appends_at_one_version_yield_one_success<B: Broker>(
+    broker: B,
+    ns: String,
+) {
+    let store = open(broker.clone(), &ns).await;
+    store
+        .append("hot", ExpectedVersion::NoStream, vec![ev("Init", 0)])
+        .await
+        .unwrap();
+    let barrier = Arc::new(Barrier::new(50));
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        // Half share the store (and its hint cache), half are separate "processes".
+        let store = if i % 2 == 0 {
+            store.clone()
+        } else {
+            open(broker.clone(), &ns).await
+        };
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store
+                .append("hot", ExpectedVersion::Exact(1), vec![ev("Race", i)])
+                .await
+        }));
+    }
+    let mut wins = 0;
+    let mut conflicts = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(outcome) => {
+                assert_eq!(outcome.last_version(), 2);
+                wins += 1;
+            }
+            Err(AppendError::Conflict(c)) => {
+                assert_eq!(c.expected, ExpectedVersion::Exact(1));
+                assert_eq!(c.actual, 2, "every loser learns the winner's version");
+                conflicts += 1;
+            }
+            Err(other) => panic!("unexpected error {other:?}"),
+        }
+    }
+    assert_eq!((wins, conflicts), (1, 49));
+    assert_eq!(store.events("hot", 1).await.unwrap().len(), 2);
+}
+
+pub async fn bad_input_gets_typed_errors_and_stores_nothing<B: Broker>(broker: B, ns: String) {
+    let err = EventStore::open(Runtime::system(broker.clone()), StoreConfig::new("a.b"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, OpenError::InvalidName(ref n) if n.kind == "namespace"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("only A-Z"), "{err}");
+
+    let store = open(broker, &ns).await;
+    assert!(matches!(
+        store.append("a", ExpectedVersion::Any, vec![]).await,
+        Err(AppendError::Empty)
+    ));
+    assert!(matches!(
+        store
+            .append("", ExpectedVersion::Any, vec![ev("A", 1)])
+            .await,
+        Err(AppendError::InvalidName(_))
+    ));
+    assert!(matches!(
+        store
+            .append("a", ExpectedVersion::Any, vec![NewEvent::new("", json!(1))])
+            .await,
+        Err(AppendError::InvalidEvent(_))
+    ));
+    let huge = NewEvent::new("Huge", json!("x".repeat(1024 * 1024)));
+    let err = store
+        .append("a", ExpectedVersion::Any, vec![huge])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::TooLarge { max, .. } if max == 1024 * 1024),
+        "{err:?}"
+    );
+    assert_eq!(store.latest_version("a").await.unwrap(), 0);
+    assert!(store.events("a", 1).await.unwrap().is_empty());
+}
+
+pub async fn save_event_requires_the_next_version<B: Broker>(broker: B, ns: String) {
+    let store = open(broker, &ns).await;
+    let first = store
+        .append(
+            "a",
+            ExpectedVersion::NoStream,
+            vec![ev("A", 1).with_id("id-1")],
+        )
+        .await
+        .unwrap();
+    let mut event = first.events[0].clone();
+    event.id = "id-2".into();
+    event.version = 2;
+    let saved = store.save_event(event.clone()).await.unwrap();
+    assert_eq!(saved.events[0].id, "id-2");
+    assert_eq!(saved.events[0].timestamp, event.timestamp);
+    event.version = 5; // a gap
+    assert!(matches!(
+        store.save_event(event.clone()).await,
+        Err(AppendError::Conflict(ref c)) if c.actual == 2
+    ));
+    event.version = 0;
+    assert!(matches!(
+        store.save_event(event).await,
+        Err(AppendError::InvalidEvent(_))
+    ));
+    let ids: Vec<String> = store
+        .events("a", 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, vec!["id-1", "id-2"]);
+}
+
+pub async fn metadata_round_trips<B: Broker>(broker: B, ns: String) {
+    let store = open(broker, &ns).await;
+    let mut e = ev("A", 1).with_metadata("tenant", "t1");
+    e.metadata.set_correlation_id("corr");
+    e.metadata.set_trace_id("trace");
+    let stored = store
+        .append("a", ExpectedVersion::NoStream, vec![e])
+        .await
+        .unwrap();
+    let caused = NewEvent::new("B", json!({})).caused_by(&stored.events[0]);
+    store
+        .append("a", ExpectedVersion::Exact(1), vec![caused])
+        .await
+        .unwrap();
+    let events = store.events("a", 1).await.unwrap();
+    assert_eq!(events[0].metadata.get("tenant"), Some("t1"));
+    assert_eq!(events[0].metadata.trace_id(), Some("trace"));
+    assert_eq!(events[1].metadata.correlation_id(), Some("corr"));
+    assert_eq!(
+        events[1].metadata.causation_id(),
+        Some(events[0].id.as_str())
+    );
+    assert_eq!(events[1].metadata.trace_id(), Some("trace"));
+}
+
+async fn plant_raw_record<B: Broker>(
+    broker: &B,
+    ns: &str,
+    actor: &str,
+    payload: &'static [u8],
+) -> u64 {
+    let subject = format!("aether.ev.{ns}.{}", encode_actor_id(actor).unwrap());
+    broker
+        .append(
+            &subject,
+            Headers::new(),
+            Bytes::from_static(payload),
+            AppendOptions::default(),
+        )
+        .await
+        .expect("raw append")
+        .sequence
+}
+
+pub async fn damaged_record_is_reported_not_skipped<B: Broker>(broker: B, ns: String) {
+    let store = open(broker.clone(), &ns).await;
+    store
+        .append("a", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap();
+    let sequence = plant_raw_record(&broker, &ns, "a", b"not a commit").await;
+    let replay = store.events_with_errors("a", 1).await.unwrap();
+    assert_eq!(replay.events.len(), 1);
+    assert_eq!(replay.errors.len(), 1);
+    assert_eq!(replay.errors[0].sequence, sequence);
+    assert_eq!(&replay.errors[0].raw[..], b"not a commit");
+    assert!(matches!(
+        replay.errors[0].cause,
+        ReplayErrorCause::Decode(_)
+    ));
+    match store.events("a", 1).await {
+        Err(ReadError::Damaged(e)) => assert_eq!(e.sequence, sequence),
+        other => panic!("plain events must fail on damage, got {other:?}"),
+    }
+    // The damaged tail does not lose the version: the next append continues at 2.
+    assert_eq!(store.latest_version("a").await.unwrap(), 1);
+    let next = open(broker, &ns)
+        .await
+        .append("a", ExpectedVersion::Exact(1), vec![ev("A", 2)])
+        .await
+        .unwrap();
+    assert_eq!(next.last_version(), 2);
+    let replay = store.events_with_errors("a", 1).await.unwrap();
+    assert_eq!(
+        replay.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(replay.errors.len(), 1);
+}
+
+pub async fn namespaces_and_odd_actor_ids_stay_isolated<B: Broker>(broker: B, ns: String) {
+    let a = open(broker.clone(), &format!("{}-a", &ns[..ns.len().min(60)])).await;
+    let b = open(broker, &format!("{}-b", &ns[..ns.len().min(60)])).await;
+    let ids = ["x.y", "x_y", "x*", "x>", "x y", "x", "ünï", "x_2Ey", "x.>"];
+    for (i, id) in ids.iter().enumerate() {
+        a.append(id, ExpectedVersion::NoStream, vec![ev("A", i as i64)])
+            .await
+            .unwrap();
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let events = a.events(id, 1).await.unwrap();
+        assert_eq!(events.len(), 1, "actor {id:?} sees only its own event");
+        assert_eq!(events[0].data, json!({ "n": i as i64 }));
+        assert_eq!(events[0].actor_id, *id);
+        assert!(
+            b.events(id, 1).await.unwrap().is_empty(),
+            "namespace b sees nothing"
+        );
+    }
+    let snap = Snapshot {
+        actor_id: "x.y".into(),
+        version: 1,
+        state: json!("a"),
+        timestamp: std::time::SystemTime::UNIX_EPOCH,
+    };
+    a.save_snapshot(&snap).await.unwrap();
+    assert!(b.latest_snapshot("x.y").await.unwrap().is_none());
+    assert!(a.latest_snapshot("x_y").await.unwrap().is_none());
+}
+
+pub async fn snapshots_are_saved_and_guarded<B: Broker>(broker: B, ns: String) {
+    let store = open(broker, &ns).await;
+    assert!(store.latest_snapshot("a").await.unwrap().is_none());
+    store
+        .append(
+            "a",
+            ExpectedVersion::NoStream,
+            vec![ev("A", 1), ev("A", 2), ev("A", 3)],
+        )
+        .await
+        .unwrap();
+    let snap = |version, state| Snapshot {
+        actor_id: "a".into(),
+        version,
+        state,
+        timestamp: std::time::SystemTime::UNIX_EPOCH,
+    };
+    store
+        .save_snapshot(&snap(2, json!({"sum": 3})))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.latest_snapshot("a").await.unwrap(),
+        Some(snap(2, json!({"sum": 3})))
+    );
+    assert!(matches!(
+        store.save_snapshot(&snap(4, json!({}))).await,
+        Err(SnapshotError::AheadOfStream {
+            version: 4,
+            latest: 3,
+            ..
+        })
+    ));
+    store
+        .save_snapshot(&snap(3, json!({"sum": 6})))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.save_snapshot(&snap(1, json!({}))).await,
+        Err(SnapshotError::Stale {
+            existing: 3,
+            offered: 1
+        })
+    ));
+    let latest = store.latest_snapshot("a").await.unwrap().unwrap();
+    assert_eq!(latest.version, 3);
+    // Replay after the snapshot.
+    assert!(
+        store
+            .events("a", latest.version + 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn event_stored_is_published_after_append_never_after_conflict<B: Broker>(
+    broker: B,
+    ns: String,
+) {
+    let bus = EventBus::new(broker.clone(), BusConfig::new("node-1"));
+    let mut sub = bus
+        .subscribe(&ns, Filter::all().event_types([EVENT_STORED]))
+        .unwrap();
+    let store = open(broker, &ns).await.with_bus(bus.clone());
+    let outcome = store
+        .append("a", ExpectedVersion::NoStream, vec![ev("A", 1), ev("B", 2)])
+        .await
+        .unwrap();
+    for stored in &outcome.events {
+        let note = sub.recv().await.unwrap();
+        let parsed = EventStored::from_event(&note).expect("an EventStored notification");
+        assert_eq!(parsed.event_id, stored.id);
+        assert_eq!(parsed.actor_id, "a");
+        assert_eq!(parsed.version, stored.version);
+        assert_eq!(parsed.event_type, stored.event_type);
+    }
+    assert!(
+        store
+            .append("a", ExpectedVersion::NoStream, vec![ev("C", 3)])
+            .await
+            .is_err()
+    );
+    assert!(sub.try_recv().is_none(), "no notification after a conflict");
+}
+
+pub async fn lost_reply_is_retried_into_exactly_one_commit<B: Broker>(broker: B, ns: String) {
+    for answer in [RetryAnswer::Dedupe, RetryAnswer::SequenceFirst] {
+        let lossy = LossyBroker::new(broker.clone(), 1, answer);
+        let store = open(lossy.clone(), &ns).await;
+        let actor = format!("{answer:?}");
+        let outcome = store
+            .append(
+                &actor,
+                ExpectedVersion::NoStream,
+                vec![ev("A", 1), ev("A", 2)],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{answer:?}: {e}"));
+        assert_eq!(outcome.last_version(), 2);
+        assert!(lossy.appends.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+        let events = store.events(&actor, 1).await.unwrap();
+        assert_eq!(events.len(), 2, "{answer:?}: exactly one commit stored");
+        let commits: BTreeSet<_> = store
+            .events_with_errors(&actor, 1)
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.id.clone())
+            .collect();
+        assert_eq!(commits.len(), 2);
+    }
+}
+
+pub async fn lost_reply_then_foreign_write_reports_conflict<B: Broker>(broker: B, ns: String) {
+    // The first attempt is lost *before* reaching the broker is indistinguishable from a lost
+    // reply; here the broker really stored a competitor's commit in between.
+    let store = open(broker.clone(), &ns).await;
+    let other = open(broker.clone(), &ns).await;
+    store
+        .append("a", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap();
+    other
+        .append("a", ExpectedVersion::Exact(1), vec![ev("B", 2)])
+        .await
+        .unwrap();
+    // store's hint says version 1: the conditional append fails and a conflict is reported.
+    let err = store
+        .append("a", ExpectedVersion::Exact(1), vec![ev("A", 2)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AppendError::Conflict(ref c) if c.actual == 2));
+}
