@@ -324,22 +324,59 @@ pub fn decode_commit(bytes: &[u8]) -> Result<Commit, DecodeError> {
     })
 }
 
-/// The fuzzing entry point, shared by the cargo-fuzz target and the corpus test: decoding any
-/// bytes must not panic, and whatever decodes must re-encode and decode to the same commit.
+/// The fuzzing entry point, shared by the cargo-fuzz target and the corpus test.
+///
+/// - Decoding the raw bytes must not panic, and whatever decodes must re-encode and decode to
+///   the same commit.
+/// - The bytes are also read as a *structured* commit (actor id, event type, data and metadata
+///   taken from slices of the input), which must round-trip through encode and decode.
+/// - Read as a subject token, the bytes must either be refused or decode to an actor id that
+///   encodes back to the same token.
 #[doc(hidden)]
 pub fn fuzz_replay_decode(bytes: &[u8]) {
     if let Ok(commit) = decode_commit(bytes) {
         let again = decode_commit(&encode_commit(&commit)).expect("re-encoded commit decodes");
-        assert_eq!(
-            again, commit,
-            "decode ∘ encode is the identity on valid commits"
-        );
+        assert_eq!(again, commit, "decode after encode is the identity on valid commits");
+    }
+    if let Some(commit) = structured_commit(bytes) {
+        let decoded = decode_commit(&encode_commit(&commit)).expect("structured commit decodes");
+        assert_eq!(decoded, commit, "structured commit round-trips");
     }
     if let Ok(text) = std::str::from_utf8(bytes)
         && let Ok(id) = decode_actor_id(text)
     {
         assert_eq!(encode_actor_id(&id).ok().as_deref(), Some(text));
     }
+}
+
+/// Builds a commit from fuzz input: byte 0 = event count (1..=4), bytes 1..9 = first version,
+/// the rest split in four for actor id, event type, a data string and a metadata value.
+fn structured_commit(bytes: &[u8]) -> Option<Commit> {
+    let count = u64::from(*bytes.first()? % 4) + 1;
+    let first = u64::from_le_bytes(bytes.get(1..9)?.try_into().ok()?) % (u64::MAX / 2) + 1;
+    let rest = &bytes[9..];
+    let quarter = rest.len() / 4;
+    let text = |i: usize| String::from_utf8_lossy(&rest[i * quarter..(i + 1) * quarter]).into_owned();
+    let actor = text(0);
+    if actor.is_empty() {
+        return None;
+    }
+    let events = (0..count)
+        .map(|i| Event {
+            id: format!("e{i}"),
+            event_type: text(1),
+            actor_id: actor.clone(),
+            version: first + i,
+            data: serde_json::json!({ "s": text(2), "i": i }),
+            timestamp: crate::clock::from_unix_nanos(first),
+            metadata: [("k".to_owned(), text(3))].into_iter().collect(),
+        })
+        .collect();
+    Some(Commit {
+        commit_id: format!("commit-{first}"),
+        actor_id: actor,
+        events,
+    })
 }
 
 #[cfg(test)]
