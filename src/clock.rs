@@ -193,6 +193,11 @@ impl<B: crate::broker::Broker, C: Clock> Runtime<B, C> {
     pub fn rng(&self) -> &SharedRng {
         &self.rng
     }
+
+    /// The clock's wall time (shorthand for `clock().wall()`).
+    pub fn clock_wall(&self) -> SystemTime {
+        self.clock.wall()
+    }
 }
 
 /// Converts a wall time to nanoseconds since the Unix epoch (0 for times before it).

@@ -52,3 +52,8 @@ pub use store::{
     AppendError, AppendOutcome, ConflictError, EventStore, EventStored, ReadError, ReplayError,
     ReplayResult, SnapshotError, StoreConfig,
 };
+
+/// The README's examples, compiled and run as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
