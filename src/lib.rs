@@ -44,13 +44,15 @@ pub mod planted;
 pub mod store;
 
 pub use broker::{Broker, BrokerError, MemoryBroker};
+#[cfg(feature = "nats")]
+pub use broker::{NatsBroker, NatsOptions};
 pub use bus::{BusConfig, BusSubscription, EventBus, Filter, RecvError};
 pub use clock::{Clock, Runtime, SharedRng, SystemClock};
 pub use codec::InvalidName;
 pub use event::{Event, ExpectedVersion, Metadata, NewEvent, Snapshot};
 pub use store::{
     AppendError, AppendOutcome, ConflictError, EventStore, EventStored, ReadError, ReplayError,
-    ReplayResult, SnapshotError, StoreConfig,
+    ReplayResult, SnapshotError, SnapshotStore, StoreConfig,
 };
 
 /// The README's examples, compiled and run as doc tests so they stay true.

@@ -920,6 +920,38 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     }
 }
 
+/// Snapshot storage, as the actor runtime needs it. [`EventStore`] implements it on its
+/// snapshot stream; another implementation could keep snapshots elsewhere.
+pub trait SnapshotStore: Send + Sync {
+    /// Stores a snapshot (see [`EventStore::save_snapshot`]).
+    fn save_snapshot(
+        &self,
+        snapshot: &Snapshot,
+    ) -> impl std::future::Future<Output = Result<(), SnapshotError>> + Send;
+
+    /// The actor's latest snapshot, or `None` (see [`EventStore::latest_snapshot`]).
+    fn latest_snapshot(
+        &self,
+        actor: &str,
+    ) -> impl std::future::Future<Output = Result<Option<Snapshot>, SnapshotError>> + Send;
+}
+
+impl<B: Broker, C: Clock> SnapshotStore for EventStore<B, C> {
+    fn save_snapshot(
+        &self,
+        snapshot: &Snapshot,
+    ) -> impl std::future::Future<Output = Result<(), SnapshotError>> + Send {
+        EventStore::save_snapshot(self, snapshot)
+    }
+
+    fn latest_snapshot(
+        &self,
+        actor: &str,
+    ) -> impl std::future::Future<Output = Result<Option<Snapshot>, SnapshotError>> + Send {
+        EventStore::latest_snapshot(self, actor)
+    }
+}
+
 enum SendError {
     /// The actor's stream moved past the expected tip; our commit is not stored.
     Moved,
