@@ -336,7 +336,10 @@ pub fn decode_commit(bytes: &[u8]) -> Result<Commit, DecodeError> {
 pub fn fuzz_replay_decode(bytes: &[u8]) {
     if let Ok(commit) = decode_commit(bytes) {
         let again = decode_commit(&encode_commit(&commit)).expect("re-encoded commit decodes");
-        assert_eq!(again, commit, "decode after encode is the identity on valid commits");
+        assert_eq!(
+            again, commit,
+            "decode after encode is the identity on valid commits"
+        );
     }
     if let Some(commit) = structured_commit(bytes) {
         let decoded = decode_commit(&encode_commit(&commit)).expect("structured commit decodes");
@@ -356,7 +359,8 @@ fn structured_commit(bytes: &[u8]) -> Option<Commit> {
     let first = u64::from_le_bytes(bytes.get(1..9)?.try_into().ok()?) % (u64::MAX / 2) + 1;
     let rest = &bytes[9..];
     let quarter = rest.len() / 4;
-    let text = |i: usize| String::from_utf8_lossy(&rest[i * quarter..(i + 1) * quarter]).into_owned();
+    let text =
+        |i: usize| String::from_utf8_lossy(&rest[i * quarter..(i + 1) * quarter]).into_owned();
     let actor = text(0);
     if actor.is_empty() {
         return None;

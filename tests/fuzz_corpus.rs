@@ -13,7 +13,11 @@ fn replay_decode_corpus_never_panics_and_round_trips() {
         aether::codec::fuzz_replay_decode(&bytes);
         count += 1;
     }
-    assert!(count >= 10, "expected the seed corpus, found {count} files in {}", dir.display());
+    assert!(
+        count >= 10,
+        "expected the seed corpus, found {count} files in {}",
+        dir.display()
+    );
 }
 
 #[test]
