@@ -139,6 +139,17 @@ pub enum AppendError {
         /// The last error seen.
         source: BrokerError,
     },
+    /// An `ExpectedVersion::Any` append lost the race to other writers `attempts` times in a
+    /// row. Nothing was stored.
+    #[error(
+        "append to actor {actor:?} lost {attempts} races with concurrent writers; nothing was stored"
+    )]
+    Contended {
+        /// The actor.
+        actor: String,
+        /// How many attempts were made.
+        attempts: u32,
+    },
     /// The broker failed before anything was sent. Nothing was stored.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -602,11 +613,9 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                     }
                     if expected.matches(tip.version) {
                         // Any, after too many lost races.
-                        return Err(AppendError::Indeterminate {
-                            commit_id: commit.commit_id,
-                            source: BrokerError::Unavailable {
-                                reason: "too many concurrent writers on this actor".into(),
-                            },
+                        return Err(AppendError::Contended {
+                            actor: actor.to_owned(),
+                            attempts: races + 1,
                         });
                     }
                     return Err(ConflictError {
