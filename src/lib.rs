@@ -35,14 +35,23 @@
 
 #![warn(missing_docs)]
 
+pub mod actor;
 pub mod broker;
 pub mod bus;
 pub mod clock;
+pub mod cluster;
 pub mod codec;
 pub mod event;
 pub mod planted;
 pub mod store;
 
+#[cfg(feature = "sim")]
+#[path = "../sim/mod.rs"]
+pub mod sim;
+
+pub use actor::{
+    ActorConfig, ActorHost, Aggregate, CommandError, CommandOutcome, Router, SingleNode,
+};
 pub use broker::{Broker, BrokerError, MemoryBroker};
 #[cfg(feature = "nats")]
 pub use broker::{NatsBroker, NatsOptions};

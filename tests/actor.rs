@@ -1,0 +1,319 @@
+//! The actor runtime on the in-process broker: commands, conflicts, snapshots, passivation and
+//! routing to the owner.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aether::actor::{AggregateTest, command_subject};
+use aether::{
+    ActorConfig, ActorHost, Aggregate, CommandError, Event, EventStore, ExpectedVersion,
+    MemoryBroker, NewEvent, Router, Runtime, SingleNode, StoreConfig,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Default, Debug, Serialize, Deserialize, PartialEq)]
+struct Account {
+    open: bool,
+    balance: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum AccountCommand {
+    Open,
+    Deposit(i64),
+    Withdraw(i64),
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+enum Refusal {
+    NotOpen,
+    AlreadyOpen,
+    Insufficient { balance: i64 },
+}
+
+impl Aggregate for Account {
+    type Command = AccountCommand;
+    type Rejection = Refusal;
+
+    fn handle(&self, command: &AccountCommand) -> Result<Vec<NewEvent>, Refusal> {
+        match command {
+            AccountCommand::Open if self.open => Err(Refusal::AlreadyOpen),
+            AccountCommand::Open => Ok(vec![NewEvent::new("Opened", json!({}))]),
+            _ if !self.open => Err(Refusal::NotOpen),
+            AccountCommand::Deposit(0) => Ok(vec![]),
+            AccountCommand::Deposit(n) => Ok(vec![NewEvent::new("Deposited", json!(n))]),
+            AccountCommand::Withdraw(n) if *n > self.balance => Err(Refusal::Insufficient {
+                balance: self.balance,
+            }),
+            AccountCommand::Withdraw(n) => Ok(vec![NewEvent::new("Withdrawn", json!(n))]),
+        }
+    }
+
+    fn apply(&mut self, event: &Event) {
+        let n = event.data.as_i64().unwrap_or(0);
+        match event.event_type.as_str() {
+            "Opened" => self.open = true,
+            "Deposited" => self.balance += n,
+            "Withdrawn" => self.balance -= n,
+            _ => {}
+        }
+    }
+}
+
+async fn store(broker: &MemoryBroker) -> EventStore<MemoryBroker> {
+    EventStore::open(Runtime::system(broker.clone()), StoreConfig::new("bank"))
+        .await
+        .unwrap()
+}
+
+async fn single(broker: &MemoryBroker, config: ActorConfig) -> ActorHost<Account, MemoryBroker> {
+    ActorHost::new(
+        store(broker).await,
+        SingleNode(config.node_id.clone()),
+        config,
+    )
+}
+
+#[test]
+fn given_when_then_decides_without_a_store() {
+    let opened = AggregateTest::<Account>::given([
+        NewEvent::new("Opened", json!({})),
+        NewEvent::new("Deposited", json!(10)),
+    ]);
+    assert_eq!(opened.version(), 2);
+    assert_eq!(opened.state().balance, 10);
+    assert_eq!(
+        opened.when(&AccountCommand::Withdraw(11)).unwrap_err(),
+        Refusal::Insufficient { balance: 10 }
+    );
+    assert_eq!(
+        opened.when(&AccountCommand::Withdraw(10)).unwrap()[0].event_type,
+        "Withdrawn"
+    );
+    assert_eq!(
+        AggregateTest::<Account>::given([])
+            .when(&AccountCommand::Deposit(1))
+            .unwrap_err(),
+        Refusal::NotOpen
+    );
+}
+
+#[tokio::test]
+async fn commands_append_events_and_rejections_store_nothing() {
+    let broker = MemoryBroker::new();
+    let host = single(&broker, ActorConfig::new("n1")).await;
+    assert_eq!(
+        host.execute("acc", &AccountCommand::Open)
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(
+        host.execute("acc", &AccountCommand::Deposit(50))
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+    let unchanged = host
+        .execute("acc", &AccountCommand::Deposit(0))
+        .await
+        .unwrap();
+    assert_eq!((unchanged.version, unchanged.events.len()), (2, 0));
+    match host.execute("acc", &AccountCommand::Withdraw(80)).await {
+        Err(CommandError::Rejected(Refusal::Insufficient { balance: 50 })) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(host.store().latest_version("acc").await.unwrap(), 2);
+    let done = host
+        .execute("acc", &AccountCommand::Withdraw(20))
+        .await
+        .unwrap();
+    assert_eq!(done.version, 3);
+    assert_eq!(done.events[0].event_type, "Withdrawn");
+}
+
+#[tokio::test]
+async fn a_foreign_write_is_absorbed_by_reloading_on_conflict() {
+    let broker = MemoryBroker::new();
+    let host = single(&broker, ActorConfig::new("n1")).await;
+    host.execute("acc", &AccountCommand::Open).await.unwrap();
+    // Another writer (a stale owner, another process) appends behind the host's back.
+    store(&broker)
+        .await
+        .append(
+            "acc",
+            ExpectedVersion::Exact(1),
+            vec![NewEvent::new("Deposited", json!(7))],
+        )
+        .await
+        .unwrap();
+    // The host's cached version (1) is stale: the append conflicts, it reloads and retries, and
+    // the decision is made on the true state (balance 7, so withdrawing 5 is allowed).
+    let done = host
+        .execute("acc", &AccountCommand::Withdraw(5))
+        .await
+        .unwrap();
+    assert_eq!(done.version, 3);
+    let events = host.store().events("acc", 1).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+}
+
+#[tokio::test]
+async fn snapshots_are_taken_every_n_events_and_used_on_load() {
+    let broker = MemoryBroker::new();
+    let mut config = ActorConfig::new("n1");
+    config.snapshot_every = 3;
+    let host = single(&broker, config.clone()).await;
+    host.execute("acc", &AccountCommand::Open).await.unwrap();
+    for _ in 0..6 {
+        host.execute("acc", &AccountCommand::Deposit(10))
+            .await
+            .unwrap();
+    }
+    let snapshot = host.store().latest_snapshot("acc").await.unwrap().unwrap();
+    assert_eq!(snapshot.version, 6);
+    assert_eq!(snapshot.state, json!({"open": true, "balance": 50}));
+    // A fresh host (a restart) loads snapshot + the one later event.
+    let fresh = single(&broker, config).await;
+    let rejected = fresh.execute("acc", &AccountCommand::Withdraw(61)).await;
+    assert!(matches!(
+        rejected,
+        Err(CommandError::Rejected(Refusal::Insufficient {
+            balance: 60
+        }))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_actors_are_passivated_and_reloaded_on_demand() {
+    let broker = MemoryBroker::new();
+    let mut config = ActorConfig::new("n1");
+    config.idle_timeout = Duration::from_secs(60);
+    config.actors_max = 2;
+    let host = single(&broker, config).await;
+    for actor in ["a", "b", "c"] {
+        host.execute(actor, &AccountCommand::Open).await.unwrap();
+    }
+    host.passivate_idle();
+    assert_eq!(host.active_actors(), 2, "bounded by actors_max");
+    tokio::time::advance(Duration::from_secs(61)).await;
+    host.passivate_idle();
+    assert_eq!(host.active_actors(), 0, "idle actors dropped");
+    let again = host
+        .execute("a", &AccountCommand::Deposit(5))
+        .await
+        .unwrap();
+    assert_eq!(again.version, 2, "reloaded from the store");
+}
+
+/// A router with a fixed table, changeable by the test.
+#[derive(Clone, Default)]
+struct Table(Arc<Mutex<BTreeMap<String, String>>>);
+
+impl Table {
+    fn set(&self, actor: &str, node: &str) {
+        self.0.lock().unwrap().insert(actor.into(), node.into());
+    }
+}
+
+impl Router for Table {
+    fn owner_of(&self, actor_id: &str) -> Option<String> {
+        self.0.lock().unwrap().get(actor_id).cloned()
+    }
+}
+
+#[tokio::test]
+async fn commands_are_routed_to_the_owner_over_the_broker() {
+    let broker = MemoryBroker::new();
+    let view = Table::default();
+    view.set("x", "node-b");
+    view.set("y", "node-a");
+    let a = ActorHost::<Account, _, _, _>::new(
+        store(&broker).await,
+        view.clone(),
+        ActorConfig::new("node-a"),
+    );
+    let b = ActorHost::<Account, _, _, _>::new(
+        store(&broker).await,
+        view.clone(),
+        ActorConfig::new("node-b"),
+    );
+    a.serve().await.unwrap();
+    b.serve().await.unwrap();
+    let remote = a.send("x", &AccountCommand::Open).await.unwrap();
+    assert_eq!((remote.node_id.as_str(), remote.version), ("node-b", 1));
+    let local = a.send("y", &AccountCommand::Open).await.unwrap();
+    assert_eq!(local.node_id, "node-a");
+    match a.send("x", &AccountCommand::Withdraw(1)).await {
+        Err(CommandError::Rejected(Refusal::Insufficient { balance: 0 })) => {}
+        other => panic!("the remote rejection comes back typed, got {other:?}"),
+    }
+    assert!(matches!(
+        a.execute("x", &AccountCommand::Deposit(1)).await,
+        Err(CommandError::NotOwner { .. })
+    ));
+    assert_eq!(a.active_actors() + b.active_actors(), 2);
+}
+
+/// Node a's view flips from b to a after the first lookup; node b already thinks a owns it.
+struct Moving {
+    calls: AtomicU32,
+}
+
+impl Router for Moving {
+    fn owner_of(&self, _actor_id: &str) -> Option<String> {
+        let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+        Some(if first { "node-b" } else { "node-a" }.to_owned())
+    }
+}
+
+#[tokio::test]
+async fn a_command_sent_to_a_former_owner_is_rerouted() {
+    let broker = MemoryBroker::new();
+    let a = ActorHost::<Account, _, _, _>::new(
+        store(&broker).await,
+        Moving {
+            calls: AtomicU32::new(0),
+        },
+        ActorConfig::new("node-a"),
+    );
+    let b = ActorHost::<Account, _, _, _>::new(
+        store(&broker).await,
+        SingleNode("node-a".into()),
+        ActorConfig::new("node-b"),
+    );
+    b.serve().await.unwrap();
+    let done = a.send("x", &AccountCommand::Open).await.unwrap();
+    assert_eq!(
+        done.node_id, "node-a",
+        "b refused (not owner), a re-routed to itself"
+    );
+    assert_eq!(b.active_actors(), 0);
+}
+
+#[tokio::test]
+async fn an_unreachable_owner_makes_the_command_unroutable() {
+    let broker = MemoryBroker::new();
+    let view = Table::default();
+    view.set("x", "node-gone");
+    let mut config = ActorConfig::new("node-a");
+    config.route_retry_max = 2;
+    config.route_retry_delay = Duration::from_millis(1);
+    let a = ActorHost::<Account, _, _, _>::new(store(&broker).await, view, config);
+    match a.send("x", &AccountCommand::Open).await {
+        Err(CommandError::Unroutable { attempts: 3, .. }) => {}
+        other => panic!("expected Unroutable after 3 attempts, got {other:?}"),
+    }
+    assert_eq!(
+        command_subject("bank", "node-gone"),
+        "aether.cmd.bank.node-gone"
+    );
+}
