@@ -149,17 +149,40 @@ pub struct BrokerState {
     next_id: u64,
 }
 
-fn message_size(headers: &Headers, payload: &Bytes) -> usize {
-    let headers_len = if headers.is_empty() {
-        0
-    } else {
-        // "NATS/1.0\r\n" + "key: value\r\n"... + "\r\n"
-        12 + headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 4)
-            .sum::<usize>()
-    };
+/// Size of a message on the wire as NATS counts it against `max_payload`: the payload plus the
+/// header block (`NATS/1.0\r\n`, one `Name: value\r\n` per header, `\r\n`), including the
+/// `Nats-Msg-Id` and `Nats-Expected-Last-Subject-Sequence` headers an append's options add.
+pub(crate) fn wire_size(headers: &Headers, payload: &Bytes, options: &AppendOptions) -> usize {
+    let mut fields: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    let mut count = headers.len();
+    if let Some(id) = &options.message_id {
+        fields += "Nats-Msg-Id".len() + id.len() + 4;
+        count += 1;
+    }
+    if let Some(expected) = options.expected_last_subject_sequence {
+        fields += "Nats-Expected-Last-Subject-Sequence".len() + expected.to_string().len() + 4;
+        count += 1;
+    }
+    let headers_len = if count == 0 { 0 } else { 12 + fields };
     headers_len + payload.len()
+}
+
+fn message_size(headers: &Headers, payload: &Bytes) -> usize {
+    wire_size(headers, payload, &AppendOptions::default())
+}
+
+/// Headers named `Nats-*` are reserved: on NATS they steer JetStream (dedupe, expectations) and
+/// the server adds its own when messages are read back, so user headers may not use the prefix.
+pub(crate) fn check_user_headers(headers: &Headers) -> Result<(), BrokerError> {
+    match headers
+        .keys()
+        .find(|k| k.len() >= 5 && k[..5].eq_ignore_ascii_case("nats-"))
+    {
+        Some(k) => Err(BrokerError::invalid(format!(
+            "header {k:?} is reserved: Nats-* headers are set by the broker from AppendOptions"
+        ))),
+        None => Ok(()),
+    }
 }
 
 impl BrokerState {
@@ -230,9 +253,9 @@ impl BrokerState {
 
     /// Appends a message to the stream capturing `subject`.
     ///
-    /// As on a single NATS server, a duplicate message id is recognised before the expected
-    /// sequence is checked: a retried append returns the original's sequence with
-    /// `duplicate: true`.
+    /// As on NATS, the expected sequence is checked before the message id: a duplicate id is
+    /// acknowledged with the original's sequence and `duplicate: true` only when the
+    /// expectation (if any) holds.
     ///
     /// # Errors
     /// See [`Broker::append`].
@@ -245,7 +268,8 @@ impl BrokerState {
         now: Now,
     ) -> Result<AppendAck, BrokerError> {
         validate_subject(subject)?;
-        let size = message_size(&headers, &payload);
+        check_user_headers(&headers)?;
+        let size = wire_size(&headers, &payload, &options);
         let server_max = self.max_payload;
         if size > server_max {
             return Err(BrokerError::PayloadTooLarge {
@@ -262,6 +286,15 @@ impl BrokerState {
         {
             return Err(BrokerError::PayloadTooLarge { size, max });
         }
+        // As on nats-server 2.15 (single node and clustered), the expected sequence is checked
+        // before the message id: a retried append whose first attempt landed is answered
+        // wrong-last-sequence (the first attempt moved the subject's tail), not duplicate.
+        if let Some(expected) = options.expected_last_subject_sequence {
+            let actual = stream.last_of(subject);
+            if actual != expected {
+                return Err(BrokerError::WrongLastSequence { expected, actual });
+            }
+        }
         if let Some(id) = &options.message_id
             && let Some((sequence, _)) = stream.dedupe.get(id)
         {
@@ -269,12 +302,6 @@ impl BrokerState {
                 sequence: *sequence,
                 duplicate: true,
             });
-        }
-        if let Some(expected) = options.expected_last_subject_sequence {
-            let actual = stream.last_of(subject);
-            if actual != expected {
-                return Err(BrokerError::WrongLastSequence { expected, actual });
-            }
         }
         stream.last_sequence += 1;
         let sequence = stream.last_sequence;

@@ -7,6 +7,8 @@
 //! broker and NATS disagree, the memory broker is changed to match NATS.
 
 mod memory;
+#[cfg(feature = "nats")]
+mod nats;
 pub mod subject;
 
 use std::collections::BTreeMap;
@@ -19,7 +21,15 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::Stream;
 
-pub use memory::{BrokerState, MemoryBroker};
+/// The async-nats crate `NatsBroker` is built on, for tooling and benchmarks.
+#[cfg(feature = "nats")]
+pub use async_nats;
+pub use memory::{BrokerState, MemoryBroker, Now};
+#[cfg(feature = "nats")]
+pub use nats::{
+    MIN_SERVER_VERSION, NatsAuth, NatsBroker, NatsConnectError, NatsOptions, NatsTls,
+    server_version_supported,
+};
 
 /// Message headers. NATS allows repeated keys; aether only ever sets each key once.
 pub type Headers = BTreeMap<String, String>;

@@ -1,0 +1,1310 @@
+//! The production broker: NATS JetStream through async-nats (feature `nats`).
+//!
+//! Every [`Broker`] operation is one NATS operation:
+//!
+//! | operation | NATS |
+//! |---|---|
+//! | `ensure_stream` | stream create with allow-direct, deny-delete, deny-purge, duplicate window, max age, replicas |
+//! | `append` | JetStream publish with `Nats-Expected-Last-Subject-Sequence` and `Nats-Msg-Id` |
+//! | `last` | direct get `last_by_subj` (any replica answers; may trail the leader by a moment) |
+//! | `read` | an ordered consumer filtered on the subject from a start sequence, stopped at pending 0 |
+//! | `publish` / `subscribe` / `request` | core NATS |
+//! | `kv_*` | a KV bucket (history 1; the bucket's max age is the TTL) |
+//!
+//! NATS errors are mapped onto [`BrokerError`] in exactly one place, [`map_error`].
+//!
+//! aether needs nats-server **2.11 or newer**: 2.9 and 2.10 let several concurrent appends with the
+//! same expected sequence win on a replicated stream (nats-server#4320), and async-nats KV does not
+//! work against them. [`NatsBroker::connect`] checks the version and refuses older servers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::{HeaderMap, ServerAddr};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::memory::{check_user_headers, wire_size};
+use super::subject::{validate_kv_key, validate_name, validate_pattern, validate_subject};
+use super::{
+    AppendAck, AppendOptions, Broker, BrokerError, Headers, KvConfig, KvEntry, KvOperation,
+    KvWatch, Message, StorageKind, StoredMessage, StreamConfig, Subscription,
+};
+
+/// The oldest nats-server release aether runs against, as (major, minor).
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 11);
+
+/// How to authenticate to NATS. `Debug` never prints secrets.
+#[derive(Clone, Default)]
+pub enum NatsAuth {
+    /// No credentials.
+    #[default]
+    None,
+    /// User and password.
+    UserPassword {
+        /// User name.
+        user: String,
+        /// Password.
+        password: String,
+    },
+    /// A bearer token.
+    Token(String),
+    /// A `.creds` file (JWT plus nkey seed), as issued by `nsc`.
+    CredentialsFile(PathBuf),
+    /// An nkey seed (`SU...`).
+    NKey {
+        /// The seed.
+        seed: String,
+    },
+}
+
+impl fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NatsAuth::None => f.write_str("None"),
+            NatsAuth::UserPassword { user, .. } => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .field("password", &"<redacted>")
+                .finish(),
+            NatsAuth::Token(_) => f.write_str("Token(<redacted>)"),
+            NatsAuth::CredentialsFile(path) => {
+                f.debug_tuple("CredentialsFile").field(path).finish()
+            }
+            NatsAuth::NKey { .. } => f.write_str("NKey { seed: <redacted> }"),
+        }
+    }
+}
+
+/// TLS settings.
+#[derive(Clone, Debug, Default)]
+pub struct NatsTls {
+    /// Refuse to talk to a server without TLS.
+    pub required: bool,
+    /// PEM file of root certificates to trust in addition to the system's.
+    pub root_certificates: Option<PathBuf>,
+    /// PEM files of a client certificate and its key, for mutual TLS.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+    /// Start TLS before the NATS `INFO` (server option `handshake_first`).
+    pub handshake_first: bool,
+}
+
+/// How to reach NATS.
+#[derive(Clone, Debug)]
+pub struct NatsOptions {
+    /// Server URLs (`nats://host:4222`, `tls://…`); the client picks one and fails over to the
+    /// others, and to servers the cluster advertises.
+    pub urls: Vec<String>,
+    /// Credentials.
+    pub auth: NatsAuth,
+    /// TLS, if any.
+    pub tls: Option<NatsTls>,
+    /// Connection name shown in the server's monitoring.
+    pub name: Option<String>,
+    /// How long the initial connection may take per server.
+    pub connection_timeout: Duration,
+    /// How long a JetStream API call or publish acknowledgement may take before the operation
+    /// fails with [`BrokerError::Timeout`] (ambiguous for appends).
+    pub request_timeout: Duration,
+    /// Give up reconnecting after this many attempts; `None` retries forever.
+    pub max_reconnects: Option<usize>,
+}
+
+impl NatsOptions {
+    /// Options for one or more comma-separated URLs, no credentials, 5 s timeouts.
+    pub fn new(urls: impl AsRef<str>) -> Self {
+        Self {
+            urls: urls
+                .as_ref()
+                .split(',')
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            auth: NatsAuth::None,
+            tls: None,
+            name: None,
+            connection_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            max_reconnects: None,
+        }
+    }
+
+    /// Adds a server URL.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.urls.push(url.into());
+        self
+    }
+
+    /// Authenticates with user and password.
+    pub fn user_password(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.auth = NatsAuth::UserPassword {
+            user: user.into(),
+            password: password.into(),
+        };
+        self
+    }
+
+    /// Authenticates with a token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.auth = NatsAuth::Token(token.into());
+        self
+    }
+
+    /// Authenticates with a credentials file.
+    pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.auth = NatsAuth::CredentialsFile(path.into());
+        self
+    }
+
+    /// Authenticates with an nkey seed.
+    pub fn nkey(mut self, seed: impl Into<String>) -> Self {
+        self.auth = NatsAuth::NKey { seed: seed.into() };
+        self
+    }
+
+    /// Uses TLS.
+    pub fn tls(mut self, tls: NatsTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets the connection name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the JetStream request timeout.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the initial connection timeout.
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+}
+
+/// Why [`NatsBroker::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsConnectError {
+    /// The options are unusable (no URL, a malformed URL, an unreadable credentials file).
+    #[error("invalid NATS connection options: {reason}")]
+    InvalidOptions {
+        /// What is wrong.
+        reason: String,
+    },
+    /// No server answered at any of the URLs.
+    #[error("no NATS server answered at {urls}: {reason}")]
+    NoServer {
+        /// The URLs tried.
+        urls: String,
+        /// The last failure.
+        reason: String,
+    },
+    /// The server refused the credentials.
+    #[error("NATS server at {urls} refused the credentials: {reason}")]
+    Authentication {
+        /// The URLs tried.
+        urls: String,
+        /// What the server or client said.
+        reason: String,
+    },
+    /// TLS could not be set up.
+    #[error("TLS with the NATS server failed: {reason}")]
+    Tls {
+        /// What failed.
+        reason: String,
+    },
+    /// The server is older than [`MIN_SERVER_VERSION`].
+    #[error(
+        "NATS server {server} runs version {version}, but aether needs 2.11 or newer \
+         (older servers let concurrent appends on replicated streams both win, nats-server#4320, \
+         and do not support async-nats key-value buckets); upgrade the server"
+    )]
+    UnsupportedServer {
+        /// The server's name.
+        server: String,
+        /// The version it reported.
+        version: String,
+    },
+    /// The server answered but JetStream is not enabled for this account.
+    #[error("JetStream is not available on the NATS server: {reason}; start nats-server with -js")]
+    JetStreamUnavailable {
+        /// What the server said.
+        reason: String,
+    },
+}
+
+/// The NATS JetStream broker. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct NatsBroker {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    request_timeout: Duration,
+    buckets: Arc<Mutex<BTreeMap<String, kv::Store>>>,
+}
+
+impl fmt::Debug for NatsBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsBroker")
+            .field("server", &self.client.server_info().server_name)
+            .finish()
+    }
+}
+
+/// Parses `major.minor[.patch][-pre]`.
+fn parse_version(version: &str) -> Option<(u64, u64)> {
+    let core = version.trim_start_matches('v');
+    let mut parts = core.split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Whether `version` is at least [`MIN_SERVER_VERSION`]. Unparseable versions are refused.
+pub fn server_version_supported(version: &str) -> bool {
+    parse_version(version).is_some_and(|v| v >= MIN_SERVER_VERSION)
+}
+
+impl NatsBroker {
+    /// Connects, checks that the server is 2.11 or newer and that JetStream is available.
+    ///
+    /// # Errors
+    /// [`NatsConnectError`] naming the cause: no server answered, credentials refused, TLS,
+    /// server too old, JetStream disabled, or unusable options.
+    pub async fn connect(options: NatsOptions) -> Result<Self, NatsConnectError> {
+        if options.urls.is_empty() {
+            return Err(NatsConnectError::InvalidOptions {
+                reason: "no server URL given".into(),
+            });
+        }
+        let urls = options.urls.join(",");
+        let addrs = options
+            .urls
+            .iter()
+            .map(|u| {
+                u.parse::<ServerAddr>()
+                    .map_err(|e| NatsConnectError::InvalidOptions {
+                        reason: format!("bad server URL {u:?}: {e}"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut connect = async_nats::ConnectOptions::new();
+        connect = match &options.auth {
+            NatsAuth::None => connect,
+            NatsAuth::UserPassword { user, password } => {
+                connect.user_and_password(user.clone(), password.clone())
+            }
+            NatsAuth::Token(token) => connect.token(token.clone()),
+            NatsAuth::CredentialsFile(path) => {
+                connect.credentials_file(path).await.map_err(|e| {
+                    NatsConnectError::InvalidOptions {
+                        reason: format!("cannot read credentials file {}: {e}", path.display()),
+                    }
+                })?
+            }
+            NatsAuth::NKey { seed } => connect.nkey(seed.clone()),
+        };
+        if let Some(tls) = &options.tls {
+            connect = connect.require_tls(tls.required);
+            if let Some(roots) = &tls.root_certificates {
+                connect = connect.add_root_certificates(roots.clone());
+            }
+            if let Some((cert, key)) = &tls.client_certificate {
+                connect = connect.add_client_certificate(cert.clone(), key.clone());
+            }
+            if tls.handshake_first {
+                connect = connect.tls_first();
+            }
+        }
+        if let Some(name) = &options.name {
+            connect = connect.name(name);
+        }
+        connect = connect
+            .connection_timeout(options.connection_timeout)
+            .request_timeout(Some(options.request_timeout))
+            .max_reconnects(options.max_reconnects);
+        let client = connect.connect(addrs).await.map_err(|e| {
+            use async_nats::ConnectErrorKind as K;
+            let reason = e.to_string();
+            match e.kind() {
+                K::Authentication | K::AuthorizationViolation => NatsConnectError::Authentication {
+                    urls: urls.clone(),
+                    reason,
+                },
+                K::Tls => NatsConnectError::Tls { reason },
+                K::ServerParse => NatsConnectError::InvalidOptions { reason },
+                _ => NatsConnectError::NoServer {
+                    urls: urls.clone(),
+                    reason,
+                },
+            }
+        })?;
+        let info = client.server_info();
+        if !server_version_supported(&info.version) {
+            return Err(NatsConnectError::UnsupportedServer {
+                server: info.server_name.clone(),
+                version: info.version.clone(),
+            });
+        }
+        let js = jetstream::ContextBuilder::new()
+            .timeout(options.request_timeout)
+            .build(client.clone());
+        js.query_account()
+            .await
+            .map_err(|e| NatsConnectError::JetStreamUnavailable {
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            client,
+            js,
+            request_timeout: options.request_timeout,
+            buckets: Arc::new(Mutex::new(BTreeMap::new())),
+        })
+    }
+
+    /// The underlying async-nats client (for tooling and benchmarks).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context this broker uses.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The version the connected server reported.
+    pub fn server_version(&self) -> String {
+        self.client.server_info().version
+    }
+
+    async fn bucket(&self, bucket: &str) -> Result<kv::Store, BrokerError> {
+        if let Some(store) = self.lock_buckets().get(bucket) {
+            return Ok(store.clone());
+        }
+        let store = self
+            .js
+            .get_key_value(bucket)
+            .await
+            .map_err(|e| map_error(&Op::KvBucket { bucket }, &e))?;
+        self.lock_buckets().insert(bucket.to_owned(), store.clone());
+        Ok(store)
+    }
+
+    fn lock_buckets(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, kv::Store>> {
+        self.buckets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads `filter` of `stream` with an ordered consumer until nothing is pending.
+    ///
+    /// The consumer's `num_pending` at creation says whether there is anything to read; each
+    /// delivered message says how many are still pending, and the read stops at 0. If the
+    /// consumer goes quiet while messages should still be pending (they expired meanwhile, or
+    /// the stream changed leader), it is recreated from the next sequence, whose fresh
+    /// `num_pending` tells the truth.
+    async fn consume(
+        &self,
+        op: &Op<'_>,
+        stream: &str,
+        filter: &str,
+        deliver_policy: consumer::DeliverPolicy,
+    ) -> Result<Vec<jetstream::Message>, BrokerError> {
+        let handle = self
+            .js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| map_error(op, &e))?;
+        let restartable = matches!(
+            deliver_policy,
+            consumer::DeliverPolicy::ByStartSequence { .. } | consumer::DeliverPolicy::All
+        );
+        let mut policy = deliver_policy;
+        let mut out: Vec<jetstream::Message> = Vec::new();
+        let mut stalls = 0u32;
+        loop {
+            let ordered = handle
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: filter.to_owned(),
+                    deliver_policy: policy,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| map_error(op, &e))?;
+            let pending = ordered.cached_info().num_pending;
+            if pending == 0 {
+                return Ok(out);
+            }
+            out.reserve(usize::try_from(pending).unwrap_or(0).min(1 << 20));
+            let mut messages = ordered.messages().await.map_err(|e| map_error(op, &e))?;
+            loop {
+                let next = tokio::time::timeout(CONSUMER_IDLE_MAX, messages.next()).await;
+                let message = match next {
+                    Ok(Some(Ok(m))) => m,
+                    Ok(Some(Err(e))) => return Err(map_error(op, &e)),
+                    Ok(None) | Err(_) => break,
+                };
+                let left = message.info().map(|i| i.pending).unwrap_or(0);
+                out.push(message);
+                stalls = 0;
+                if left == 0 {
+                    return Ok(out);
+                }
+            }
+            stalls += 1;
+            if stalls * CONSUMER_IDLE_MAX.as_millis() as u32
+                > self.request_timeout.as_millis() as u32
+            {
+                return Err(BrokerError::Timeout {
+                    operation: op.to_string(),
+                });
+            }
+            policy = match out.last().and_then(|m| m.info().ok()) {
+                Some(info) if restartable => consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: info.stream_sequence + 1,
+                },
+                _ => {
+                    out.clear();
+                    deliver_policy
+                }
+            };
+        }
+    }
+}
+
+/// How long a read's ordered consumer may deliver nothing while messages are still pending
+/// before it is recreated.
+const CONSUMER_IDLE_MAX: Duration = Duration::from_millis(500);
+
+/// The broker operation an error happened in; gives the error mapping its context.
+#[derive(Debug)]
+enum Op<'a> {
+    EnsureStream {
+        stream: &'a str,
+    },
+    Append {
+        subject: &'a str,
+        expected: Option<u64>,
+        size: usize,
+    },
+    Last {
+        stream: &'a str,
+    },
+    Read {
+        stream: &'a str,
+    },
+    Publish {
+        subject: &'a str,
+        size: usize,
+    },
+    Subscribe,
+    Request {
+        subject: &'a str,
+        size: usize,
+    },
+    KvBucket {
+        bucket: &'a str,
+    },
+    KvCreate {
+        key: &'a str,
+    },
+    KvUpdate {
+        key: &'a str,
+        revision: u64,
+    },
+    KvWrite {
+        key: &'a str,
+        size: usize,
+    },
+    KvRead {
+        bucket: &'a str,
+    },
+}
+
+impl fmt::Display for Op<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::EnsureStream { stream } => write!(f, "creating stream {stream}"),
+            Op::Append { subject, .. } => {
+                write!(f, "the acknowledgement of an append to {subject}")
+            }
+            Op::Last { stream } => write!(f, "the last message of a subject in {stream}"),
+            Op::Read { stream } => write!(f, "reading {stream}"),
+            Op::Publish { subject, .. } => write!(f, "publishing on {subject}"),
+            Op::Subscribe => f.write_str("subscribing"),
+            Op::Request { subject, .. } => write!(f, "a reply to {subject}"),
+            Op::KvBucket { bucket } => write!(f, "KV bucket {bucket}"),
+            Op::KvCreate { key } | Op::KvUpdate { key, .. } | Op::KvWrite { key, .. } => {
+                write!(f, "writing KV key {key}")
+            }
+            Op::KvRead { bucket } => write!(f, "reading KV bucket {bucket}"),
+        }
+    }
+}
+
+/// JetStream error codes aether reacts to.
+mod code {
+    pub const WRONG_LAST_SEQUENCE: u64 = 10071;
+    pub const STREAM_NOT_FOUND: u64 = 10059;
+    pub const NO_MESSAGE_FOUND: u64 = 10037;
+    pub const STREAM_NAME_IN_USE: u64 = 10058;
+    pub const SUBJECT_OVERLAP: u64 = 10065;
+    pub const MESSAGE_TOO_LARGE: u64 = 10054;
+    pub const BAD_REQUEST: u64 = 10003;
+    pub const INVALID_CONFIG: u64 = 10052;
+    pub const CLUSTER_NOT_AVAILABLE: u64 = 10008;
+    pub const CLUSTER_NOT_LEADER: u64 = 10009;
+    pub const INSUFFICIENT_RESOURCES: u64 = 10023;
+    pub const NO_SUITABLE_PEERS: u64 = 10005;
+    pub const DUPLICATE_IN_PROCESS: u64 = 10158;
+    pub const TEMPORARILY_UNAVAILABLE: u64 = 10163;
+    pub const IN_FLIGHT_WRITE: u64 = 10164;
+    pub const KV_NOT_FOUND: u64 = 10059;
+}
+
+/// Parses the actual sequence out of "wrong last sequence: 42 (code 400, error code 10071)".
+fn actual_sequence(description: &str) -> Option<u64> {
+    let description = description.split(" (code").next().unwrap_or(description);
+    description
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())
+        .and_then(|s| s.parse().ok())
+}
+
+/// The JetStream API error carried by one layer of an error chain: either the layer itself or
+/// the `JetStream(..)` variant of an async-nats error kind.
+fn api_error(e: &(dyn std::error::Error + 'static)) -> Option<jetstream::Error> {
+    macro_rules! kind_variant {
+        ($($ty:ty => $kind:path),* $(,)?) => {
+            $(
+                if let Some(e) = e.downcast_ref::<$ty>()
+                    && let $kind(api) = e.kind()
+                {
+                    return Some(api);
+                }
+            )*
+        };
+    }
+    if let Some(api) = e.downcast_ref::<jetstream::Error>() {
+        return Some(api.clone());
+    }
+    kind_variant!(
+        stream::ConsumerError => stream::ConsumerErrorKind::JetStream,
+        stream::LastRawMessageError => stream::LastRawMessageErrorKind::JetStream,
+        jetstream::context::CreateStreamError => jetstream::context::CreateStreamErrorKind::JetStream,
+        jetstream::context::GetStreamError => jetstream::context::GetStreamErrorKind::JetStream,
+        jetstream::context::GetStreamByNameError => jetstream::context::GetStreamByNameErrorKind::JetStream,
+        jetstream::context::ConsumerInfoError => jetstream::context::ConsumerInfoErrorKind::JetStream,
+        jetstream::context::AccountError => jetstream::context::AccountErrorKind::JetStream,
+    );
+    None
+}
+
+/// Every NATS failure becomes a [`BrokerError`] here, and nowhere else.
+///
+/// The error chain is walked from the outside in: typed async-nats kinds that decide the outcome
+/// (a KV create finding the key, a timeout, no responders) are taken first; a JetStream API error
+/// (`err_code`) decides otherwise; anything unrecognised is `Other`.
+fn map_error(op: &Op<'_>, error: &(dyn std::error::Error + 'static)) -> BrokerError {
+    let reason = || {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(s) = source {
+            let s_text = s.to_string();
+            if !text.contains(&s_text) {
+                text.push_str(": ");
+                text.push_str(&s_text);
+            }
+            source = s.source();
+        }
+        text
+    };
+    let timeout = || BrokerError::Timeout {
+        operation: op.to_string(),
+    };
+    let unavailable = || BrokerError::Unavailable { reason: reason() };
+    let too_large = |size: usize, max: usize| BrokerError::PayloadTooLarge { size, max };
+    let no_responders = || match op {
+        Op::Request { subject, .. } => BrokerError::NoResponders {
+            subject: (*subject).to_owned(),
+        },
+        Op::Append { subject, .. } => {
+            BrokerError::not_found(format!("stream for subject {subject:?}"))
+        }
+        Op::Last { stream } | Op::Read { stream } => {
+            BrokerError::not_found(format!("stream {stream:?}"))
+        }
+        Op::KvBucket { bucket } | Op::KvRead { bucket } => {
+            BrokerError::not_found(format!("KV bucket {bucket:?}"))
+        }
+        _ => unavailable(),
+    };
+    let size_of = |op: &Op<'_>| match op {
+        Op::Append { size, .. }
+        | Op::Publish { size, .. }
+        | Op::Request { size, .. }
+        | Op::KvWrite { size, .. } => *size,
+        _ => 0,
+    };
+
+    let mut layer: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = layer {
+        if let Some(api) = api_error(e) {
+            let description = api.to_string();
+            return match api.error_code().0 {
+                code::WRONG_LAST_SEQUENCE => match op {
+                    Op::KvCreate { key } => BrokerError::AlreadyExists {
+                        what: format!("key {key:?}"),
+                    },
+                    Op::KvUpdate { key, revision } => BrokerError::WrongRevision {
+                        key: (*key).to_owned(),
+                        expected: *revision,
+                    },
+                    Op::Append { expected, .. } => BrokerError::WrongLastSequence {
+                        expected: expected.unwrap_or(0),
+                        actual: actual_sequence(&description).unwrap_or(0),
+                    },
+                    _ => BrokerError::Other {
+                        reason: description,
+                    },
+                },
+                code::STREAM_NOT_FOUND => match op {
+                    Op::KvBucket { bucket } | Op::KvRead { bucket } => {
+                        BrokerError::not_found(format!("KV bucket {bucket:?}"))
+                    }
+                    Op::Last { stream } | Op::Read { stream } | Op::EnsureStream { stream } => {
+                        BrokerError::not_found(format!("stream {stream:?}"))
+                    }
+                    _ => BrokerError::not_found(description),
+                },
+                code::NO_MESSAGE_FOUND => BrokerError::not_found(description),
+                code::SUBJECT_OVERLAP | code::BAD_REQUEST | code::INVALID_CONFIG => {
+                    BrokerError::InvalidArgument {
+                        reason: description,
+                    }
+                }
+                code::STREAM_NAME_IN_USE => BrokerError::AlreadyExists { what: description },
+                code::MESSAGE_TOO_LARGE => too_large(size_of(op), 0),
+                code::DUPLICATE_IN_PROCESS
+                | code::TEMPORARILY_UNAVAILABLE
+                | code::IN_FLIGHT_WRITE
+                | code::CLUSTER_NOT_AVAILABLE
+                | code::CLUSTER_NOT_LEADER => BrokerError::Unavailable {
+                    reason: description,
+                },
+                code::INSUFFICIENT_RESOURCES | code::NO_SUITABLE_PEERS => {
+                    BrokerError::InvalidArgument {
+                        reason: description,
+                    }
+                }
+                // 503 without an err_code: JetStream has no leader at the moment.
+                _ if api.code() == 503 => BrokerError::Unavailable {
+                    reason: description,
+                },
+                _ => BrokerError::Other {
+                    reason: description,
+                },
+            };
+        }
+        if let Some(e) = e.downcast_ref::<jetstream::context::PublishError>() {
+            use jetstream::context::PublishErrorKind as K;
+            match e.kind() {
+                K::TimedOut => return timeout(),
+                K::BrokenPipe | K::MaxAckPending => return unavailable(),
+                K::StreamNotFound => return no_responders(),
+                K::MaxPayloadExceeded => return too_large(size_of(op), 0),
+                _ => {}
+            }
+        }
+        if let Some(e) = e.downcast_ref::<async_nats::RequestError>() {
+            use async_nats::RequestErrorKind as K;
+            match e.kind() {
+                K::TimedOut => return timeout(),
+                K::NoResponders => return no_responders(),
+                K::InvalidSubject => return BrokerError::invalid(reason()),
+                _ => {}
+            }
+        }
+        if let Some(e) = e.downcast_ref::<jetstream::context::RequestError>() {
+            use jetstream::context::RequestErrorKind as K;
+            match e.kind() {
+                K::TimedOut => return timeout(),
+                K::NoResponders => return no_responders(),
+                _ => {}
+            }
+        }
+        if let Some(e) = e.downcast_ref::<async_nats::PublishError>() {
+            use async_nats::client::PublishErrorKind as K;
+            match e.kind() {
+                K::MaxPayloadExceeded => return too_large(size_of(op), 0),
+                K::InvalidSubject => return BrokerError::invalid(reason()),
+                _ => return unavailable(),
+            }
+        }
+        if let Some(e) = e.downcast_ref::<kv::CreateError>() {
+            if e.kind() == kv::CreateErrorKind::AlreadyExists
+                && let Op::KvCreate { key } = op
+            {
+                return BrokerError::AlreadyExists {
+                    what: format!("key {key:?}"),
+                };
+            }
+            if e.kind() == kv::CreateErrorKind::InvalidKey {
+                return BrokerError::invalid(reason());
+            }
+        }
+        if let Some(e) = e.downcast_ref::<kv::UpdateError>() {
+            use kv::UpdateErrorKind as K;
+            match (e.kind(), op) {
+                (K::WrongLastRevision, Op::KvUpdate { key, revision }) => {
+                    return BrokerError::WrongRevision {
+                        key: (*key).to_owned(),
+                        expected: *revision,
+                    };
+                }
+                (K::TimedOut, _) => return timeout(),
+                (K::InvalidKey, _) => return BrokerError::invalid(reason()),
+                _ => {}
+            }
+        }
+        if let Some(e) = e.downcast_ref::<stream::DirectGetError>() {
+            use stream::DirectGetErrorKind as K;
+            match e.kind() {
+                K::TimedOut => return timeout(),
+                K::InvalidSubject => return BrokerError::invalid(reason()),
+                K::ErrorResponse(status, _) if status.as_u16() == 503 => return no_responders(),
+                K::ErrorResponse(status, _) if status.as_u16() == 408 => return timeout(),
+                _ => {}
+            }
+        }
+        if let Some(e) = e.downcast_ref::<std::io::Error>() {
+            return match e.kind() {
+                std::io::ErrorKind::TimedOut => timeout(),
+                _ => unavailable(),
+            };
+        }
+        layer = e.source();
+    }
+    // Dozens of async-nats kinds spell "timed out" and "no responders" in their own enums;
+    // their text is the common denominator.
+    let text = reason().to_ascii_lowercase();
+    if text.contains("timed out") || text.contains("timeout") {
+        timeout()
+    } else if text.contains("no responders") {
+        no_responders()
+    } else if text.contains("disconnected")
+        || text.contains("broken pipe")
+        || text.contains("connection")
+    {
+        unavailable()
+    } else {
+        let _ = code::KV_NOT_FOUND;
+        BrokerError::Other { reason: reason() }
+    }
+}
+
+fn to_header_map(headers: &Headers) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.insert(k.as_str(), v.as_str());
+    }
+    map
+}
+
+/// Headers as the publisher set them: the broker's own `Nats-*` headers are dropped.
+fn from_header_map(map: Option<&HeaderMap>) -> Headers {
+    let mut headers = Headers::new();
+    if let Some(map) = map {
+        for (name, values) in map.iter() {
+            let name: &str = name.as_ref();
+            if is_reserved_header(name) {
+                continue;
+            }
+            if let Some(value) = values.last() {
+                headers.insert(name.to_owned(), value.as_str().to_owned());
+            }
+        }
+    }
+    headers
+}
+
+fn is_reserved_header(name: &str) -> bool {
+    name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-")
+}
+
+fn core_message(message: async_nats::Message) -> Message {
+    Message {
+        subject: message.subject.to_string(),
+        headers: from_header_map(message.headers.as_ref()),
+        payload: message.payload,
+        reply: message.reply.map(|r| r.to_string()),
+    }
+}
+
+fn stored_message(message: &jetstream::Message) -> Option<StoredMessage> {
+    let info = message.info().ok()?;
+    Some(StoredMessage {
+        subject: message.subject.to_string(),
+        sequence: info.stream_sequence,
+        headers: from_header_map(message.headers.as_ref()),
+        payload: message.payload.clone(),
+        time: SystemTime::from(info.published),
+    })
+}
+
+fn storage(kind: StorageKind) -> stream::StorageType {
+    match kind {
+        StorageKind::File => stream::StorageType::File,
+        StorageKind::Memory => stream::StorageType::Memory,
+    }
+}
+
+fn kv_operation(op: kv::Operation) -> KvOperation {
+    match op {
+        kv::Operation::Put => KvOperation::Put,
+        kv::Operation::Delete | kv::Operation::Purge => KvOperation::Delete,
+    }
+}
+
+fn kv_entry(entry: kv::Entry) -> KvEntry {
+    KvEntry {
+        bucket: entry.bucket,
+        key: entry.key,
+        value: entry.value,
+        revision: entry.revision,
+        operation: kv_operation(entry.operation),
+    }
+}
+
+impl Broker for NatsBroker {
+    async fn ensure_stream(&self, config: StreamConfig) -> Result<(), BrokerError> {
+        validate_name("stream", &config.name)?;
+        if config.subjects.is_empty() {
+            return Err(BrokerError::invalid(format!(
+                "stream {:?} needs at least one subject",
+                config.name
+            )));
+        }
+        for s in &config.subjects {
+            validate_pattern(s)?;
+        }
+        let op = Op::EnsureStream {
+            stream: &config.name,
+        };
+        match self.js.get_stream_no_info(&config.name).await {
+            Ok(handle) => match handle.get_info().await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let mapped = map_error(&op, &e);
+                    if !matches!(mapped, BrokerError::NotFound { .. }) {
+                        return Err(mapped);
+                    }
+                }
+            },
+            Err(e) => return Err(map_error(&op, &e)),
+        }
+        if let Some(max_age) = config.max_age
+            && config.duplicate_window > max_age
+        {
+            return Err(BrokerError::invalid(
+                "duplicate window must not exceed the stream's max age",
+            ));
+        }
+        let native = stream::Config {
+            name: config.name.clone(),
+            subjects: config.subjects.clone(),
+            max_age: config.max_age.unwrap_or(Duration::ZERO),
+            max_messages_per_subject: config
+                .max_messages_per_subject
+                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+            max_message_size: config
+                .max_message_size
+                .map_or(-1, |n| i32::try_from(n).unwrap_or(i32::MAX)),
+            num_replicas: config.replicas.max(1),
+            duplicate_window: config.duplicate_window,
+            storage: storage(config.storage),
+            deny_delete: config.deny_delete,
+            deny_purge: config.deny_purge,
+            allow_direct: true,
+            ..Default::default()
+        };
+        match self.js.create_stream(native).await {
+            Ok(_) => Ok(()),
+            Err(e) => match map_error(&op, &e) {
+                // Created concurrently by someone else: leave it as it is.
+                BrokerError::AlreadyExists { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn append(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+        options: AppendOptions,
+    ) -> Result<AppendAck, BrokerError> {
+        validate_subject(subject)?;
+        check_user_headers(&headers)?;
+        let size = wire_size(&headers, &payload, &options);
+        let max = self.client.server_info().max_payload;
+        if max > 0 && size > max {
+            return Err(BrokerError::PayloadTooLarge { size, max });
+        }
+        let op = Op::Append {
+            subject,
+            expected: options.expected_last_subject_sequence,
+            size,
+        };
+        let mut publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .headers(to_header_map(&headers));
+        if let Some(id) = &options.message_id {
+            publish = publish.message_id(id);
+        }
+        if let Some(expected) = options.expected_last_subject_sequence {
+            // Also for 0 ("the subject must be empty"): async-nats sends the header as given.
+            publish = publish.expected_last_subject_sequence(expected);
+        }
+        let result = match self.js.send_publish(subject.to_owned(), publish).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(ack) => Ok(AppendAck {
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            }),
+            Err(e) => match map_error(&op, &e) {
+                BrokerError::NotFound { what } => {
+                    // No responders: either no stream captures the subject (definite), or the
+                    // stream exists and is between leaders (transient; nothing was stored).
+                    match self.js.stream_by_subject(subject.to_owned()).await {
+                        Ok(_) => Err(BrokerError::Unavailable {
+                            reason: format!("stream for subject {subject:?} has no leader"),
+                        }),
+                        Err(_) => Err(BrokerError::NotFound { what }),
+                    }
+                }
+                BrokerError::PayloadTooLarge { size, max: 0 } => {
+                    let max = match self.js.stream_by_subject(subject.to_owned()).await {
+                        Ok(name) => match self.js.get_stream(name).await {
+                            Ok(s) => usize::try_from(s.cached_info().config.max_message_size)
+                                .unwrap_or(0),
+                            Err(_) => 0,
+                        },
+                        Err(_) => 0,
+                    };
+                    Err(BrokerError::PayloadTooLarge { size, max })
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn last(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<StoredMessage>, BrokerError> {
+        validate_subject(subject)?;
+        let op = Op::Last { stream };
+        let handle = self
+            .js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| map_error(&op, &e))?;
+        match handle.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok(Some(StoredMessage {
+                subject: m.subject.to_string(),
+                sequence: m.sequence,
+                headers: from_header_map(Some(&m.headers)),
+                payload: m.payload,
+                time: SystemTime::from(m.time),
+            })),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(map_error(&op, &e)),
+        }
+    }
+
+    async fn read(
+        &self,
+        stream: &str,
+        subject: &str,
+        from_sequence: u64,
+    ) -> Result<Vec<StoredMessage>, BrokerError> {
+        validate_subject(subject)?;
+        let op = Op::Read { stream };
+        let messages = self
+            .consume(
+                &op,
+                stream,
+                subject,
+                consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from_sequence.max(1),
+                },
+            )
+            .await?;
+        Ok(messages.iter().filter_map(stored_message).collect())
+    }
+
+    async fn publish(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+    ) -> Result<(), BrokerError> {
+        validate_subject(subject)?;
+        let size = wire_size(&headers, &payload, &AppendOptions::default());
+        let max = self.client.server_info().max_payload;
+        if max > 0 && size > max {
+            return Err(BrokerError::PayloadTooLarge { size, max });
+        }
+        let op = Op::Publish { subject, size };
+        let result = if headers.is_empty() {
+            self.client.publish(subject.to_owned(), payload).await
+        } else {
+            self.client
+                .publish_with_headers(subject.to_owned(), to_header_map(&headers), payload)
+                .await
+        };
+        result.map_err(|e| map_error(&op, &e))
+    }
+
+    async fn subscribe(&self, pattern: &str) -> Result<Subscription, BrokerError> {
+        validate_pattern(pattern)?;
+        let subscriber = self
+            .client
+            .subscribe(pattern.to_owned())
+            .await
+            .map_err(|e| map_error(&Op::Subscribe, &e))?;
+        Ok(Subscription::new(subscriber.map(core_message)))
+    }
+
+    async fn request(
+        &self,
+        subject: &str,
+        headers: Headers,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Message, BrokerError> {
+        validate_subject(subject)?;
+        let size = wire_size(&headers, &payload, &AppendOptions::default());
+        let max = self.client.server_info().max_payload;
+        if max > 0 && size > max {
+            return Err(BrokerError::PayloadTooLarge { size, max });
+        }
+        let op = Op::Request { subject, size };
+        let mut request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        if !headers.is_empty() {
+            request = request.headers(to_header_map(&headers));
+        }
+        self.client
+            .send_request(subject.to_owned(), request)
+            .await
+            .map(core_message)
+            .map_err(|e| map_error(&op, &e))
+    }
+
+    async fn kv_ensure(&self, config: KvConfig) -> Result<(), BrokerError> {
+        validate_name("bucket", &config.bucket)?;
+        if let Some(ttl) = config.ttl
+            && ttl < Duration::from_millis(100)
+        {
+            return Err(BrokerError::invalid("KV TTL must be at least 100 ms"));
+        }
+        if self.bucket(&config.bucket).await.is_ok() {
+            return Ok(());
+        }
+        let op = Op::KvBucket {
+            bucket: &config.bucket,
+        };
+        let native = kv::Config {
+            bucket: config.bucket.clone(),
+            history: 1,
+            max_age: config.ttl.unwrap_or(Duration::ZERO),
+            num_replicas: config.replicas.max(1),
+            max_value_size: config
+                .max_value_size
+                .map_or(-1, |n| i32::try_from(n).unwrap_or(i32::MAX)),
+            storage: storage(config.storage),
+            ..Default::default()
+        };
+        match self.js.create_key_value(native).await {
+            Ok(store) => {
+                self.lock_buckets().insert(config.bucket.clone(), store);
+                Ok(())
+            }
+            Err(e) => match self.bucket(&config.bucket).await {
+                // Created concurrently by someone else.
+                Ok(_) => Ok(()),
+                Err(_) => Err(map_error(&op, &e)),
+            },
+        }
+    }
+
+    async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, BrokerError> {
+        validate_kv_key(key)?;
+        let store = self.bucket(bucket).await?;
+        let entry = store
+            .entry(key)
+            .await
+            .map_err(|e| map_error(&Op::KvRead { bucket }, &e))?;
+        Ok(entry
+            .map(kv_entry)
+            .filter(|e| e.operation == KvOperation::Put))
+    }
+
+    async fn kv_create(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, BrokerError> {
+        validate_kv_key(key)?;
+        let store = self.bucket(bucket).await?;
+        store
+            .create(key, value)
+            .await
+            .map_err(|e| map_error(&Op::KvCreate { key }, &e))
+    }
+
+    async fn kv_update(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> Result<u64, BrokerError> {
+        validate_kv_key(key)?;
+        let store = self.bucket(bucket).await?;
+        store
+            .update(key, value, revision)
+            .await
+            .map_err(|e| map_error(&Op::KvUpdate { key, revision }, &e))
+    }
+
+    async fn kv_put(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, BrokerError> {
+        validate_kv_key(key)?;
+        let size = value.len();
+        let store = self.bucket(bucket).await?;
+        store
+            .put(key, value)
+            .await
+            .map_err(|e| map_error(&Op::KvWrite { key, size }, &e))
+    }
+
+    async fn kv_delete(&self, bucket: &str, key: &str) -> Result<(), BrokerError> {
+        validate_kv_key(key)?;
+        let store = self.bucket(bucket).await?;
+        store
+            .delete(key)
+            .await
+            .map_err(|e| map_error(&Op::KvWrite { key, size: 0 }, &e))
+    }
+
+    async fn kv_entries(&self, bucket: &str) -> Result<Vec<KvEntry>, BrokerError> {
+        // Check the bucket exists (and is a KV bucket) before reading its stream.
+        self.bucket(bucket).await?;
+        let op = Op::KvRead { bucket };
+        let prefix = format!("$KV.{bucket}.");
+        let messages = self
+            .consume(
+                &op,
+                &format!("KV_{bucket}"),
+                &format!("{prefix}>"),
+                consumer::DeliverPolicy::LastPerSubject,
+            )
+            .await?;
+        let mut entries: BTreeMap<String, KvEntry> = BTreeMap::new();
+        for message in &messages {
+            let Some(key) = message.subject.as_str().strip_prefix(&prefix) else {
+                continue;
+            };
+            let deleted = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|v| v.as_str() == "DEL" || v.as_str() == "PURGE");
+            if deleted {
+                entries.remove(key);
+                continue;
+            }
+            let Ok(info) = message.info() else { continue };
+            entries.insert(
+                key.to_owned(),
+                KvEntry {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    value: message.payload.clone(),
+                    revision: info.stream_sequence,
+                    operation: KvOperation::Put,
+                },
+            );
+        }
+        Ok(entries.into_values().collect())
+    }
+
+    async fn kv_watch(&self, bucket: &str, key_pattern: &str) -> Result<KvWatch, BrokerError> {
+        validate_pattern(key_pattern)?;
+        let store = self.bucket(bucket).await?;
+        // Buckets are created with history 1, so "all history" is exactly the current entry
+        // of every key (tombstones included) followed by every later write.
+        let watch = store
+            .watch_with_history(key_pattern)
+            .await
+            .map_err(|e| map_error(&Op::KvRead { bucket }, &e))?;
+        Ok(KvWatch::new(watch.filter_map(|entry| async move {
+            entry.ok().map(kv_entry)
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_below_2_11_are_refused() {
+        assert!(server_version_supported("2.15.1"));
+        assert!(server_version_supported("2.11.0"));
+        assert!(server_version_supported("v2.12.0-beta.1"));
+        assert!(server_version_supported("3.0.0"));
+        assert!(!server_version_supported("2.10.24"));
+        assert!(!server_version_supported("2.9.10"));
+        assert!(!server_version_supported("garbage"));
+    }
+
+    #[test]
+    fn actual_sequence_is_parsed_from_the_server_description() {
+        assert_eq!(
+            actual_sequence("wrong last sequence: 42 (code 400, error code 10071)"),
+            Some(42)
+        );
+        assert_eq!(actual_sequence("wrong last sequence: 42"), Some(42));
+    }
+
+    #[test]
+    fn reserved_headers_are_recognised_case_insensitively() {
+        assert!(is_reserved_header("Nats-Msg-Id"));
+        assert!(is_reserved_header("nats-expected-stream"));
+        assert!(!is_reserved_header("Aether-Commit-Id"));
+        assert!(!is_reserved_header("Nat"));
+    }
+
+    #[test]
+    fn auth_debug_never_prints_secrets() {
+        let text = format!(
+            "{:?}",
+            NatsOptions::new("nats://x:4222").user_password("ada", "s3cret")
+        );
+        assert!(text.contains("ada"));
+        assert!(!text.contains("s3cret"));
+        let text = format!("{:?}", NatsAuth::Token("t0ken".into()));
+        assert!(!text.contains("t0ken"));
+    }
+}
