@@ -1,0 +1,256 @@
+//! The history recorder: every operation a workload performs, as invoke and completion with
+//! simulated time (Jepsen style: ok, fail, or ambiguous), plus the fault timeline and a trace
+//! whose hash proves that a run is a pure function of its seed.
+//!
+//! Operations a crashed node never completed stay [`Outcome::Pending`] and count as ambiguous.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::event::ExpectedVersion;
+
+/// One event as an operation saw it: version, id, and its data as canonical JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventDigest {
+    /// Version in the actor's stream.
+    pub version: u64,
+    /// Event id.
+    pub id: String,
+    /// The data, serialised (serde_json maps are ordered, so this is canonical).
+    pub data: String,
+}
+
+impl EventDigest {
+    /// The digest of `event`.
+    pub fn of(event: &crate::event::Event) -> Self {
+        Self {
+            version: event.version,
+            id: event.id.clone(),
+            data: event.data.to_string(),
+        }
+    }
+}
+
+/// What an operation tried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// `EventStore::append` of events with these ids.
+    Append {
+        /// The actor.
+        actor: String,
+        /// The expected version passed.
+        expected: ExpectedVersion,
+        /// Ids of the appended events, in order.
+        event_ids: Vec<String>,
+    },
+    /// `EventStore::events(actor, 1)`.
+    Read {
+        /// The actor.
+        actor: String,
+    },
+    /// A raw broker append of a record that is not a commit (damage on purpose).
+    Damage {
+        /// The actor whose subject received the record.
+        actor: String,
+    },
+    /// A cluster observation (leader claimed, assignment applied, ...), recorded as one
+    /// instantaneous operation.
+    Cluster(ClusterObservation),
+}
+
+/// A fact a node reported about the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterObservation {
+    /// The node acts as leader under `token` until its own deadline.
+    Leading {
+        /// Fencing token (lease revision).
+        token: u64,
+    },
+    /// The node stopped acting as leader under `token`.
+    Stepped {
+        /// Fencing token.
+        token: u64,
+    },
+    /// The node applied (hosts shards under) the assignment of `epoch`.
+    Applied {
+        /// Assignment epoch.
+        epoch: u64,
+        /// Shards the node hosts under it.
+        shards: Vec<u32>,
+    },
+}
+
+/// How an operation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not completed (yet, or ever: the node crashed). Ambiguous.
+    Pending,
+    /// An append succeeded.
+    Appended {
+        /// Commit id.
+        commit_id: String,
+        /// Stream sequence of the commit.
+        sequence: u64,
+        /// The stored events.
+        events: Vec<EventDigest>,
+    },
+    /// A read returned these events.
+    Read {
+        /// The events.
+        events: Vec<EventDigest>,
+    },
+    /// A read reported a damaged record at this stream sequence, or a damage append stored one.
+    Damaged {
+        /// Stream sequence of the damaged record.
+        sequence: u64,
+    },
+    /// Definitely failed: nothing was stored.
+    Failed(String),
+    /// Failed without a definite answer: may or may not have taken effect.
+    Ambiguous(String),
+    /// An instantaneous observation.
+    Observed,
+}
+
+/// One recorded operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Op {
+    /// Index in the history.
+    pub id: usize,
+    /// The node that ran it.
+    pub node: String,
+    /// What it tried.
+    pub kind: OpKind,
+    /// Simulated time of invocation.
+    pub invoked: Duration,
+    /// Simulated time of completion.
+    pub completed: Option<Duration>,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    ops: Vec<Op>,
+    faults: Vec<(Duration, String)>,
+    trace: Vec<String>,
+}
+
+/// The shared recorder. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn ms(t: Duration) -> String {
+    format!("{:>7}.{:03}", t.as_secs(), t.subsec_millis())
+}
+
+impl History {
+    /// An empty history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the start of an operation at simulated time `now`; returns its id.
+    pub fn invoke(&self, now: Duration, node: &str, kind: OpKind) -> usize {
+        let mut inner = self.lock();
+        let id = inner.ops.len();
+        inner
+            .trace
+            .push(format!("{} {node} invoke #{id} {kind:?}", ms(now)));
+        inner.ops.push(Op {
+            id,
+            node: node.to_owned(),
+            kind,
+            invoked: now,
+            completed: None,
+            outcome: Outcome::Pending,
+        });
+        id
+    }
+
+    /// Records how operation `id` ended.
+    pub fn complete(&self, now: Duration, id: usize, outcome: Outcome) {
+        let mut inner = self.lock();
+        let line = match &outcome {
+            Outcome::Appended {
+                commit_id,
+                sequence,
+                events,
+            } => format!(
+                "ok seq={sequence} versions={}..={} commit={commit_id}",
+                events.first().map_or(0, |e| e.version),
+                events.last().map_or(0, |e| e.version)
+            ),
+            Outcome::Read { events } => format!("ok read {} events", events.len()),
+            other => format!("{other:?}"),
+        };
+        let node = inner.ops[id].node.clone();
+        inner
+            .trace
+            .push(format!("{} {node} complete #{id} {line}", ms(now)));
+        let op = &mut inner.ops[id];
+        op.completed = Some(now);
+        op.outcome = outcome;
+    }
+
+    /// Records an instantaneous observation.
+    pub fn observe(&self, now: Duration, node: &str, observation: ClusterObservation) {
+        let id = self.invoke(now, node, OpKind::Cluster(observation));
+        let mut inner = self.lock();
+        let op = &mut inner.ops[id];
+        op.completed = Some(now);
+        op.outcome = Outcome::Observed;
+    }
+
+    /// Records a fault (or heal) applied at simulated time `now`.
+    pub fn fault(&self, now: Duration, description: String) {
+        let mut inner = self.lock();
+        inner.trace.push(format!("{} FAULT {description}", ms(now)));
+        inner.faults.push((now, description));
+    }
+
+    /// Adds a free-form line to the trace.
+    pub fn note(&self, now: Duration, line: String) {
+        self.lock().trace.push(format!("{} {line}", ms(now)));
+    }
+
+    /// A copy of every operation.
+    pub fn ops(&self) -> Vec<Op> {
+        self.lock().ops.clone()
+    }
+
+    /// The fault timeline.
+    pub fn faults(&self) -> Vec<(Duration, String)> {
+        self.lock().faults.clone()
+    }
+
+    /// The full trace.
+    pub fn trace(&self) -> Vec<String> {
+        self.lock().trace.clone()
+    }
+
+    /// FNV-1a hash of the trace: equal for two runs of one seed, or the run is not
+    /// deterministic.
+    pub fn trace_hash(&self) -> u64 {
+        let inner = self.lock();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for line in &inner.trace {
+            for byte in line.bytes().chain(std::iter::once(b'\n')) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        hash
+    }
+}
+
+/// Formats a simulated time as `s.mmm`.
+pub fn format_time(t: Duration) -> String {
+    ms(t).trim_start().to_owned()
+}

@@ -1,0 +1,303 @@
+//! Workloads: what the simulated nodes do while faults rain on them.
+//!
+//! The store workload runs, on every node, a few writers that hammer a handful of hot actors with
+//! stale expected versions (their own last belief), `NoStream` and `Any` appends and retries
+//! after conflicts, a reader that replays actors, and — on node 0 — a vandal that plants one
+//! damaged record, so that replay's promise never to hide damage is exercised. Everything is
+//! recorded in the [`History`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::broker::{SimBroker, SimBrokerConfig};
+use super::clock::{SimClock, sim_now};
+use super::history::{EventDigest, History, OpKind, Outcome};
+use crate::broker::{AppendOptions, Broker, BrokerError, Headers};
+use crate::clock::{Clock, Runtime, SharedRng};
+use crate::codec::encode_actor_id;
+use crate::event::{ExpectedVersion, NewEvent};
+use crate::planted::PlantedBugs;
+use crate::store::{AppendError, EventStore, ReadError, StoreConfig};
+
+/// The namespace every simulated store uses.
+pub const NAMESPACE: &str = "sim";
+/// The actor the vandal damages.
+pub const DAMAGED_ACTOR: &str = "damaged";
+
+/// Store workload settings.
+#[derive(Clone, Debug)]
+pub struct StoreWorkload {
+    /// Hot actors everyone writes to.
+    pub actors: Vec<String>,
+    /// Writers per node.
+    pub writers_per_node: usize,
+    /// Pause between a writer's operations.
+    pub think: (Duration, Duration),
+    /// Pause between a reader's operations.
+    pub read_every: (Duration, Duration),
+    /// Plant a damaged record (node 0).
+    pub vandal: bool,
+}
+
+impl Default for StoreWorkload {
+    fn default() -> Self {
+        Self {
+            actors: (0..3).map(|i| format!("hot-{i}")).collect(),
+            writers_per_node: 2,
+            think: (Duration::from_millis(20), Duration::from_millis(250)),
+            read_every: (Duration::from_millis(300), Duration::from_millis(1200)),
+            vandal: true,
+        }
+    }
+}
+
+/// Everything one node incarnation is built from.
+#[derive(Clone)]
+pub struct NodeContext {
+    /// Node index.
+    pub index: usize,
+    /// Host name (`n0`, `n1`, ...).
+    pub name: String,
+    /// Seed of this node; each incarnation derives its own generator from it.
+    pub seed: u64,
+    /// Incarnation counter, shared across restarts.
+    pub incarnations: Arc<AtomicU64>,
+    /// The node's clock.
+    pub clock: SimClock,
+    /// The recorder.
+    pub history: History,
+    /// Planted bugs.
+    pub planted: PlantedBugs,
+}
+
+/// One started incarnation of a node.
+pub struct Incarnation {
+    /// 1 for the first start, 2 after the first restart, ...
+    pub number: u64,
+    /// The node's runtime bundle.
+    pub rt: Runtime<SimBroker, SimClock>,
+}
+
+impl NodeContext {
+    /// Starts the next incarnation: a fresh broker client and generator.
+    pub fn start(&self) -> Incarnation {
+        let number = self.incarnations.fetch_add(1, Ordering::SeqCst) + 1;
+        let rng = SharedRng::from_seed(self.seed ^ number.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let broker = SimBroker::new(
+            SimBrokerConfig::new(self.name.clone(), number << 32),
+            self.clock.clone(),
+        );
+        self.history.note(
+            sim_now(),
+            format!("{} start incarnation {number}", self.name),
+        );
+        Incarnation {
+            number,
+            rt: Runtime::new(broker, self.clock.clone(), rng).with_planted_bugs(self.planted),
+        }
+    }
+}
+
+/// The store configuration of the simulation.
+pub fn store_config() -> StoreConfig {
+    StoreConfig::new(NAMESPACE)
+}
+
+/// Opens the store, retrying until the broker answers.
+pub async fn open_store(rt: &Runtime<SimBroker, SimClock>) -> EventStore<SimBroker, SimClock> {
+    loop {
+        match EventStore::open(rt.clone(), store_config()).await {
+            Ok(store) => return store,
+            Err(_) => rt.clock().sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn below(rng: &SharedRng, n: usize) -> usize {
+    (rng.next_u64() % n.max(1) as u64) as usize
+}
+
+/// The store workload's node software.
+pub async fn store_node(ctx: NodeContext, workload: StoreWorkload) -> turmoil::Result {
+    let incarnation = ctx.start();
+    let store = open_store(&incarnation.rt).await;
+    for w in 0..workload.writers_per_node {
+        let rng = incarnation.rt.rng().fork();
+        tokio::spawn(writer(
+            ctx.clone(),
+            store.clone(),
+            workload.clone(),
+            format!("{}.{}.{w}", ctx.name, incarnation.number),
+            rng,
+        ));
+    }
+    tokio::spawn(reader(
+        ctx.clone(),
+        store.clone(),
+        workload.clone(),
+        incarnation.rt.rng().fork(),
+    ));
+    if workload.vandal && ctx.index == 0 {
+        tokio::spawn(vandal(ctx.clone(), incarnation.rt.broker().clone()));
+    }
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Appends to hot actors with whatever version it last believed, forever.
+pub async fn writer(
+    ctx: NodeContext,
+    store: EventStore<SimBroker, SimClock>,
+    workload: StoreWorkload,
+    writer_id: String,
+    rng: SharedRng,
+) {
+    let mut belief: BTreeMap<String, u64> = BTreeMap::new();
+    let mut retry: Option<(String, u64)> = None;
+    for k in 0u64.. {
+        ctx.clock
+            .sleep(rng.duration_between(workload.think.0, workload.think.1))
+            .await;
+        let (actor, expected) = match retry.take() {
+            // Retry right after a conflict, with the version the conflict reported.
+            Some((actor, actual)) => (actor, ExpectedVersion::Exact(actual)),
+            None => {
+                let actor = workload.actors[below(&rng, workload.actors.len())].clone();
+                let expected = match below(&rng, 100) {
+                    0..=9 => ExpectedVersion::NoStream,
+                    10..=24 => ExpectedVersion::Any,
+                    _ => ExpectedVersion::Exact(belief.get(&actor).copied().unwrap_or(0)),
+                };
+                (actor, expected)
+            }
+        };
+        let count = 1 + below(&rng, 3);
+        let event_ids: Vec<String> = (0..count).map(|j| format!("{writer_id}.{k}.{j}")).collect();
+        let events = event_ids
+            .iter()
+            .enumerate()
+            .map(|(j, id)| {
+                NewEvent::new("Tick", json!({ "writer": writer_id, "k": k, "j": j }))
+                    .with_id(id.clone())
+            })
+            .collect();
+        let op = ctx.history.invoke(
+            sim_now(),
+            &ctx.name,
+            OpKind::Append {
+                actor: actor.clone(),
+                expected,
+                event_ids,
+            },
+        );
+        let outcome = match store.append(&actor, expected, events).await {
+            Ok(done) => {
+                belief.insert(actor.clone(), done.last_version());
+                Outcome::Appended {
+                    commit_id: done.commit_id.clone(),
+                    sequence: done.sequence,
+                    events: done.events.iter().map(EventDigest::of).collect(),
+                }
+            }
+            Err(AppendError::Conflict(conflict)) => {
+                belief.insert(actor.clone(), conflict.actual);
+                if below(&rng, 2) == 0 {
+                    retry = Some((actor.clone(), conflict.actual));
+                }
+                Outcome::Failed(conflict.to_string())
+            }
+            Err(e @ AppendError::Indeterminate { .. }) => Outcome::Ambiguous(e.to_string()),
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        ctx.history.complete(sim_now(), op, outcome);
+    }
+}
+
+/// Replays actors, forever.
+pub async fn reader(
+    ctx: NodeContext,
+    store: EventStore<SimBroker, SimClock>,
+    workload: StoreWorkload,
+    rng: SharedRng,
+) {
+    loop {
+        ctx.clock
+            .sleep(rng.duration_between(workload.read_every.0, workload.read_every.1))
+            .await;
+        let pick = below(&rng, workload.actors.len() + usize::from(workload.vandal));
+        let actor = workload
+            .actors
+            .get(pick)
+            .cloned()
+            .unwrap_or_else(|| DAMAGED_ACTOR.to_owned());
+        let op = ctx.history.invoke(
+            sim_now(),
+            &ctx.name,
+            OpKind::Read {
+                actor: actor.clone(),
+            },
+        );
+        let outcome = match store.events(&actor, 1).await {
+            Ok(events) => Outcome::Read {
+                events: events.iter().map(EventDigest::of).collect(),
+            },
+            Err(ReadError::Damaged(damage)) => Outcome::Damaged {
+                sequence: damage.sequence,
+            },
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        ctx.history.complete(sim_now(), op, outcome);
+    }
+}
+
+/// Plants one record that is not a commit on [`DAMAGED_ACTOR`]'s subject (once per run: the
+/// append expects an empty subject).
+pub async fn vandal(ctx: NodeContext, broker: SimBroker) {
+    let subject = format!(
+        "aether.ev.{NAMESPACE}.{}",
+        encode_actor_id(DAMAGED_ACTOR).expect("valid actor id")
+    );
+    loop {
+        let op = ctx.history.invoke(
+            sim_now(),
+            &ctx.name,
+            OpKind::Damage {
+                actor: DAMAGED_ACTOR.to_owned(),
+            },
+        );
+        let result = broker
+            .append(
+                &subject,
+                Headers::new(),
+                Bytes::from_static(b"\x00 this is not a commit"),
+                AppendOptions {
+                    expected_last_subject_sequence: Some(0),
+                    message_id: Some("vandal".to_owned()),
+                },
+            )
+            .await;
+        let (outcome, done) = match result {
+            Ok(ack) => (
+                Outcome::Damaged {
+                    sequence: ack.sequence,
+                },
+                true,
+            ),
+            Err(e @ BrokerError::WrongLastSequence { .. }) => {
+                (Outcome::Failed(e.to_string()), true)
+            }
+            Err(e) if e.is_ambiguous() => (Outcome::Ambiguous(e.to_string()), false),
+            Err(e) => (Outcome::Failed(e.to_string()), false),
+        };
+        ctx.history.complete(sim_now(), op, outcome);
+        if done {
+            return;
+        }
+        ctx.clock.sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,170 @@
+//! The deterministic simulation, as CI runs it: a fixed seed set per scenario, a determinism
+//! check, a snapshot of one seed's trace summary, and the planted-bug teeth tests.
+//!
+//! - `AETHER_SIM_SEED=<n>` runs only that seed (in every scenario test, or in
+//!   `replay_seed_from_env`, which also prints the full trace).
+//! - `AETHER_SIM_SEEDS=<count>` sweeps that many seeds per scenario.
+//! - `AETHER_SIM_SCENARIO=<name>` and `AETHER_SIM_PLANTED=<bug,...>` select what
+//!   `replay_seed_from_env` runs.
+
+#![cfg(feature = "sim")]
+
+use std::time::Duration;
+
+use aether::planted::PlantedBugs;
+use aether::sim::runner::{parse_planted, seeds_from_env};
+use aether::sim::{RunOptions, RunReport, Scenario, run};
+
+/// Seeds CI runs per scenario.
+const CI_SEEDS: u64 = 16;
+
+fn run_seeds(scenario: &Scenario, options: &RunOptions, seeds: &[u64]) -> Vec<RunReport> {
+    seeds
+        .iter()
+        .map(|seed| run(scenario, *seed, options))
+        .collect()
+}
+
+fn assert_all_pass(reports: &[RunReport]) {
+    let failed: Vec<&RunReport> = reports.iter().filter(|r| !r.passed()).collect();
+    for report in &failed {
+        eprintln!("{report}");
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} seeds failed; replay with the command printed above",
+        failed.len(),
+        reports.len()
+    );
+}
+
+#[test]
+fn store_scenario_holds_every_invariant_on_the_ci_seeds() {
+    let reports = run_seeds(
+        &Scenario::store(),
+        &RunOptions::default(),
+        &seeds_from_env(0, CI_SEEDS),
+    );
+    for r in &reports {
+        eprintln!("{r}");
+    }
+    assert_all_pass(&reports);
+}
+
+#[test]
+fn one_seed_run_twice_gives_the_same_trace() {
+    let scenario = Scenario::store().with_safety(Duration::from_secs(10));
+    let seed = seeds_from_env(7, 1)[0];
+    let first = run(&scenario, seed, &RunOptions::default());
+    let second = run(&scenario, seed, &RunOptions::default());
+    assert_eq!(
+        first.trace_hash,
+        second.trace_hash,
+        "seed {seed} is not deterministic:\n{}\n---\n{}",
+        first.summary(),
+        second.summary()
+    );
+    assert_eq!(first.summary(), second.summary());
+}
+
+#[test]
+fn trace_summary_of_seed_42_is_stable() {
+    let scenario = Scenario::store().with_safety(Duration::from_secs(10));
+    let report = run(&scenario, 42, &RunOptions::default());
+    insta::assert_snapshot!("store_seed_42_summary", report.summary());
+}
+
+/// Replays `AETHER_SIM_SEED` (default 0) of `AETHER_SIM_SCENARIO` (default `store`) with
+/// `AETHER_SIM_PLANTED` bugs, printing the full trace and the verdict.
+#[test]
+fn replay_seed_from_env() {
+    let name = std::env::var("AETHER_SIM_SCENARIO").unwrap_or_else(|_| "store".to_owned());
+    let scenario = Scenario::by_name(&name).unwrap_or_else(|| panic!("unknown scenario {name:?}"));
+    let planted = parse_planted(&std::env::var("AETHER_SIM_PLANTED").unwrap_or_default())
+        .expect("AETHER_SIM_PLANTED names planted bugs");
+    let replaying = std::env::var("AETHER_SIM_SEED").is_ok();
+    let seed = seeds_from_env(0, 1)[0];
+    let options = RunOptions {
+        planted,
+        keep_trace: true,
+        ..RunOptions::default()
+    };
+    let report = run(&scenario, seed, &options);
+    let trace = report.trace.as_ref().expect("trace kept");
+    assert!(!trace.is_empty(), "a run records a trace");
+    if replaying {
+        for line in trace {
+            println!("{line}");
+        }
+        println!("{}", report.summary());
+    }
+    println!("{report}");
+    if planted == PlantedBugs::default() {
+        assert!(report.passed(), "{report}");
+    }
+}
+
+/// Runs seeds from 0 until one violates an invariant; returns how many it took.
+fn seeds_to_catch(scenario: &Scenario, planted: PlantedBugs, budget: u64) -> Option<u64> {
+    let options = RunOptions {
+        planted,
+        ..RunOptions::default()
+    };
+    for seed in 0..budget {
+        let report = run(scenario, seed, &options);
+        if !report.passed() {
+            eprintln!("{report}");
+            return Some(seed + 1);
+        }
+    }
+    None
+}
+
+fn assert_caught(scenario: Scenario, planted: PlantedBugs, budget: u64) {
+    let caught = seeds_to_catch(&scenario, planted, budget);
+    assert!(
+        caught.is_some(),
+        "planted bug {planted:?} survived {budget} seeds of {}",
+        scenario.name
+    );
+    eprintln!(
+        "caught {planted:?} within {} seed(s)",
+        caught.unwrap_or_default()
+    );
+}
+
+#[test]
+fn planted_append_without_expected_sequence_is_caught() {
+    assert_caught(
+        Scenario::store(),
+        PlantedBugs {
+            append_without_expected_sequence: true,
+            ..PlantedBugs::default()
+        },
+        CI_SEEDS,
+    );
+}
+
+#[test]
+fn planted_retry_with_fresh_commit_id_is_caught() {
+    assert_caught(
+        Scenario::store(),
+        PlantedBugs {
+            retry_with_fresh_commit_id: true,
+            ..PlantedBugs::default()
+        },
+        CI_SEEDS,
+    );
+}
+
+#[test]
+fn planted_skip_damaged_records_is_caught() {
+    assert_caught(
+        Scenario::store(),
+        PlantedBugs {
+            skip_damaged_records: true,
+            ..PlantedBugs::default()
+        },
+        CI_SEEDS,
+    );
+}
