@@ -147,6 +147,11 @@ pub fn decode_actor_id(token: &str) -> Result<String, InvalidName> {
     if id.is_empty() {
         return Err(fail("must not be empty"));
     }
+    if id.len() > ACTOR_ID_MAX {
+        // Found by cargo-fuzz: without this, a token could decode to an id that
+        // `encode_actor_id` refuses, and the encoding would not be a bijection.
+        return Err(fail("decodes to an actor id longer than 256 bytes"));
+    }
     Ok(id)
 }
 
@@ -505,6 +510,7 @@ mod tests {
         assert!(decode_actor_id("_41").is_err()); // 'A' is never escaped
         assert!(decode_actor_id("_2e").is_err()); // lower-case hex is never produced
         assert!(decode_actor_id("a.b").is_err());
+        assert!(decode_actor_id(&"x".repeat(257)).is_err()); // longer than encode accepts
     }
 
     proptest! {
