@@ -5,3 +5,5 @@
 pub mod conformance;
 #[cfg(feature = "nats")]
 pub mod nats_server;
+#[cfg(feature = "nats")]
+pub mod race;
