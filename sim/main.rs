@@ -130,7 +130,7 @@ fn main() {
                             .push(seed);
                     }
                     let finished = done.fetch_add(1, Ordering::SeqCst) + 1;
-                    if finished % 100 == 0 {
+                    if finished.is_multiple_of(100) {
                         let elapsed = started.elapsed().as_secs_f64();
                         println!(
                             "  {finished} seeds, {:.0} seeds/min",
