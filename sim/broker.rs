@@ -61,6 +61,33 @@ const PUSH_QUEUE_MAX: usize = 4096;
 // Wire format
 // ---------------------------------------------------------------------------------------------
 
+/// Payloads travel as a JSON string when they are UTF-8 (commits are JSON text), which is many
+/// times cheaper than JSON's array of numbers, and as an array of bytes otherwise.
+mod payload {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Text(String),
+        Raw(Vec<u8>),
+    }
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.collect_seq(bytes),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(match Wire::deserialize(d)? {
+            Wire::Text(text) => text.into_bytes(),
+            Wire::Raw(bytes) => bytes,
+        })
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct WireStreamConfig {
     name: String,
@@ -155,6 +182,7 @@ struct WireStored {
     subject: String,
     sequence: u64,
     headers: Headers,
+    #[serde(with = "payload")]
     payload: Vec<u8>,
     time: SystemTime,
 }
@@ -187,6 +215,7 @@ impl From<WireStored> for StoredMessage {
 struct WireMessage {
     subject: String,
     headers: Headers,
+    #[serde(with = "payload")]
     payload: Vec<u8>,
     reply: Option<String>,
 }
@@ -217,6 +246,7 @@ impl From<WireMessage> for Message {
 struct WireKvEntry {
     bucket: String,
     key: String,
+    #[serde(with = "payload")]
     value: Vec<u8>,
     revision: u64,
     delete: bool,
@@ -317,6 +347,7 @@ enum Request {
     Append {
         subject: String,
         headers: Headers,
+        #[serde(with = "payload")]
         payload: Vec<u8>,
         expected_last_subject_sequence: Option<u64>,
         message_id: Option<String>,
@@ -333,6 +364,7 @@ enum Request {
     Publish {
         subject: String,
         headers: Headers,
+        #[serde(with = "payload")]
         payload: Vec<u8>,
     },
     Subscribe {
@@ -348,6 +380,7 @@ enum Request {
         inbox: String,
         subject: String,
         headers: Headers,
+        #[serde(with = "payload")]
         payload: Vec<u8>,
     },
     KvEnsure(WireKvConfig),
@@ -358,17 +391,20 @@ enum Request {
     KvCreate {
         bucket: String,
         key: String,
+        #[serde(with = "payload")]
         value: Vec<u8>,
     },
     KvUpdate {
         bucket: String,
         key: String,
+        #[serde(with = "payload")]
         value: Vec<u8>,
         revision: u64,
     },
     KvPut {
         bucket: String,
         key: String,
+        #[serde(with = "payload")]
         value: Vec<u8>,
     },
     KvDelete {

@@ -50,7 +50,7 @@ impl Default for StoreWorkload {
             actors: (0..3).map(|i| format!("hot-{i}")).collect(),
             writers_per_node: 2,
             think: (Duration::from_millis(20), Duration::from_millis(250)),
-            read_every: (Duration::from_millis(300), Duration::from_millis(1200)),
+            read_every: (Duration::from_millis(1000), Duration::from_millis(3000)),
             vandal: true,
         }
     }
