@@ -1,0 +1,352 @@
+//! aether on NATS against raw async-nats, measured in the same run on a local nats-server.
+//!
+//! Run: `cargo bench --features nats --bench nats` (starts its own nats-server, found like the
+//! tests: `AETHER_NATS_SERVER`, `.tools/nats/bin/nats-server`, or `PATH`).
+//!
+//! (a) sequential appends to one actor vs raw publish with expected-last-subject-sequence;
+//! (b) appends over 1,000 actors at concurrency 64 vs raw publishes at the same concurrency;
+//! (c) replay of a 10,000-event actor vs a raw ordered consumer;
+//! (d) `latest_version` vs one raw direct get (one round trip).
+//!
+//! Each comparison alternates rounds of the two sides and keeps each side's best round, so a
+//! noisy neighbour hurts both equally. Ratios are aether / raw (higher is better, 1.0 = parity).
+#![allow(clippy::disallowed_methods)] // a benchmark reads the clock
+
+#[path = "../tests/support/nats_server.rs"]
+#[allow(dead_code)]
+mod nats_server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aether::broker::async_nats::jetstream::{self, consumer};
+use aether::broker::{Broker, Headers};
+use aether::codec::encode_actor_id;
+use aether::{EventStore, ExpectedVersion, NewEvent, Runtime, StoreConfig};
+use bytes::Bytes;
+use futures::StreamExt;
+use nats_server::NatsServer;
+
+const ROUNDS: usize = 3;
+
+fn event(n: u64) -> NewEvent {
+    NewEvent::new(
+        "Deposited",
+        serde_json::json!({ "account": "acc-1", "amount": n, "currency": "EUR" }),
+    )
+}
+
+fn header_map(headers: &Headers) -> aether::broker::async_nats::HeaderMap {
+    let mut map = aether::broker::async_nats::HeaderMap::new();
+    for (k, v) in headers {
+        map.insert(k.as_str(), v.as_str());
+    }
+    map
+}
+
+/// Rate in operations per second.
+fn rate(ops: usize, elapsed: Duration) -> f64 {
+    ops as f64 / elapsed.as_secs_f64()
+}
+
+struct Comparison {
+    name: &'static str,
+    unit: &'static str,
+    ours: f64,
+    raw: f64,
+    target: f64,
+}
+
+impl Comparison {
+    fn ratio(&self) -> f64 {
+        self.ours / self.raw
+    }
+}
+
+async fn raw_publish_sequence(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: &Headers,
+    payload: &Bytes,
+    ops: usize,
+    tag: &str,
+) -> Duration {
+    let mut last = 0u64;
+    let start = Instant::now();
+    for i in 0..ops {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.clone())
+            .headers(header_map(headers))
+            .message_id(format!("{tag}-{i}"))
+            .expected_last_subject_sequence(last);
+        let ack = js
+            .send_publish(subject.to_owned(), publish)
+            .await
+            .expect("raw publish")
+            .await
+            .expect("raw ack");
+        last = ack.sequence;
+    }
+    start.elapsed()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let server = NatsServer::start();
+    let broker = server.broker().await;
+    let js = broker.jetstream().clone();
+    let store = EventStore::open(Runtime::system(broker.clone()), StoreConfig::new("bench"))
+        .await
+        .expect("store");
+    let stream = "AETHER_EV_bench";
+    let subject_of = |actor: &str| format!("aether.ev.bench.{}", encode_actor_id(actor).unwrap());
+    println!(
+        "nats-server {} on 127.0.0.1, aether vs raw async-nats 0.51, best of {ROUNDS} rounds",
+        broker.server_version()
+    );
+
+    // A real commit, to give the raw side the same payload and headers.
+    store
+        .append("sample", ExpectedVersion::NoStream, vec![event(0)])
+        .await
+        .expect("sample");
+    let sample = broker
+        .last(stream, &subject_of("sample"))
+        .await
+        .expect("last")
+        .expect("sample stored");
+    let (payload, headers) = (sample.payload.clone(), sample.headers.clone());
+
+    let mut results = Vec::new();
+
+    // (a) sequential appends to one actor.
+    let ops = 2_000;
+    let (mut ours, mut raw) = (0f64, 0f64);
+    for round in 0..ROUNDS {
+        let actor = format!("seq-{round}");
+        let start = Instant::now();
+        let mut version = 0;
+        for i in 0..ops {
+            let outcome = store
+                .append(
+                    &actor,
+                    ExpectedVersion::Exact(version),
+                    vec![event(i as u64)],
+                )
+                .await
+                .expect("append");
+            version = outcome.last_version();
+        }
+        ours = ours.max(rate(ops, start.elapsed()));
+        let elapsed = raw_publish_sequence(
+            &js,
+            &subject_of(&format!("raw-seq-{round}")),
+            &headers,
+            &payload,
+            ops,
+            &format!("raw-seq-{round}"),
+        )
+        .await;
+        raw = raw.max(rate(ops, elapsed));
+    }
+    results.push(Comparison {
+        name: "(a) sequential appends, one actor",
+        unit: "appends/s",
+        ours,
+        raw,
+        target: 0.9,
+    });
+
+    // (b) 1,000 actors, concurrency 64.
+    let actors = 1_000;
+    let concurrency = 64;
+    let per_actor = 5;
+    let ops = actors * per_actor;
+    let (mut ours, mut raw) = (0f64, 0f64);
+    for round in 0..ROUNDS {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for a in (t..actors).step_by(concurrency) {
+                        let actor = format!("many-{round}-{a}");
+                        for v in 0..per_actor as u64 {
+                            store
+                                .append(&actor, ExpectedVersion::Exact(v), vec![event(v)])
+                                .await
+                                .expect("append");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        ours = ours.max(rate(ops, start.elapsed()));
+
+        let start = Instant::now();
+        let headers = Arc::new(headers.clone());
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let (js, headers, payload) = (js.clone(), headers.clone(), payload.clone());
+                tokio::spawn(async move {
+                    for a in (t..actors).step_by(concurrency) {
+                        let subject = format!("aether.ev.bench.raw-many-{round}-{a}");
+                        raw_publish_sequence(
+                            &js, &subject, &headers, &payload, per_actor, &subject,
+                        )
+                        .await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        raw = raw.max(rate(ops, start.elapsed()));
+    }
+    results.push(Comparison {
+        name: "(b) 1,000 actors, concurrency 64",
+        unit: "appends/s",
+        ours,
+        raw,
+        target: 0.8,
+    });
+
+    // (c) replay of a 10,000-event actor (10,000 commits).
+    let replay_events = 10_000;
+    let mut outcomes = Vec::new();
+    for i in 0..replay_events as u64 {
+        outcomes.push(
+            store
+                .append("replay", ExpectedVersion::Exact(i), vec![event(i)])
+                .await
+                .expect("append"),
+        );
+    }
+    let handle = js.get_stream(stream).await.expect("stream");
+    let replay_subject = subject_of("replay");
+    let (mut ours, mut raw) = (0f64, 0f64);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        let events = store.events("replay", 1).await.expect("replay");
+        assert_eq!(events.len(), replay_events);
+        ours = ours.max(rate(replay_events, start.elapsed()));
+
+        let start = Instant::now();
+        let ordered = handle
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: replay_subject.clone(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: 1 },
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut messages = ordered.messages().await.expect("messages");
+        let mut count = 0;
+        while let Some(m) = messages.next().await {
+            let m = m.expect("message");
+            count += 1;
+            if m.info().expect("info").pending == 0 {
+                break;
+            }
+        }
+        assert_eq!(count, replay_events);
+        raw = raw.max(rate(replay_events, start.elapsed()));
+    }
+    // Where the time goes: the broker's read alone (transport plus conversion, no decoding).
+    let mut read_only = 0f64;
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        let records = broker.read(stream, &replay_subject, 1).await.expect("read");
+        assert_eq!(records.len(), replay_events);
+        read_only = read_only.max(rate(replay_events, start.elapsed()));
+    }
+    results.push(Comparison {
+        name: "(c') NatsBroker::read alone (no decoding)",
+        unit: "events/s",
+        ours: read_only,
+        raw,
+        target: 0.9,
+    });
+    results.push(Comparison {
+        name: "(c) replay of a 10,000-event actor",
+        unit: "events/s",
+        ours,
+        raw,
+        target: 0.9,
+    });
+
+    // (d) latest_version vs one raw direct get.
+    let ops = 2_000;
+    let (mut ours, mut raw) = (0f64, 0f64);
+    for round in 0..2 * ROUNDS {
+        // Alternate which side goes first.
+        for side in [round % 2, 1 - round % 2] {
+            let start = Instant::now();
+            for _ in 0..ops {
+                if side == 0 {
+                    assert_eq!(
+                        store.latest_version("replay").await.expect("tip"),
+                        replay_events as u64
+                    );
+                } else {
+                    handle
+                        .direct_get_last_for_subject(replay_subject.clone())
+                        .await
+                        .expect("direct get");
+                }
+            }
+            let r = rate(ops, start.elapsed());
+            if side == 0 {
+                ours = ours.max(r);
+            } else {
+                raw = raw.max(r);
+            }
+        }
+    }
+    results.push(Comparison {
+        name: "(d) latest_version vs one direct get",
+        unit: "calls/s",
+        ours,
+        raw,
+        target: 0.9,
+    });
+
+    println!();
+    println!(
+        "{:<40} {:>14} {:>14} {:>7} {:>7}",
+        "comparison", "aether", "raw", "ratio", "target"
+    );
+    let mut missed = Vec::new();
+    for r in &results {
+        println!(
+            "{:<40} {:>10.0} {:<3} {:>10.0} {:<3} {:>7.2} {:>7.2}",
+            r.name,
+            r.ours,
+            "",
+            r.raw,
+            "",
+            r.ratio(),
+            r.target
+        );
+        if r.ratio() < r.target {
+            missed.push(r.name);
+        }
+    }
+    println!(
+        "(units: {})",
+        results
+            .iter()
+            .map(|r| r.unit)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if missed.is_empty() {
+        println!("all targets met");
+    } else {
+        println!("targets missed: {}", missed.join("; "));
+    }
+}
