@@ -269,19 +269,24 @@ pub fn encode_commit(commit: &Commit) -> Vec<u8> {
 /// # Errors
 /// [`DecodeError`] describing the first problem found.
 pub fn decode_commit(bytes: &[u8]) -> Result<Commit, DecodeError> {
-    // Read the format first so that a future format is reported as such, not as garbage.
     #[derive(Deserialize)]
     struct FormatOnly {
         format: u32,
     }
-    let format = serde_json::from_slice::<FormatOnly>(bytes)
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?
-        .format;
-    if format != COMMIT_FORMAT {
-        return Err(DecodeError::UnsupportedFormat(format));
+    // One parse on the hot path; only a record that fails it is parsed again, so that a future
+    // format is reported as such rather than as garbage.
+    let wire: WireCommit = match serde_json::from_slice(bytes) {
+        Ok(wire) => wire,
+        Err(e) => {
+            return Err(match serde_json::from_slice::<FormatOnly>(bytes) {
+                Ok(f) if f.format != COMMIT_FORMAT => DecodeError::UnsupportedFormat(f.format),
+                _ => DecodeError::Malformed(e.to_string()),
+            });
+        }
+    };
+    if wire.format != COMMIT_FORMAT {
+        return Err(DecodeError::UnsupportedFormat(wire.format));
     }
-    let wire: WireCommit =
-        serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if wire.commit_id.is_empty() {
         return Err(DecodeError::EmptyField("commit id"));
     }
