@@ -507,6 +507,35 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         Ok(tip)
     }
 
+    /// Makes sure `tip` is the actor's real tip and not a stale replica's answer: the broker's
+    /// `last` may be served by any replica (NATS direct get), while `read` is served by the
+    /// stream leader. Costs one read; used only on the conflict paths, where the reported actual
+    /// version must be right.
+    async fn confirm_tip(&self, actor: &str, subject: &str, tip: Tip) -> Result<Tip, ReadError> {
+        let newer = self
+            .broker()
+            .read(&self.inner.events_stream, subject, tip.sequence + 1)
+            .await?;
+        let Some(last) = newer.last() else {
+            return Ok(tip);
+        };
+        let version = match header_u64(&last.headers, HEADER_LAST_VERSION) {
+            Some(version) => version,
+            None => self
+                .replay(actor, subject, 1)
+                .await?
+                .events
+                .last()
+                .map_or(0, |e| e.version),
+        };
+        let confirmed = Tip {
+            sequence: last.sequence,
+            version,
+        };
+        self.set_hint(actor, confirmed);
+        Ok(confirmed)
+    }
+
     /// Appends `events` to `actor`'s stream as one commit: either all are stored, at versions
     /// `latest + 1 ..= latest + n`, or none is.
     ///
@@ -555,11 +584,14 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
 
         let mut races = 0;
         loop {
-            let tip = match self.hint(actor) {
+            let mut tip = match self.hint(actor) {
                 Some(hint) if expected.matches(hint.version) => hint,
                 // A hint that contradicts the caller may just be stale: ask the broker.
                 _ => self.fetch_tip(actor, &subject).await?,
             };
+            if !expected.matches(tip.version) {
+                tip = self.confirm_tip(actor, &subject, tip).await?;
+            }
             if !expected.matches(tip.version) {
                 return Err(ConflictError {
                     actor: actor.to_owned(),
@@ -603,10 +635,14 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                         events: commit.events,
                     });
                 }
-                Err(SendError::Moved) => {
+                Err(SendError::Moved { actual_sequence }) => {
                     // Someone else wrote first; nothing of ours is stored.
                     self.forget_hint(actor);
-                    let tip = self.fetch_tip(actor, &subject).await?;
+                    let mut tip = self.fetch_tip(actor, &subject).await?;
+                    if tip.sequence < actual_sequence {
+                        // The read was served by a replica that lags the leader.
+                        tip = self.confirm_tip(actor, &subject, tip).await?;
+                    }
                     if expected == ExpectedVersion::Any && races < self.inner.config.retry_max {
                         races += 1;
                         continue;
@@ -682,7 +718,11 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 Err(BrokerError::WrongLastSequence { .. }) if ambiguous.is_some() => {
                     return self.resolve_after_ambiguity(subject, commit, tip).await;
                 }
-                Err(BrokerError::WrongLastSequence { .. }) => return Err(SendError::Moved),
+                Err(BrokerError::WrongLastSequence { actual, .. }) => {
+                    return Err(SendError::Moved {
+                        actual_sequence: actual,
+                    });
+                }
                 Err(BrokerError::PayloadTooLarge { size, max }) => {
                     return Err(SendError::Append(AppendError::TooLarge { size, max }));
                 }
@@ -744,7 +784,9 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                     duplicate: true,
                 })
             }
-            _ => Err(SendError::Moved),
+            _ => Err(SendError::Moved {
+                actual_sequence: next.last().map_or(0, |m| m.sequence),
+            }),
         }
     }
 
@@ -962,8 +1004,9 @@ impl<B: Broker, C: Clock> SnapshotStore for EventStore<B, C> {
 }
 
 enum SendError {
-    /// The actor's stream moved past the expected tip; our commit is not stored.
-    Moved,
+    /// The actor's stream moved past the expected tip; our commit is not stored. The broker
+    /// named the subject's actual last sequence.
+    Moved { actual_sequence: u64 },
     /// Anything else.
     Append(AppendError),
 }

@@ -14,7 +14,8 @@ use bytes::Bytes;
 /// How the wrapper answers the retry that follows a lost reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryAnswer {
-    /// Pass the retry through unchanged (a single NATS server answers `duplicate: true`).
+    /// Pass the retry through unchanged: the broker answers as it does (nats-server 2.15 and the
+    /// memory broker check the expected sequence first and answer wrong-last-sequence).
     Dedupe,
     /// Strip the message id from the retry, so the broker checks the expected sequence first
     /// and answers wrong-last-sequence (what clustered servers may do).
