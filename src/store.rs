@@ -849,25 +849,25 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         subject: &str,
         from_version: u64,
     ) -> Result<ReplayResult, ReadError> {
-        let records = self
-            .broker()
-            .read(&self.inner.events_stream, subject, 1)
+        let mut checker = ReplayChecker::new(actor, from_version);
+        self.broker()
+            .read_each(&self.inner.events_stream, subject, 1, |record| {
+                checker.push(record)
+            })
             .await?;
-        let mut result = check_replay(actor, &records, from_version);
         if crate::planted!(self.inner.rt, skip_damaged_records) {
-            result.replay.errors.clear();
+            checker.replay.errors.clear();
         }
-        if let Some(last) = records.last() {
-            let version = result.last_version;
+        if checker.last_sequence > 0 {
             self.set_hint(
                 actor,
                 Tip {
-                    sequence: last.sequence,
-                    version,
+                    sequence: checker.last_sequence,
+                    version: checker.last_version(),
                 },
             );
         }
-        Ok(result.replay)
+        Ok(checker.replay)
     }
 
     /// The actor's latest version (0 if it has no events), asked of the broker in one round trip.
@@ -1011,18 +1011,32 @@ enum SendError {
     Append(AppendError),
 }
 
-struct CheckedReplay {
+/// Decodes and checks an actor's records one at a time, in stream order: each must be a valid
+/// commit of this actor, continue the versions before it and carry a commit id not seen before.
+/// Pure, and incremental so that decoding overlaps the transfer of later records.
+struct ReplayChecker<'a> {
+    actor: &'a str,
+    from_version: u64,
+    next_version: u64,
+    seen: BTreeSet<String>,
+    last_sequence: u64,
     replay: ReplayResult,
-    last_version: u64,
 }
 
-/// Decodes and checks an actor's records in stream order: each must be a valid commit of this
-/// actor, continue the versions before it and carry a commit id not seen before. Pure.
-fn check_replay(actor: &str, records: &[StoredMessage], from_version: u64) -> CheckedReplay {
-    let mut replay = ReplayResult::default();
-    let mut next_version = 1;
-    let mut seen = BTreeSet::new();
-    for record in records {
+impl<'a> ReplayChecker<'a> {
+    fn new(actor: &'a str, from_version: u64) -> Self {
+        Self {
+            actor,
+            from_version,
+            next_version: 1,
+            seen: BTreeSet::new(),
+            last_sequence: 0,
+            replay: ReplayResult::default(),
+        }
+    }
+
+    fn push(&mut self, record: StoredMessage) {
+        self.last_sequence = record.sequence;
         let damaged = |cause: ReplayErrorCause| ReplayError {
             sequence: record.sequence,
             raw: record.payload.clone(),
@@ -1030,40 +1044,40 @@ fn check_replay(actor: &str, records: &[StoredMessage], from_version: u64) -> Ch
         };
         let commit = match codec::decode_commit(&record.payload) {
             Ok(c) => c,
-            Err(e) => {
-                replay.errors.push(damaged(e.into()));
-                continue;
-            }
+            Err(e) => return self.replay.errors.push(damaged(e.into())),
         };
-        if commit.actor_id != actor {
-            replay.errors.push(damaged(ReplayErrorCause::WrongActor {
-                found: commit.actor_id,
-            }));
-            continue;
+        if commit.actor_id != self.actor {
+            return self
+                .replay
+                .errors
+                .push(damaged(ReplayErrorCause::WrongActor {
+                    found: commit.actor_id,
+                }));
         }
-        if !seen.insert(commit.commit_id.clone()) {
-            replay
+        if !self.seen.insert(commit.commit_id.clone()) {
+            return self
+                .replay
                 .errors
                 .push(damaged(ReplayErrorCause::DuplicateCommit(commit.commit_id)));
-            continue;
         }
-        if commit.first_version() != next_version {
-            replay.errors.push(damaged(ReplayErrorCause::VersionGap {
-                expected: next_version,
-                found: commit.first_version(),
-            }));
-            continue;
+        if commit.first_version() != self.next_version {
+            return self
+                .replay
+                .errors
+                .push(damaged(ReplayErrorCause::VersionGap {
+                    expected: self.next_version,
+                    found: commit.first_version(),
+                }));
         }
-        next_version = commit.last_version() + 1;
-        replay.events.extend(
-            commit
-                .events
-                .into_iter()
-                .filter(|e| e.version >= from_version),
-        );
+        self.next_version = commit.last_version() + 1;
+        let from = self.from_version;
+        self.replay
+            .events
+            .extend(commit.events.into_iter().filter(|e| e.version >= from));
     }
-    CheckedReplay {
-        replay,
-        last_version: next_version - 1,
+
+    /// The actor's last valid version.
+    fn last_version(&self) -> u64 {
+        self.next_version - 1
     }
 }

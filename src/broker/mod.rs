@@ -406,6 +406,24 @@ pub trait Broker: Clone + Send + Sync + 'static {
         from_sequence: u64,
     ) -> impl Future<Output = Result<Vec<StoredMessage>, BrokerError>> + Send;
 
+    /// Like [`Broker::read`], but hands each message to `visit` as it arrives instead of
+    /// collecting them, so the caller's work (decoding) overlaps the transfer. Backends that
+    /// cannot stream use this default, which reads everything first.
+    fn read_each<F: FnMut(StoredMessage) + Send>(
+        &self,
+        stream: &str,
+        subject: &str,
+        from_sequence: u64,
+        mut visit: F,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        async move {
+            for message in self.read(stream, subject, from_sequence).await? {
+                visit(message);
+            }
+            Ok(())
+        }
+    }
+
     /// Publishes a core message (fire and forget, at most once).
     fn publish(
         &self,

@@ -409,13 +409,18 @@ impl NatsBroker {
     /// consumer goes quiet while messages should still be pending (they expired meanwhile, or
     /// the stream changed leader), it is recreated from the next sequence, whose fresh
     /// `num_pending` tells the truth.
-    async fn consume(
+    /// Runs an ordered consumer over `filter` and hands every message to `sink` as it arrives,
+    /// until nothing is pending. A consumer that stalls is recreated after the last delivered
+    /// sequence (start-sequence policies) or from the start (other policies: `sink` then sees
+    /// messages again and must be idempotent).
+    async fn consume<F: FnMut(jetstream::Message) + Send>(
         &self,
         op: &Op<'_>,
         stream: &str,
         filter: &str,
         deliver_policy: consumer::DeliverPolicy,
-    ) -> Result<Vec<jetstream::Message>, BrokerError> {
+        mut sink: F,
+    ) -> Result<(), BrokerError> {
         let handle = self
             .js
             .get_stream_no_info(stream)
@@ -426,7 +431,7 @@ impl NatsBroker {
             consumer::DeliverPolicy::ByStartSequence { .. } | consumer::DeliverPolicy::All
         );
         let mut policy = deliver_policy;
-        let mut out: Vec<jetstream::Message> = Vec::new();
+        let mut last_delivered: Option<u64> = None;
         let mut stalls = 0u32;
         loop {
             let ordered = handle
@@ -437,11 +442,9 @@ impl NatsBroker {
                 })
                 .await
                 .map_err(|e| map_error(op, &e))?;
-            let pending = ordered.cached_info().num_pending;
-            if pending == 0 {
-                return Ok(out);
+            if ordered.cached_info().num_pending == 0 {
+                return Ok(());
             }
-            out.reserve(usize::try_from(pending).unwrap_or(0).min(1 << 20));
             let mut messages = ordered.messages().await.map_err(|e| map_error(op, &e))?;
             loop {
                 let next = tokio::time::timeout(CONSUMER_IDLE_MAX, messages.next()).await;
@@ -450,11 +453,15 @@ impl NatsBroker {
                     Ok(Some(Err(e))) => return Err(map_error(op, &e)),
                     Ok(None) | Err(_) => break,
                 };
-                let left = message.info().map(|i| i.pending).unwrap_or(0);
-                out.push(message);
+                let (sequence, left) = message
+                    .info()
+                    .map(|i| (Some(i.stream_sequence), i.pending))
+                    .unwrap_or((None, 0));
+                last_delivered = sequence.or(last_delivered);
+                sink(message);
                 stalls = 0;
                 if left == 0 {
-                    return Ok(out);
+                    return Ok(());
                 }
             }
             stalls += 1;
@@ -465,14 +472,11 @@ impl NatsBroker {
                     operation: op.to_string(),
                 });
             }
-            policy = match out.last().and_then(|m| m.info().ok()) {
-                Some(info) if restartable => consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: info.stream_sequence + 1,
+            policy = match last_delivered {
+                Some(sequence) if restartable => consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: sequence + 1,
                 },
-                _ => {
-                    out.clear();
-                    deliver_policy
-                }
+                _ => deliver_policy,
             };
         }
     }
@@ -1041,18 +1045,35 @@ impl Broker for NatsBroker {
         from_sequence: u64,
     ) -> Result<Vec<StoredMessage>, BrokerError> {
         validate_subject(subject)?;
-        let op = Op::Read { stream };
-        let messages = self
-            .consume(
-                &op,
-                stream,
-                subject,
-                consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from_sequence.max(1),
-                },
-            )
+        let mut out = Vec::new();
+        self.read_each(stream, subject, from_sequence, |m| out.push(m))
             .await?;
-        Ok(messages.iter().filter_map(stored_message).collect())
+        Ok(out)
+    }
+
+    async fn read_each<F: FnMut(StoredMessage) + Send>(
+        &self,
+        stream: &str,
+        subject: &str,
+        from_sequence: u64,
+        mut visit: F,
+    ) -> Result<(), BrokerError> {
+        validate_subject(subject)?;
+        let op = Op::Read { stream };
+        self.consume(
+            &op,
+            stream,
+            subject,
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from_sequence.max(1),
+            },
+            |message| {
+                if let Some(stored) = stored_message(&message) {
+                    visit(stored);
+                }
+            },
+        )
+        .await
     }
 
     async fn publish(
@@ -1212,14 +1233,15 @@ impl Broker for NatsBroker {
         self.bucket(bucket).await?;
         let op = Op::KvRead { bucket };
         let prefix = format!("$KV.{bucket}.");
-        let messages = self
-            .consume(
-                &op,
-                &format!("KV_{bucket}"),
-                &format!("{prefix}>"),
-                consumer::DeliverPolicy::LastPerSubject,
-            )
-            .await?;
+        let mut messages = Vec::new();
+        self.consume(
+            &op,
+            &format!("KV_{bucket}"),
+            &format!("{prefix}>"),
+            consumer::DeliverPolicy::LastPerSubject,
+            |m| messages.push(m),
+        )
+        .await?;
         let mut entries: BTreeMap<String, KvEntry> = BTreeMap::new();
         for message in &messages {
             let Some(key) = message.subject.as_str().strip_prefix(&prefix) else {
