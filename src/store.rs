@@ -1054,7 +1054,7 @@ impl<'a> ReplayChecker<'a> {
                     found: commit.actor_id,
                 }));
         }
-        if !self.seen.insert(commit.commit_id.clone()) {
+        if self.seen.contains(&commit.commit_id) {
             return self
                 .replay
                 .errors
@@ -1070,6 +1070,7 @@ impl<'a> ReplayChecker<'a> {
                 }));
         }
         self.next_version = commit.last_version() + 1;
+        self.seen.insert(commit.commit_id);
         let from = self.from_version;
         self.replay
             .events
