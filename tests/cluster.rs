@@ -64,3 +64,102 @@ async fn events_record_terms_publications_and_hosting_in_order() {
 async fn an_assignment_with_an_older_epoch_is_never_applied() {
     an_older_epoch_is_never_applied(&memory_env("stale")).await;
 }
+
+/// The planted-bug switches change behaviour (the simulation relies on them having teeth).
+#[cfg(feature = "sim")]
+mod planted {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use aether::cluster::{Cluster, ClusterConfig, ClusterEvent, ClusterEventKind, NodeId};
+    use aether::planted::PlantedBugs;
+    use aether::{Broker, Clock, MemoryBroker, Runtime, SharedRng, SystemClock};
+
+    async fn node(
+        broker: &MemoryBroker,
+        bugs: PlantedBugs,
+    ) -> (
+        Cluster<MemoryBroker, SystemClock>,
+        Arc<Mutex<Vec<ClusterEvent>>>,
+    ) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let rt = Runtime::new(broker.clone(), SystemClock::new(), SharedRng::from_seed(1))
+            .with_planted_bugs(bugs);
+        let config = ClusterConfig::new(NodeId::new("n").unwrap());
+        let node =
+            Cluster::start_with_observer(rt, config, move |e| sink.lock().unwrap().push(e.clone()))
+                .await
+                .unwrap();
+        (node, log)
+    }
+
+    fn lease_spans(log: &Mutex<Vec<ClusterEvent>>) -> Vec<Duration> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e.kind {
+                ClusterEventKind::LeadershipAcquired { deadline, .. } => Some(deadline - e.at),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leader_ignores_lease_deadline_extends_acting_to_the_full_ttl() {
+        let config = ClusterConfig::new(NodeId::new("n").unwrap());
+        let (good, good_log) = node(
+            &MemoryBroker::with_clock(SystemClock::new()),
+            PlantedBugs::default(),
+        )
+        .await;
+        let bugs = PlantedBugs {
+            leader_ignores_lease_deadline: true,
+            ..PlantedBugs::default()
+        };
+        let (bad, bad_log) = node(&MemoryBroker::with_clock(SystemClock::new()), bugs).await;
+        SystemClock::new().sleep(Duration::from_secs(1)).await;
+        assert!(good.is_leader() && bad.is_leader());
+        assert!(lease_spans(&good_log)[0] <= config.lease_step_down_after);
+        assert!(lease_spans(&bad_log)[0] >= config.lease_ttl);
+        good.stop().await;
+        bad.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_assignment_out_of_order_goes_back_to_an_older_epoch() {
+        let broker = MemoryBroker::with_clock(SystemClock::new());
+        let bugs = PlantedBugs {
+            apply_assignment_out_of_order: true,
+            ..PlantedBugs::default()
+        };
+        let (n, log) = node(&broker, bugs).await;
+        let clock = SystemClock::new();
+        while n.view().epoch().is_none() {
+            clock.sleep(Duration::from_millis(10)).await;
+        }
+        let first = n.assignment().unwrap();
+        // A second member forces epoch 2; then KV is set back to epoch 1.
+        broker
+            .kv_put(
+                "aether-members",
+                "other",
+                bytes::Bytes::from_static(b"{\"incarnation\":\"x\"}"),
+            )
+            .await
+            .unwrap();
+        while n.view().epoch() == Some(first.epoch()) {
+            clock.sleep(Duration::from_millis(10)).await;
+        }
+        broker
+            .kv_put("aether-assignment", "assignment", first.encode())
+            .await
+            .unwrap();
+        clock.sleep(Duration::from_millis(100)).await;
+        let went_back = log.lock().unwrap().iter().any(|e| {
+            matches!(e.kind, ClusterEventKind::AssignmentApplied { epoch, previous_epoch: Some(p), .. } if epoch < p)
+        });
+        assert!(went_back, "the planted bug must apply the older epoch");
+        n.stop().await;
+    }
+}
