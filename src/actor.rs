@@ -51,6 +51,12 @@ pub trait Router: Send + Sync + 'static {
     fn owner_of(&self, actor_id: &str) -> Option<String>;
 }
 
+impl<R: Router + ?Sized> Router for Arc<R> {
+    fn owner_of(&self, actor_id: &str) -> Option<String> {
+        (**self).owner_of(actor_id)
+    }
+}
+
 /// A router for a single node: it owns every actor.
 #[derive(Clone, Debug)]
 pub struct SingleNode(pub String);
