@@ -13,9 +13,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::subject::{
-    matches, overlap, validate_kv_key, validate_name, validate_pattern, validate_subject,
-};
+use super::subject::{matches, overlap, validate_kv_key, validate_pattern, validate_subject};
 use super::{
     AppendAck, AppendOptions, Broker, BrokerError, DEFAULT_MAX_PAYLOAD, Headers, KvConfig, KvEntry,
     KvOperation, KvWatch, Message, StoredMessage, StreamConfig, Subscription,
@@ -199,16 +197,7 @@ impl BrokerState {
     /// # Errors
     /// See [`Broker::ensure_stream`].
     pub fn ensure_stream(&mut self, config: StreamConfig) -> Result<(), BrokerError> {
-        validate_name("stream", &config.name)?;
-        if config.subjects.is_empty() {
-            return Err(BrokerError::invalid(format!(
-                "stream {:?} needs at least one subject",
-                config.name
-            )));
-        }
-        for s in &config.subjects {
-            validate_pattern(s)?;
-        }
+        config.validate()?;
         if self.streams.contains_key(&config.name) {
             return Ok(());
         }
@@ -223,13 +212,6 @@ impl BrokerState {
                     }
                 }
             }
-        }
-        if let Some(max_age) = config.max_age
-            && config.duplicate_window > max_age
-        {
-            return Err(BrokerError::invalid(
-                "duplicate window must not exceed the stream's max age",
-            ));
         }
         self.streams.insert(
             config.name.clone(),
@@ -451,12 +433,7 @@ impl BrokerState {
     /// # Errors
     /// `InvalidArgument` for a bad name or a TTL under 100 ms.
     pub fn kv_ensure(&mut self, config: KvConfig) -> Result<(), BrokerError> {
-        validate_name("bucket", &config.bucket)?;
-        if let Some(ttl) = config.ttl
-            && ttl < Duration::from_millis(100)
-        {
-            return Err(BrokerError::invalid("KV TTL must be at least 100 ms"));
-        }
+        config.validate()?;
         self.buckets
             .entry(config.bucket.clone())
             .or_insert_with(|| BucketState {

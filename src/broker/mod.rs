@@ -93,6 +93,34 @@ impl StreamConfig {
     }
 }
 
+impl StreamConfig {
+    /// Checks what every broker refuses: a bad name, no subjects, a malformed subject pattern, a
+    /// duplicate window longer than the max age.
+    ///
+    /// # Errors
+    /// `InvalidArgument` naming the rule.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        subject::validate_name("stream", &self.name)?;
+        if self.subjects.is_empty() {
+            return Err(BrokerError::invalid(format!(
+                "stream {:?} needs at least one subject",
+                self.name
+            )));
+        }
+        for s in &self.subjects {
+            subject::validate_pattern(s)?;
+        }
+        if let Some(max_age) = self.max_age
+            && self.duplicate_window > max_age
+        {
+            return Err(BrokerError::invalid(
+                "duplicate window must not exceed the stream's max age",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Conditions attached to a stream append.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AppendOptions {
@@ -167,6 +195,22 @@ impl KvConfig {
             max_value_size: None,
             storage: StorageKind::File,
         }
+    }
+}
+
+impl KvConfig {
+    /// Checks what every broker refuses: a bad bucket name, a TTL under the server's 100 ms.
+    ///
+    /// # Errors
+    /// `InvalidArgument` naming the rule.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        subject::validate_name("bucket", &self.bucket)?;
+        if let Some(ttl) = self.ttl
+            && ttl < Duration::from_millis(100)
+        {
+            return Err(BrokerError::invalid("KV TTL must be at least 100 ms"));
+        }
+        Ok(())
     }
 }
 

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::memory::{check_user_headers, wire_size};
-use super::subject::{validate_kv_key, validate_name, validate_pattern, validate_subject};
+use super::subject::{validate_kv_key, validate_pattern, validate_subject};
 use super::{
     AppendAck, AppendOptions, Broker, BrokerError, Headers, KvConfig, KvEntry, KvOperation,
     KvWatch, Message, StorageKind, StoredMessage, StreamConfig, Subscription,
@@ -888,16 +888,7 @@ fn kv_entry(entry: kv::Entry) -> KvEntry {
 
 impl Broker for NatsBroker {
     async fn ensure_stream(&self, config: StreamConfig) -> Result<(), BrokerError> {
-        validate_name("stream", &config.name)?;
-        if config.subjects.is_empty() {
-            return Err(BrokerError::invalid(format!(
-                "stream {:?} needs at least one subject",
-                config.name
-            )));
-        }
-        for s in &config.subjects {
-            validate_pattern(s)?;
-        }
+        config.validate()?;
         let op = Op::EnsureStream {
             stream: &config.name,
         };
@@ -912,13 +903,6 @@ impl Broker for NatsBroker {
                 }
             },
             Err(e) => return Err(map_error(&op, &e)),
-        }
-        if let Some(max_age) = config.max_age
-            && config.duplicate_window > max_age
-        {
-            return Err(BrokerError::invalid(
-                "duplicate window must not exceed the stream's max age",
-            ));
         }
         let native = stream::Config {
             name: config.name.clone(),
@@ -1137,12 +1121,7 @@ impl Broker for NatsBroker {
     }
 
     async fn kv_ensure(&self, config: KvConfig) -> Result<(), BrokerError> {
-        validate_name("bucket", &config.bucket)?;
-        if let Some(ttl) = config.ttl
-            && ttl < Duration::from_millis(100)
-        {
-            return Err(BrokerError::invalid("KV TTL must be at least 100 ms"));
-        }
+        config.validate()?;
         if self.bucket(&config.bucket).await.is_ok() {
             return Ok(());
         }
