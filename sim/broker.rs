@@ -26,21 +26,19 @@
 //! - While subscriptions exist, a background task pings the host every `ping_interval` and
 //!   reconnects when a ping fails, like the NATS client's PING/PONG stale-connection check.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::broker::{
     AppendAck, AppendOptions, Broker, BrokerError, BrokerState, DEFAULT_MAX_PAYLOAD, Headers,
-    KvConfig, KvEntry, KvOperation, KvWatch, Message, Now, StorageKind, StoredMessage,
-    StreamConfig, Subscription,
+    KvConfig, KvEntry, KvWatch, Message, Now, StoredMessage, StreamConfig, Subscription,
 };
 use crate::clock::{Clock, SharedRng};
 
@@ -50,8 +48,6 @@ use super::clock::{SimClock, epoch, sim_now};
 pub const BROKER_HOST: &str = "broker";
 /// TCP port the broker host listens on.
 pub const BROKER_PORT: u16 = 4222;
-/// Largest frame either side accepts.
-const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Frames queued for one connection's writer.
 const CONNECTION_QUEUE_MAX: usize = 4096;
 /// Messages queued for one subscription or watch (a slower consumer loses messages).
@@ -61,296 +57,19 @@ const PUSH_QUEUE_MAX: usize = 4096;
 // Wire format
 // ---------------------------------------------------------------------------------------------
 
-/// Payloads travel as a JSON string when they are UTF-8 (commits are JSON text), which is many
-/// times cheaper than JSON's array of numbers, and as an array of bytes otherwise.
-mod payload {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(untagged)]
-    enum Wire {
-        Text(String),
-        Raw(Vec<u8>),
-    }
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => s.serialize_str(text),
-            Err(_) => s.collect_seq(bytes),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        Ok(match Wire::deserialize(d)? {
-            Wire::Text(text) => text.into_bytes(),
-            Wire::Raw(bytes) => bytes,
-        })
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct WireStreamConfig {
-    name: String,
-    subjects: Vec<String>,
-    max_age: Option<Duration>,
-    max_messages_per_subject: Option<u64>,
-    max_message_size: Option<usize>,
-    replicas: usize,
-    duplicate_window: Duration,
-    memory: bool,
-    deny_delete: bool,
-    deny_purge: bool,
-}
-
-impl From<StreamConfig> for WireStreamConfig {
-    fn from(c: StreamConfig) -> Self {
-        Self {
-            name: c.name,
-            subjects: c.subjects,
-            max_age: c.max_age,
-            max_messages_per_subject: c.max_messages_per_subject,
-            max_message_size: c.max_message_size,
-            replicas: c.replicas,
-            duplicate_window: c.duplicate_window,
-            memory: c.storage == StorageKind::Memory,
-            deny_delete: c.deny_delete,
-            deny_purge: c.deny_purge,
-        }
-    }
-}
-
-impl From<WireStreamConfig> for StreamConfig {
-    fn from(c: WireStreamConfig) -> Self {
-        Self {
-            name: c.name,
-            subjects: c.subjects,
-            max_age: c.max_age,
-            max_messages_per_subject: c.max_messages_per_subject,
-            max_message_size: c.max_message_size,
-            replicas: c.replicas,
-            duplicate_window: c.duplicate_window,
-            storage: if c.memory {
-                StorageKind::Memory
-            } else {
-                StorageKind::File
-            },
-            deny_delete: c.deny_delete,
-            deny_purge: c.deny_purge,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct WireKvConfig {
-    bucket: String,
-    ttl: Option<Duration>,
-    replicas: usize,
-    max_value_size: Option<usize>,
-    memory: bool,
-}
-
-impl From<KvConfig> for WireKvConfig {
-    fn from(c: KvConfig) -> Self {
-        Self {
-            bucket: c.bucket,
-            ttl: c.ttl,
-            replicas: c.replicas,
-            max_value_size: c.max_value_size,
-            memory: c.storage == StorageKind::Memory,
-        }
-    }
-}
-
-impl From<WireKvConfig> for KvConfig {
-    fn from(c: WireKvConfig) -> Self {
-        Self {
-            bucket: c.bucket,
-            ttl: c.ttl,
-            replicas: c.replicas,
-            max_value_size: c.max_value_size,
-            storage: if c.memory {
-                StorageKind::Memory
-            } else {
-                StorageKind::File
-            },
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct WireStored {
-    subject: String,
-    sequence: u64,
-    headers: Headers,
-    #[serde(with = "payload")]
-    payload: Vec<u8>,
-    time: SystemTime,
-}
-
-impl From<StoredMessage> for WireStored {
-    fn from(m: StoredMessage) -> Self {
-        Self {
-            subject: m.subject,
-            sequence: m.sequence,
-            headers: m.headers,
-            payload: m.payload.to_vec(),
-            time: m.time,
-        }
-    }
-}
-
-impl From<WireStored> for StoredMessage {
-    fn from(m: WireStored) -> Self {
-        Self {
-            subject: m.subject,
-            sequence: m.sequence,
-            headers: m.headers,
-            payload: Bytes::from(m.payload),
-            time: m.time,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct WireMessage {
-    subject: String,
-    headers: Headers,
-    #[serde(with = "payload")]
-    payload: Vec<u8>,
-    reply: Option<String>,
-}
-
-impl From<Message> for WireMessage {
-    fn from(m: Message) -> Self {
-        Self {
-            subject: m.subject,
-            headers: m.headers,
-            payload: m.payload.to_vec(),
-            reply: m.reply,
-        }
-    }
-}
-
-impl From<WireMessage> for Message {
-    fn from(m: WireMessage) -> Self {
-        Self {
-            subject: m.subject,
-            headers: m.headers,
-            payload: Bytes::from(m.payload),
-            reply: m.reply,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct WireKvEntry {
-    bucket: String,
-    key: String,
-    #[serde(with = "payload")]
-    value: Vec<u8>,
-    revision: u64,
-    delete: bool,
-}
-
-impl From<KvEntry> for WireKvEntry {
-    fn from(e: KvEntry) -> Self {
-        Self {
-            bucket: e.bucket,
-            key: e.key,
-            value: e.value.to_vec(),
-            revision: e.revision,
-            delete: e.operation == KvOperation::Delete,
-        }
-    }
-}
-
-impl From<WireKvEntry> for KvEntry {
-    fn from(e: WireKvEntry) -> Self {
-        Self {
-            bucket: e.bucket,
-            key: e.key,
-            value: Bytes::from(e.value),
-            revision: e.revision,
-            operation: if e.delete {
-                KvOperation::Delete
-            } else {
-                KvOperation::Put
-            },
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-enum WireError {
-    WrongLastSequence { expected: u64, actual: u64 },
-    AlreadyExists { what: String },
-    WrongRevision { key: String, expected: u64 },
-    NotFound { what: String },
-    PayloadTooLarge { size: usize, max: usize },
-    Timeout { operation: String },
-    NoResponders { subject: String },
-    Unavailable { reason: String },
-    InvalidArgument { reason: String },
-    Other { reason: String },
-}
-
-impl From<BrokerError> for WireError {
-    fn from(e: BrokerError) -> Self {
-        match e {
-            BrokerError::WrongLastSequence { expected, actual } => {
-                WireError::WrongLastSequence { expected, actual }
-            }
-            BrokerError::AlreadyExists { what } => WireError::AlreadyExists { what },
-            BrokerError::WrongRevision { key, expected } => {
-                WireError::WrongRevision { key, expected }
-            }
-            BrokerError::NotFound { what } => WireError::NotFound { what },
-            BrokerError::PayloadTooLarge { size, max } => WireError::PayloadTooLarge { size, max },
-            BrokerError::Timeout { operation } => WireError::Timeout { operation },
-            BrokerError::NoResponders { subject } => WireError::NoResponders { subject },
-            BrokerError::Unavailable { reason } => WireError::Unavailable { reason },
-            BrokerError::InvalidArgument { reason } => WireError::InvalidArgument { reason },
-            BrokerError::Other { reason } => WireError::Other { reason },
-        }
-    }
-}
-
-impl From<WireError> for BrokerError {
-    fn from(e: WireError) -> Self {
-        match e {
-            WireError::WrongLastSequence { expected, actual } => {
-                BrokerError::WrongLastSequence { expected, actual }
-            }
-            WireError::AlreadyExists { what } => BrokerError::AlreadyExists { what },
-            WireError::WrongRevision { key, expected } => {
-                BrokerError::WrongRevision { key, expected }
-            }
-            WireError::NotFound { what } => BrokerError::NotFound { what },
-            WireError::PayloadTooLarge { size, max } => BrokerError::PayloadTooLarge { size, max },
-            WireError::Timeout { operation } => BrokerError::Timeout { operation },
-            WireError::NoResponders { subject } => BrokerError::NoResponders { subject },
-            WireError::Unavailable { reason } => BrokerError::Unavailable { reason },
-            WireError::InvalidArgument { reason } => BrokerError::InvalidArgument { reason },
-            WireError::Other { reason } => BrokerError::Other { reason },
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 enum Request {
     Hello {
         node: String,
         session: u64,
     },
     Ping,
-    EnsureStream(WireStreamConfig),
+    EnsureStream(StreamConfig),
     Append {
         subject: String,
         headers: Headers,
-        #[serde(with = "payload")]
-        payload: Vec<u8>,
-        expected_last_subject_sequence: Option<u64>,
-        message_id: Option<String>,
+        payload: Bytes,
+        options: AppendOptions,
     },
     Last {
         stream: String,
@@ -364,8 +83,7 @@ enum Request {
     Publish {
         subject: String,
         headers: Headers,
-        #[serde(with = "payload")]
-        payload: Vec<u8>,
+        payload: Bytes,
     },
     Subscribe {
         sid: u64,
@@ -380,10 +98,9 @@ enum Request {
         inbox: String,
         subject: String,
         headers: Headers,
-        #[serde(with = "payload")]
-        payload: Vec<u8>,
+        payload: Bytes,
     },
-    KvEnsure(WireKvConfig),
+    KvEnsure(KvConfig),
     KvGet {
         bucket: String,
         key: String,
@@ -391,21 +108,18 @@ enum Request {
     KvCreate {
         bucket: String,
         key: String,
-        #[serde(with = "payload")]
-        value: Vec<u8>,
+        value: Bytes,
     },
     KvUpdate {
         bucket: String,
         key: String,
-        #[serde(with = "payload")]
-        value: Vec<u8>,
+        value: Bytes,
         revision: u64,
     },
     KvPut {
         bucket: String,
         key: String,
-        #[serde(with = "payload")]
-        value: Vec<u8>,
+        value: Bytes,
     },
     KvDelete {
         bucket: String,
@@ -458,44 +172,124 @@ impl Request {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 enum Response {
     Unit,
     Ack { sequence: u64, duplicate: bool },
-    Stored(Option<WireStored>),
-    StoredList(Vec<WireStored>),
-    Entry(Option<WireKvEntry>),
-    Entries(Vec<WireKvEntry>),
+    Stored(Option<StoredMessage>),
+    StoredList(Vec<StoredMessage>),
+    Entry(Option<KvEntry>),
+    Entries(Vec<KvEntry>),
     Revision(u64),
-    Error(WireError),
+    Error(BrokerError),
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 enum Frame {
     Req { id: u64, body: Request },
     Resp { id: u64, body: Response },
-    Msg { sid: u64, message: WireMessage },
-    Kv { sid: u64, entry: WireKvEntry },
+    Msg { sid: u64, message: Message },
+    Kv { sid: u64, entry: KvEntry },
 }
 
-fn encode(frame: &Frame) -> Vec<u8> {
-    let body = serde_json::to_vec(frame).expect("frames serialise");
-    let mut out = Vec::with_capacity(body.len() + 4);
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+/// One direction of one connection: the frames written to it and not yet read, in order.
+#[derive(Debug, Default)]
+struct Pipe {
+    frames: Mutex<VecDeque<(u64, Frame)>>,
+    next: AtomicU64,
 }
 
-async fn read_frame<R: AsyncReadExt + Unpin>(reader: &mut R) -> std::io::Result<Frame> {
-    let mut len = [0u8; 4];
-    reader.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > FRAME_BYTES_MAX {
-        return Err(std::io::Error::other(format!("frame of {len} bytes")));
+impl Pipe {
+    /// Queues `frame` and returns the token to put on the simulated wire for it.
+    fn push(&self, frame: Frame) -> [u8; TOKEN_BYTES] {
+        let token = self.next.fetch_add(1, Ordering::SeqCst);
+        lock(&self.frames).push_back((token, frame));
+        token.to_be_bytes()
     }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await?;
-    serde_json::from_slice(&body).map_err(std::io::Error::other)
+
+    /// The frame whose token just arrived. turmoil TCP delivers in order and never skips a
+    /// segment (a lost one stalls the stream for good), so it is always the oldest one.
+    fn take(&self, token: [u8; TOKEN_BYTES]) -> std::io::Result<Frame> {
+        let token = u64::from_be_bytes(token);
+        match lock(&self.frames).pop_front() {
+            Some((queued, frame)) if queued == token => Ok(frame),
+            other => Err(std::io::Error::other(format!(
+                "token {token} arrived, but frame {:?} is next",
+                other.map(|(t, _)| t)
+            ))),
+        }
+    }
+}
+
+/// Both directions of one connection.
+#[derive(Debug, Default)]
+struct Link {
+    /// Client → host.
+    up: Pipe,
+    /// Host → client.
+    down: Pipe,
+}
+
+/// Frames in flight between the broker host and its clients, shared by everyone in one run.
+///
+/// The simulated TCP stream of a connection carries only a small token per frame (plus the link
+/// id once, first); the frame itself waits here and is handed to the reader when — and only when —
+/// its token arrives. So a frame is lost, delayed or held exactly when its bytes would be, while
+/// no frame is ever serialised. Links die with their connection: the registry holds them weakly.
+#[derive(Clone, Debug, Default)]
+pub struct Wire {
+    inner: Arc<WireInner>,
+}
+
+#[derive(Debug, Default)]
+struct WireInner {
+    links: Mutex<BTreeMap<u64, Weak<Link>>>,
+    next: AtomicU64,
+}
+
+impl Wire {
+    /// A new link and the id the client sends first on its connection.
+    fn open(&self) -> (u64, Arc<Link>) {
+        let id = self.inner.next.fetch_add(1, Ordering::SeqCst);
+        let link = Arc::new(Link::default());
+        let mut links = lock(&self.inner.links);
+        links.retain(|_, l| l.strong_count() > 0);
+        links.insert(id, Arc::downgrade(&link));
+        (id, link)
+    }
+
+    /// The link a connection announced (once), if its client still exists.
+    fn accept(&self, id: u64) -> Option<Arc<Link>> {
+        lock(&self.inner.links).remove(&id)?.upgrade()
+    }
+}
+
+/// Bytes of a frame's token on the simulated wire.
+const TOKEN_BYTES: usize = 8;
+
+async fn read_frame<R: AsyncReadExt + Unpin>(
+    reader: &mut R,
+    pipe: &Pipe,
+) -> std::io::Result<Frame> {
+    let mut token = [0u8; TOKEN_BYTES];
+    reader.read_exact(&mut token).await?;
+    pipe.take(token)
+}
+
+/// Writes queued frames to one direction of a connection until the queue or the stream closes.
+async fn write_frames<W: AsyncWriteExt + Unpin>(
+    writer: &mut W,
+    link: &Link,
+    up: bool,
+    queue: &mut mpsc::Receiver<Frame>,
+) {
+    let pipe = if up { &link.up } else { &link.down };
+    while let Some(frame) = queue.recv().await {
+        let token = pipe.push(frame);
+        if writer.write_all(&token).await.is_err() {
+            break;
+        }
+    }
 }
 
 fn unavailable(reason: impl Into<String>) -> BrokerError {
@@ -509,7 +303,6 @@ fn unexpected(response: Response) -> BrokerError {
         reason: format!("unexpected response {response:?}"),
     }
 }
-
 // ---------------------------------------------------------------------------------------------
 // Host
 // ---------------------------------------------------------------------------------------------
@@ -539,6 +332,8 @@ struct HostShared {
     rng: SharedRng,
     /// node → (latest session, its connection's close signal).
     sessions: Mutex<BTreeMap<String, (u64, Arc<tokio::sync::Notify>)>>,
+    /// Frames in flight on every connection.
+    wire: Wire,
 }
 
 /// The broker host: state shared by every incarnation of the host software, so that the data
@@ -573,6 +368,7 @@ impl BrokerHost {
                 stats: Mutex::new(BrokerStats::default()),
                 rng,
                 sessions: Mutex::new(BTreeMap::new()),
+                wire: Wire::default(),
             }),
         }
     }
@@ -592,6 +388,16 @@ impl BrokerHost {
         *lock(&self.shared.stats)
     }
 
+    /// The wire clients of this host connect through (see [`SimBroker::new`]).
+    pub fn wire(&self) -> Wire {
+        self.shared.wire.clone()
+    }
+
+    /// A client of this host for a node (see [`SimBroker::new`]).
+    pub fn client(&self, config: SimBrokerConfig, clock: SimClock) -> SimBroker {
+        SimBroker::new(config, clock, self.wire())
+    }
+
     /// The host software: accepts connections until the host is crashed.
     ///
     /// # Errors
@@ -609,13 +415,18 @@ impl BrokerHost {
 
     async fn serve_connection(self, stream: turmoil::net::TcpStream) {
         let (mut reader, mut writer) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CONNECTION_QUEUE_MAX);
+        // The client announces its link first.
+        let mut id = [0u8; TOKEN_BYTES];
+        if reader.read_exact(&mut id).await.is_err() {
+            return;
+        }
+        let Some(link) = self.shared.wire.accept(u64::from_be_bytes(id)) else {
+            return;
+        };
+        let (tx, mut rx) = mpsc::channel::<Frame>(CONNECTION_QUEUE_MAX);
+        let writer_link = link.clone();
         let writer_task = tokio::task::spawn_local(async move {
-            while let Some(frame) = rx.recv().await {
-                if writer.write_all(&frame).await.is_err() {
-                    break;
-                }
-            }
+            write_frames(&mut writer, &writer_link, false, &mut rx).await;
         });
         let close = Arc::new(tokio::sync::Notify::new());
         let mut conn = HostConn {
@@ -627,7 +438,7 @@ impl BrokerHost {
             let frame = tokio::select! {
                 biased;
                 _ = close.notified() => break,
-                frame = read_frame(&mut reader) => match frame {
+                frame = read_frame(&mut reader, &link.up) => match frame {
                     Ok(frame) => frame,
                     Err(_) => break,
                 },
@@ -662,7 +473,7 @@ impl BrokerHost {
             }
             if conn
                 .tx
-                .send(encode(&Frame::Resp { id, body: response }))
+                .send(Frame::Resp { id, body: response })
                 .await
                 .is_err()
             {
@@ -689,18 +500,14 @@ impl BrokerHost {
     }
 
     fn forward_messages(
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &mpsc::Sender<Frame>,
         sid: u64,
     ) -> (mpsc::Sender<Message>, tokio::task::AbortHandle) {
         let (sender, mut receiver) = mpsc::channel::<Message>(PUSH_QUEUE_MAX);
         let tx = tx.clone();
         let task = tokio::task::spawn_local(async move {
             while let Some(message) = receiver.recv().await {
-                let frame = encode(&Frame::Msg {
-                    sid,
-                    message: message.into(),
-                });
-                if tx.send(frame).await.is_err() {
+                if tx.send(Frame::Msg { sid, message }).await.is_err() {
                     break;
                 }
             }
@@ -713,40 +520,28 @@ impl BrokerHost {
         let mut state = lock(&self.shared.state);
         let result: Result<Response, BrokerError> = match body {
             Request::Hello { .. } | Request::Ping => Ok(Response::Unit),
-            Request::EnsureStream(config) => {
-                state.ensure_stream(config.into()).map(|()| Response::Unit)
-            }
+            Request::EnsureStream(config) => state.ensure_stream(config).map(|()| Response::Unit),
             Request::Append {
                 subject,
                 headers,
                 payload,
-                expected_last_subject_sequence,
-                message_id,
+                options,
             } => state
-                .append(
-                    &subject,
-                    headers,
-                    Bytes::from(payload),
-                    AppendOptions {
-                        expected_last_subject_sequence,
-                        message_id,
-                    },
-                    now,
-                )
+                .append(&subject, headers, payload, options, now)
                 .map(|ack| Response::Ack {
                     sequence: ack.sequence,
                     duplicate: ack.duplicate,
                 }),
-            Request::Last { stream, subject } => state
-                .last(&stream, &subject, now)
-                .map(|m| Response::Stored(m.map(Into::into))),
+            Request::Last { stream, subject } => {
+                state.last(&stream, &subject, now).map(Response::Stored)
+            }
             Request::Read {
                 stream,
                 subject,
                 from_sequence,
             } => state
                 .read(&stream, &subject, from_sequence, now)
-                .map(|ms| Response::StoredList(ms.into_iter().map(Into::into).collect())),
+                .map(Response::StoredList),
             Request::Publish {
                 subject,
                 headers,
@@ -755,7 +550,7 @@ impl BrokerHost {
                 .publish(Message {
                     subject,
                     headers,
-                    payload: Bytes::from(payload),
+                    payload,
                     reply: None,
                 })
                 .map(|_| Response::Unit),
@@ -803,7 +598,7 @@ impl BrokerHost {
                         let published = state.publish(Message {
                             subject: subject.clone(),
                             headers,
-                            payload: Bytes::from(payload),
+                            payload,
                             reply: Some(inbox),
                         });
                         match published {
@@ -833,12 +628,10 @@ impl BrokerHost {
                     }
                 }
             }
-            Request::KvEnsure(config) => state.kv_ensure(config.into()).map(|()| Response::Unit),
-            Request::KvGet { bucket, key } => state
-                .kv_get(&bucket, &key, now)
-                .map(|e| Response::Entry(e.map(Into::into))),
+            Request::KvEnsure(config) => state.kv_ensure(config).map(|()| Response::Unit),
+            Request::KvGet { bucket, key } => state.kv_get(&bucket, &key, now).map(Response::Entry),
             Request::KvCreate { bucket, key, value } => state
-                .kv_create(&bucket, &key, Bytes::from(value), now)
+                .kv_create(&bucket, &key, value, now)
                 .map(Response::Revision),
             Request::KvUpdate {
                 bucket,
@@ -846,17 +639,15 @@ impl BrokerHost {
                 value,
                 revision,
             } => state
-                .kv_update(&bucket, &key, Bytes::from(value), revision, now)
+                .kv_update(&bucket, &key, value, revision, now)
                 .map(Response::Revision),
             Request::KvPut { bucket, key, value } => state
-                .kv_put(&bucket, &key, Bytes::from(value), now)
+                .kv_put(&bucket, &key, value, now)
                 .map(Response::Revision),
             Request::KvDelete { bucket, key } => {
                 state.kv_delete(&bucket, &key, now).map(|()| Response::Unit)
             }
-            Request::KvEntries { bucket } => state
-                .kv_entries(&bucket, now)
-                .map(|es| Response::Entries(es.into_iter().map(Into::into).collect())),
+            Request::KvEntries { bucket } => state.kv_entries(&bucket, now).map(Response::Entries),
             Request::KvWatch {
                 sid,
                 bucket,
@@ -868,11 +659,7 @@ impl BrokerHost {
                         let tx = conn.tx.clone();
                         let forwarder = tokio::task::spawn_local(async move {
                             while let Some(entry) = receiver.recv().await {
-                                let frame = encode(&Frame::Kv {
-                                    sid,
-                                    entry: entry.into(),
-                                });
-                                if tx.send(frame).await.is_err() {
+                                if tx.send(Frame::Kv { sid, entry }).await.is_err() {
                                     break;
                                 }
                             }
@@ -898,7 +685,7 @@ impl BrokerHost {
         };
         match result {
             Ok(r) => r,
-            Err(e) => Response::Error(e.into()),
+            Err(e) => Response::Error(e),
         }
     }
 }
@@ -909,7 +696,7 @@ struct HostSub {
 }
 
 struct HostConn {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Frame>,
     subs: BTreeMap<u64, HostSub>,
     node: Option<(String, u64)>,
 }
@@ -993,7 +780,7 @@ impl ClientSub {
 }
 
 struct Conn {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Frame>,
     pending: Mutex<BTreeMap<u64, oneshot::Sender<Response>>>,
     dead: AtomicBool,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
@@ -1017,7 +804,7 @@ impl Conn {
     fn send(&self, id: u64, body: Request) -> Result<oneshot::Receiver<Response>, BrokerError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         lock(&self.pending).insert(id, reply_tx);
-        if !self.is_alive() || self.tx.try_send(encode(&Frame::Req { id, body })).is_err() {
+        if !self.is_alive() || self.tx.try_send(Frame::Req { id, body }).is_err() {
             lock(&self.pending).remove(&id);
             return Err(unavailable("connection to the broker lost"));
         }
@@ -1026,13 +813,14 @@ impl Conn {
 
     /// Queues a request whose response nobody waits for.
     fn send_and_forget(&self, id: u64, body: Request) {
-        let _ = self.tx.try_send(encode(&Frame::Req { id, body }));
+        let _ = self.tx.try_send(Frame::Req { id, body });
     }
 }
 
 struct ClientInner {
     config: SimBrokerConfig,
     clock: SimClock,
+    wire: Wire,
     conn: Mutex<Option<Arc<Conn>>>,
     connect_lock: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
@@ -1056,12 +844,14 @@ impl std::fmt::Debug for SimBroker {
 }
 
 impl SimBroker {
-    /// A client that connects lazily, measuring timeouts on `clock`.
-    pub fn new(config: SimBrokerConfig, clock: SimClock) -> Self {
+    /// A client that connects lazily through `wire` (the broker host's, [`BrokerHost::wire`]),
+    /// measuring timeouts on `clock`.
+    pub fn new(config: SimBrokerConfig, clock: SimClock, wire: Wire) -> Self {
         Self {
             inner: Arc::new(ClientInner {
                 config,
                 clock,
+                wire,
                 conn: Mutex::new(None),
                 connect_lock: tokio::sync::Mutex::new(()),
                 next_id: AtomicU64::new(1),
@@ -1093,7 +883,12 @@ impl SimBroker {
             .await
             .map_err(|e| unavailable(format!("cannot connect to the broker: {e}")))?;
         let (mut reader, mut writer) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CONNECTION_QUEUE_MAX);
+        let (link_id, link) = self.inner.wire.open();
+        writer
+            .write_all(&link_id.to_be_bytes())
+            .await
+            .map_err(|e| unavailable(format!("cannot reach the broker: {e}")))?;
+        let (tx, mut rx) = mpsc::channel::<Frame>(CONNECTION_QUEUE_MAX);
         let conn = Arc::new(Conn {
             tx,
             pending: Mutex::new(BTreeMap::new()),
@@ -1101,12 +896,9 @@ impl SimBroker {
             tasks: Mutex::new(Vec::new()),
         });
         let writer_conn = Arc::downgrade(&conn);
+        let writer_link = link.clone();
         let writer_task = tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                if writer.write_all(&frame).await.is_err() {
-                    break;
-                }
-            }
+            write_frames(&mut writer, &writer_link, true, &mut rx).await;
             if let Some(conn) = writer_conn.upgrade() {
                 conn.kill();
             }
@@ -1114,7 +906,7 @@ impl SimBroker {
         let reader_conn = Arc::downgrade(&conn);
         let client = Arc::downgrade(&self.inner);
         let reader_task = tokio::spawn(async move {
-            while let Ok(frame) = read_frame(&mut reader).await {
+            while let Ok(frame) = read_frame(&mut reader, &link.down).await {
                 let Some(conn) = reader_conn.upgrade() else {
                     return;
                 };
@@ -1183,7 +975,7 @@ impl SimBroker {
             }
         };
         match result? {
-            Response::Error(e) => Err(e.into()),
+            Response::Error(e) => Err(e),
             other => Ok(other),
         }
     }
@@ -1240,7 +1032,7 @@ fn dispatch(conn: &Conn, client: &Weak<ClientInner>, frame: Frame) {
             match subs.get(&sid) {
                 Some(ClientSub::Core { sender, .. }) | Some(ClientSub::Inbox { sender }) => {
                     // Like a NATS slow consumer: a full queue loses the message.
-                    let _ = sender.try_send(message.into());
+                    let _ = sender.try_send(message);
                 }
                 _ => {}
             }
@@ -1259,7 +1051,7 @@ fn dispatch(conn: &Conn, client: &Weak<ClientInner>, frame: Frame) {
                 // After a reconnect the host resends current entries: skip what was seen.
                 if entry.revision > *last_revision {
                     *last_revision = entry.revision;
-                    let _ = sender.try_send(entry.into());
+                    let _ = sender.try_send(entry);
                 }
             }
         }
@@ -1269,7 +1061,7 @@ fn dispatch(conn: &Conn, client: &Weak<ClientInner>, frame: Frame) {
 
 impl Broker for SimBroker {
     async fn ensure_stream(&self, config: StreamConfig) -> Result<(), BrokerError> {
-        match self.call(Request::EnsureStream(config.into())).await? {
+        match self.call(Request::EnsureStream(config)).await? {
             Response::Unit => Ok(()),
             other => Err(unexpected(other)),
         }
@@ -1285,9 +1077,8 @@ impl Broker for SimBroker {
         let request = Request::Append {
             subject: subject.to_owned(),
             headers,
-            payload: payload.to_vec(),
-            expected_last_subject_sequence: options.expected_last_subject_sequence,
-            message_id: options.message_id,
+            payload,
+            options,
         };
         match self.call(request).await? {
             Response::Ack {
@@ -1311,7 +1102,7 @@ impl Broker for SimBroker {
             subject: subject.to_owned(),
         };
         match self.call(request).await? {
-            Response::Stored(m) => Ok(m.map(Into::into)),
+            Response::Stored(m) => Ok(m),
             other => Err(unexpected(other)),
         }
     }
@@ -1328,7 +1119,7 @@ impl Broker for SimBroker {
             from_sequence,
         };
         match self.call(request).await? {
-            Response::StoredList(ms) => Ok(ms.into_iter().map(Into::into).collect()),
+            Response::StoredList(ms) => Ok(ms),
             other => Err(unexpected(other)),
         }
     }
@@ -1342,7 +1133,7 @@ impl Broker for SimBroker {
         let request = Request::Publish {
             subject: subject.to_owned(),
             headers,
-            payload: payload.to_vec(),
+            payload,
         };
         match self.call(request).await? {
             Response::Unit => Ok(()),
@@ -1392,7 +1183,7 @@ impl Broker for SimBroker {
             inbox,
             subject: subject.to_owned(),
             headers,
-            payload: payload.to_vec(),
+            payload,
         };
         let result = match self.call(request).await {
             Err(e) => Err(e),
@@ -1413,7 +1204,7 @@ impl Broker for SimBroker {
     }
 
     async fn kv_ensure(&self, config: KvConfig) -> Result<(), BrokerError> {
-        match self.call(Request::KvEnsure(config.into())).await? {
+        match self.call(Request::KvEnsure(config)).await? {
             Response::Unit => Ok(()),
             other => Err(unexpected(other)),
         }
@@ -1425,7 +1216,7 @@ impl Broker for SimBroker {
             key: key.to_owned(),
         };
         match self.call(request).await? {
-            Response::Entry(e) => Ok(e.map(Into::into)),
+            Response::Entry(e) => Ok(e),
             other => Err(unexpected(other)),
         }
     }
@@ -1434,7 +1225,7 @@ impl Broker for SimBroker {
         let request = Request::KvCreate {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
-            value: value.to_vec(),
+            value,
         };
         match self.call(request).await? {
             Response::Revision(r) => Ok(r),
@@ -1452,7 +1243,7 @@ impl Broker for SimBroker {
         let request = Request::KvUpdate {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
-            value: value.to_vec(),
+            value,
             revision,
         };
         match self.call(request).await? {
@@ -1465,7 +1256,7 @@ impl Broker for SimBroker {
         let request = Request::KvPut {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
-            value: value.to_vec(),
+            value,
         };
         match self.call(request).await? {
             Response::Revision(r) => Ok(r),
@@ -1489,7 +1280,7 @@ impl Broker for SimBroker {
             bucket: bucket.to_owned(),
         };
         match self.call(request).await? {
-            Response::Entries(es) => Ok(es.into_iter().map(Into::into).collect()),
+            Response::Entries(es) => Ok(es),
             other => Err(unexpected(other)),
         }
     }

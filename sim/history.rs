@@ -4,6 +4,7 @@
 //!
 //! Operations a crashed node never completed stay [`Outcome::Pending`] and count as ambiguous.
 
+use std::fmt::{self, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,17 +17,37 @@ pub struct EventDigest {
     pub version: u64,
     /// Event id.
     pub id: String,
-    /// The data, serialised (serde_json maps are ordered, so this is canonical).
-    pub data: String,
+    /// FNV-1a hash of the data serialised as JSON (serde_json maps are ordered, so this is
+    /// canonical).
+    pub data: u64,
+}
+
+/// An `io::Write` that only hashes what is written (FNV-1a).
+struct Fnv(u64);
+
+impl std::io::Write for Fnv {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for byte in buf {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl EventDigest {
     /// The digest of `event`.
     pub fn of(event: &crate::event::Event) -> Self {
+        let mut data = Fnv(0xcbf2_9ce4_8422_2325);
+        serde_json::to_writer(&mut data, &event.data).expect("JSON values serialise");
         Self {
             version: event.version,
             id: event.id.clone(),
-            data: event.data.to_string(),
+            data: data.0,
         }
     }
 }
@@ -129,27 +150,70 @@ pub struct Op {
     pub outcome: Outcome,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     ops: Vec<Op>,
     faults: Vec<(Duration, String)>,
-    trace: Vec<String>,
+    /// The trace lines, when kept.
+    trace: Option<Vec<String>>,
+    /// FNV-1a hash of every trace line (each followed by a newline).
+    hash: u64,
+    /// Scratch space for the line being recorded.
+    line: String,
+}
+
+impl Inner {
+    /// Records one trace line: hashes it, and keeps it when the trace is kept.
+    fn line(&mut self, args: fmt::Arguments<'_>) {
+        self.line.clear();
+        let _ = self.line.write_fmt(args);
+        for byte in self.line.bytes().chain(std::iter::once(b'\n')) {
+            self.hash ^= u64::from(byte);
+            self.hash = self.hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        if let Some(trace) = &mut self.trace {
+            trace.push(self.line.clone());
+        }
+    }
 }
 
 /// The shared recorder. Cheap to clone.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct History {
     inner: Arc<Mutex<Inner>>,
 }
 
-fn ms(t: Duration) -> String {
-    format!("{:>7}.{:03}", t.as_secs(), t.subsec_millis())
+impl Default for History {
+    fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+/// A simulated time as `s.mmm`, right-aligned.
+struct Ms(Duration);
+
+impl fmt::Display for Ms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:>7}.{:03}", self.0.as_secs(), self.0.subsec_millis())
+    }
+}
+
+fn ms(t: Duration) -> Ms {
+    Ms(t)
 }
 
 impl History {
-    /// An empty history.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty history; `keep_trace` keeps the trace lines (the hash is always kept).
+    pub fn new(keep_trace: bool) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                ops: Vec::new(),
+                faults: Vec::new(),
+                trace: keep_trace.then(Vec::new),
+                hash: 0xcbf2_9ce4_8422_2325,
+                line: String::new(),
+            })),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -160,9 +224,7 @@ impl History {
     pub fn invoke(&self, now: Duration, node: &str, kind: OpKind) -> usize {
         let mut inner = self.lock();
         let id = inner.ops.len();
-        inner
-            .trace
-            .push(format!("{} {node} invoke #{id} {kind:?}", ms(now)));
+        inner.line(format_args!("{} {node} invoke #{id} {kind:?}", ms(now)));
         inner.ops.push(Op {
             id,
             node: node.to_owned(),
@@ -191,9 +253,7 @@ impl History {
             other => format!("{other:?}"),
         };
         let node = inner.ops[id].node.clone();
-        inner
-            .trace
-            .push(format!("{} {node} complete #{id} {line}", ms(now)));
+        inner.line(format_args!("{} {node} complete #{id} {line}", ms(now)));
         let op = &mut inner.ops[id];
         op.completed = Some(now);
         op.outcome = outcome;
@@ -211,13 +271,13 @@ impl History {
     /// Records a fault (or heal) applied at simulated time `now`.
     pub fn fault(&self, now: Duration, description: String) {
         let mut inner = self.lock();
-        inner.trace.push(format!("{} FAULT {description}", ms(now)));
+        inner.line(format_args!("{} FAULT {description}", ms(now)));
         inner.faults.push((now, description));
     }
 
     /// Adds a free-form line to the trace.
     pub fn note(&self, now: Duration, line: String) {
-        self.lock().trace.push(format!("{} {line}", ms(now)));
+        self.lock().line(format_args!("{} {line}", ms(now)));
     }
 
     /// A copy of every operation.
@@ -225,32 +285,29 @@ impl History {
         self.lock().ops.clone()
     }
 
+    /// Every operation, moved out of the recorder (which keeps recording new ones).
+    pub fn take_ops(&self) -> Vec<Op> {
+        std::mem::take(&mut self.lock().ops)
+    }
+
     /// The fault timeline.
     pub fn faults(&self) -> Vec<(Duration, String)> {
         self.lock().faults.clone()
     }
 
-    /// The full trace.
-    pub fn trace(&self) -> Vec<String> {
+    /// The full trace, if kept.
+    pub fn trace(&self) -> Option<Vec<String>> {
         self.lock().trace.clone()
     }
 
-    /// FNV-1a hash of the trace: equal for two runs of one seed, or the run is not
-    /// deterministic.
+    /// FNV-1a hash of the trace (kept or not): equal for two runs of one seed, or the run is
+    /// not deterministic.
     pub fn trace_hash(&self) -> u64 {
-        let inner = self.lock();
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for line in &inner.trace {
-            for byte in line.bytes().chain(std::iter::once(b'\n')) {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        }
-        hash
+        self.lock().hash
     }
 }
 
 /// Formats a simulated time as `s.mmm`.
 pub fn format_time(t: Duration) -> String {
-    ms(t).trim_start().to_owned()
+    ms(t).to_string().trim_start().to_owned()
 }

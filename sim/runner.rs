@@ -201,7 +201,7 @@ pub fn parse_planted(list: &str) -> Result<PlantedBugs, String> {
 
 /// Runs `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
-    let history = History::new();
+    let history = History::new(options.keep_trace);
     let broker = BrokerHost::new(rng_for(seed, 1));
     let node_names: Vec<String> = (0..scenario.nodes).map(|i| format!("n{i}")).collect();
     let mut clocks = Vec::new();
@@ -242,6 +242,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
                 clock: clocks[index].clone(),
                 history: history.clone(),
                 planted: options.planted,
+                wire: broker.wire(),
             };
             let scenario = scenario.clone();
             sim.host(name.as_str(), move || scenario.node_software(ctx.clone()));
@@ -314,7 +315,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
             raw.insert(actor, records);
         }
     });
-    let ops = history.ops();
+    let ops = history.take_ops();
     let input = CheckInput {
         ops: &ops,
         streams: raw
@@ -354,7 +355,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         broker: broker.stats(),
         stream_lengths: raw.iter().map(|(a, r)| (a.clone(), r.len())).collect(),
         simulated,
-        trace: options.keep_trace.then(|| history.trace()),
+        trace: history.trace(),
     }
 }
 

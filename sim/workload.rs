@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 
-use super::broker::{SimBroker, SimBrokerConfig};
+use super::broker::{SimBroker, SimBrokerConfig, Wire};
 use super::clock::{SimClock, sim_now};
 use super::history::{EventDigest, History, OpKind, Outcome};
 use crate::broker::{AppendOptions, Broker, BrokerError, Headers};
@@ -32,8 +32,12 @@ pub const DAMAGED_ACTOR: &str = "damaged";
 /// Store workload settings.
 #[derive(Clone, Debug)]
 pub struct StoreWorkload {
-    /// Hot actors everyone writes to.
-    pub actors: Vec<String>,
+    /// Hot actors everyone writes to at any one time.
+    pub hot: usize,
+    /// The hot set rotates to fresh actors this often (simulated time), which keeps streams —
+    /// and so whole-stream replays — short, and makes new streams (`NoStream`, version 0) a
+    /// regular event rather than a start-up one.
+    pub rotate_every: Duration,
     /// Writers per node.
     pub writers_per_node: usize,
     /// Pause between a writer's operations.
@@ -47,12 +51,41 @@ pub struct StoreWorkload {
 impl Default for StoreWorkload {
     fn default() -> Self {
         Self {
-            actors: (0..3).map(|i| format!("hot-{i}")).collect(),
+            hot: 3,
+            rotate_every: Duration::from_secs(20),
             writers_per_node: 2,
             think: (Duration::from_millis(20), Duration::from_millis(250)),
             read_every: (Duration::from_millis(1000), Duration::from_millis(3000)),
             vandal: true,
         }
+    }
+}
+
+impl StoreWorkload {
+    /// The hot actors at true time `at`: `hot-<i>` in the first period, `hot-<i>@<g>` in
+    /// period `g` after that.
+    pub fn hot_actors(&self, at: Duration) -> Vec<String> {
+        let generation = at.as_nanos() / self.rotate_every.as_nanos().max(1);
+        (0..self.hot)
+            .map(|i| {
+                if generation == 0 {
+                    format!("hot-{i}")
+                } else {
+                    format!("hot-{i}@{generation}")
+                }
+            })
+            .collect()
+    }
+
+    /// Every actor a run of `duration` writes to (without the damaged one).
+    pub fn all_actors(&self, duration: Duration) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut at = Duration::ZERO;
+        while at < duration {
+            out.extend(self.hot_actors(at));
+            at += self.rotate_every.max(Duration::from_millis(1));
+        }
+        out
     }
 }
 
@@ -73,6 +106,8 @@ pub struct NodeContext {
     pub history: History,
     /// Planted bugs.
     pub planted: PlantedBugs,
+    /// The broker host's wire (frames in flight).
+    pub wire: Wire,
 }
 
 /// One started incarnation of a node.
@@ -91,6 +126,7 @@ impl NodeContext {
         let broker = SimBroker::new(
             SimBrokerConfig::new(self.name.clone(), number << 32),
             self.clock.clone(),
+            self.wire.clone(),
         );
         self.history.note(
             sim_now(),
@@ -167,7 +203,8 @@ pub async fn writer(
             // Retry right after a conflict, with the version the conflict reported.
             Some((actor, actual)) => (actor, ExpectedVersion::Exact(actual)),
             None => {
-                let actor = workload.actors[below(&rng, workload.actors.len())].clone();
+                let actors = workload.hot_actors(sim_now());
+                let actor = actors[below(&rng, actors.len())].clone();
                 let expected = match below(&rng, 100) {
                     0..=9 => ExpectedVersion::NoStream,
                     10..=24 => ExpectedVersion::Any,
@@ -229,9 +266,9 @@ pub async fn reader(
         ctx.clock
             .sleep(rng.duration_between(workload.read_every.0, workload.read_every.1))
             .await;
-        let pick = below(&rng, workload.actors.len() + usize::from(workload.vandal));
-        let actor = workload
-            .actors
+        let actors = workload.hot_actors(sim_now());
+        let pick = below(&rng, actors.len() + usize::from(workload.vandal));
+        let actor = actors
             .get(pick)
             .cloned()
             .unwrap_or_else(|| DAMAGED_ACTOR.to_owned());

@@ -27,13 +27,14 @@ where
         .simulation_duration(Duration::from_secs(600))
         .build();
     let host = BrokerHost::new(SharedRng::from_seed(1));
+    let wire = host.wire();
     sim.host(BROKER_HOST, move || host.clone().serve());
     sim.client("n0", async move {
         let (clock, _) = SimClock::new();
         let mut config = SimBrokerConfig::new("n0", 1 << 32);
         // The bodies bound their own waits; keep the client's bound above theirs.
         config.op_timeout = Duration::from_secs(10);
-        body(SimBroker::new(config, clock)).await;
+        body(SimBroker::new(config, clock, wire)).await;
         Ok(())
     });
     sim.run().expect("the conformance body completes");

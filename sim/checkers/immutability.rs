@@ -25,7 +25,7 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
                 Some(stored) => out.push(Violation {
                     invariant: INVARIANT,
                     detail: format!(
-                        "{actor} v{}: op #{} on {} {what} event {} ({}), the stream now holds {} ({})",
+                        "{actor} v{}: op #{} on {} {what} event {} (data hash {:016x}), the stream now holds {} (data hash {:016x})",
                         event.version, op.id, op.node, event.id, event.data, stored.id, stored.data
                     ),
                 }),

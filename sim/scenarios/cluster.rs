@@ -13,8 +13,8 @@ pub struct ClusterWorkload {
 
 impl ClusterWorkload {
     /// Actors whose streams are checked.
-    pub fn actors(&self) -> Vec<String> {
-        self.store.actors.clone()
+    pub fn actors(&self, duration: std::time::Duration) -> Vec<String> {
+        self.store.all_actors(duration)
     }
 }
 

@@ -99,13 +99,13 @@ impl Scenario {
     pub fn actors(&self) -> Vec<String> {
         match &self.kind {
             Kind::Store(w) => {
-                let mut actors = w.actors.clone();
+                let mut actors = w.all_actors(self.duration());
                 if w.vandal {
                     actors.push(super::workload::DAMAGED_ACTOR.to_owned());
                 }
                 actors
             }
-            Kind::Cluster(w) => w.actors(),
+            Kind::Cluster(w) => w.actors(self.duration()),
         }
     }
 
