@@ -142,3 +142,135 @@ async fn servers_older_than_2_11_are_refused_at_connect_with_the_reason() {
     let text = err.to_string();
     assert!(text.contains("2.11") && text.contains("4320"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nkey_seed_is_accepted_and_an_unknown_key_is_refused() {
+    let user = nkeys::KeyPair::new_user();
+    let server = NatsServer::start_with(ServerSettings {
+        nkey_user: Some(user.public_key()),
+        ..Default::default()
+    });
+    let broker = NatsBroker::connect(NatsOptions::new(server.url()).nkey(user.seed().unwrap()))
+        .await
+        .expect("the allowed nkey");
+    broker
+        .kv_ensure(aether::broker::KvConfig::new("nkey_ok"))
+        .await
+        .expect("JetStream usable with an nkey");
+    let stranger = nkeys::KeyPair::new_user();
+    let err = NatsBroker::connect(NatsOptions::new(server.url()).nkey(stranger.seed().unwrap()))
+        .await
+        .expect_err("an unknown nkey");
+    assert!(
+        matches!(err, NatsConnectError::Authentication { .. }),
+        "{err:?}"
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with the `openssl` command.
+/// Returns (CA certificate, server certificate, server key).
+fn certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("the TLS test needs the `openssl` command (Debian package openssl)");
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=aether test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_trusted_root_works_and_an_untrusted_certificate_is_a_typed_tls_error() {
+    let dir = std::env::temp_dir().join(format!("aether-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = certificates(&dir);
+    let server = NatsServer::start_with(ServerSettings {
+        tls: Some((cert, key)),
+        ..Default::default()
+    });
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    let trusted = aether::broker::NatsTls {
+        required: true,
+        root_certificates: Some(ca),
+        ..Default::default()
+    };
+    let broker = NatsBroker::connect(NatsOptions::new(&url).tls(trusted))
+        .await
+        .expect("TLS with the CA as root");
+    broker
+        .kv_ensure(aether::broker::KvConfig::new("tls_ok"))
+        .await
+        .expect("JetStream usable over TLS");
+    let untrusted = aether::broker::NatsTls {
+        required: true,
+        ..Default::default()
+    };
+    let err = NatsBroker::connect(
+        NatsOptions::new(&url)
+            .tls(untrusted)
+            .connection_timeout(Duration::from_secs(3)),
+    )
+    .await
+    .expect_err("a certificate from a CA nobody trusts");
+    assert!(matches!(err, NatsConnectError::Tls { .. }), "{err:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

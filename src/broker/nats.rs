@@ -340,6 +340,9 @@ impl NatsBroker {
                     reason,
                 },
                 K::Tls => NatsConnectError::Tls { reason },
+                // async-nats reports a refused server certificate (a rustls error inside the
+                // handshake) as an I/O error; it is a TLS problem, not an absent server.
+                K::Io if is_tls_failure(&reason) => NatsConnectError::Tls { reason },
                 K::ServerParse => NatsConnectError::InvalidOptions { reason },
                 _ => NatsConnectError::NoServer {
                     urls: urls.clone(),
@@ -480,6 +483,18 @@ impl NatsBroker {
             };
         }
     }
+}
+
+/// Whether an I/O error's text is rustls refusing the TLS handshake.
+fn is_tls_failure(reason: &str) -> bool {
+    [
+        "invalid peer certificate",
+        "peer is incompatible",
+        "peer misbehaved",
+        "handshake",
+    ]
+    .iter()
+    .any(|needle| reason.contains(needle))
 }
 
 /// How long a read's ordered consumer may deliver nothing while messages are still pending

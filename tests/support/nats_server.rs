@@ -80,6 +80,10 @@ pub struct ServerSettings {
     pub user_password: Option<(String, String)>,
     /// `authorization { token }`.
     pub token: Option<String>,
+    /// `authorization { users: [{ nkey }] }`: the public key (`U...`) of an allowed user.
+    pub nkey_user: Option<String>,
+    /// `tls { cert_file, key_file }`: PEM files of the server's certificate and key.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// One nats-server process.
@@ -144,6 +148,16 @@ impl NatsServer {
         }
         if let Some(token) = &settings.token {
             text.push_str(&format!("authorization {{\n  token: {token:?}\n}}\n"));
+        }
+        if let Some(nkey) = &settings.nkey_user {
+            text.push_str(&format!(
+                "authorization {{\n  users: [ {{ nkey: {nkey:?} }} ]\n}}\n"
+            ));
+        }
+        if let Some((cert, key)) = &settings.tls {
+            text.push_str(&format!(
+                "tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n}}\n"
+            ));
         }
         let config = dir.join(format!("{name}.conf"));
         std::fs::write(&config, text).expect("write server config");
