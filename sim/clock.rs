@@ -40,6 +40,9 @@ struct ClockState {
     skew_nanos: i64,
     /// The largest monotonic reading handed out (keeps readings non-decreasing).
     last: Duration,
+    /// Earlier rate segments `(base_true, base_local, rate_ppm)`, oldest first, so that a past
+    /// local reading can be mapped back to true time.
+    history: Vec<(Duration, Duration, u64)>,
 }
 
 impl ClockState {
@@ -47,6 +50,17 @@ impl ClockState {
         let elapsed = true_now.saturating_sub(self.base_true);
         let scaled = (elapsed.as_nanos() * self.rate_ppm as u128 / 1_000_000) as u64;
         self.base_local + Duration::from_nanos(scaled)
+    }
+
+    /// The true time at which this clock read `local` (the inverse of `local_at`).
+    fn true_at(&self, local: Duration) -> Duration {
+        let segment = std::iter::once((self.base_true, self.base_local, self.rate_ppm))
+            .chain(self.history.iter().rev().copied())
+            .find(|(_, base_local, _)| *base_local <= local)
+            .unwrap_or((Duration::ZERO, Duration::ZERO, 1_000_000));
+        let (base_true, base_local, rate) = segment;
+        let elapsed = (local - base_local).as_nanos() * 1_000_000 / u128::from(rate.max(1));
+        base_true + Duration::from_nanos(elapsed.min(u128::from(u64::MAX)) as u64)
     }
 }
 
@@ -71,6 +85,7 @@ impl SimClock {
             rate_ppm: 1_000_000,
             skew_nanos: 0,
             last: Duration::ZERO,
+            history: Vec::new(),
         }));
         (
             SimClock {
@@ -91,6 +106,13 @@ impl SimClock {
         s.last = local;
         local
     }
+
+    /// The true (simulation) time at which this clock's monotonic reading was `local`: turns a
+    /// node's own timestamps (a lease deadline, `acted_until`) back into true time for checkers.
+    /// Exact for past readings; a future reading is projected at the current rate.
+    pub fn true_time_of(&self, local: Duration) -> Duration {
+        self.lock().true_at(local)
+    }
 }
 
 impl ClockControl {
@@ -102,6 +124,8 @@ impl ClockControl {
     pub fn set_drift(&self, true_now: Duration, rate_ppm: u64) {
         let mut s = self.lock();
         let local = s.local_at(true_now).max(s.last);
+        let previous = (s.base_true, s.base_local, s.rate_ppm);
+        s.history.push(previous);
         s.base_true = true_now;
         s.base_local = local;
         s.rate_ppm = rate_ppm;
@@ -162,6 +186,19 @@ mod tests {
         assert_eq!(
             clock.monotonic_at(Duration::from_secs(12)),
             Duration::from_secs(13)
+        );
+        // Local readings map back to the true time they were taken at.
+        assert_eq!(
+            clock.true_time_of(Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            clock.true_time_of(Duration::from_millis(10_500)),
+            Duration::from_secs(11)
+        );
+        assert_eq!(
+            clock.true_time_of(Duration::from_secs(15)),
+            Duration::from_secs(14)
         );
     }
 }

@@ -134,6 +134,8 @@ pub struct FaultProfile {
     pub broker_bounces: bool,
     /// Largest share of dropped write replies (per mille).
     pub reply_loss_max_per_mille: u32,
+    /// Also aim faults at whoever leads the cluster ([`ChurnPlan`]).
+    pub leader_churn: bool,
 }
 
 impl Default for FaultProfile {
@@ -145,6 +147,7 @@ impl Default for FaultProfile {
             skew_max_ms: 5_000,
             broker_bounces: true,
             reply_loss_max_per_mille: 250,
+            leader_churn: false,
         }
     }
 }
@@ -245,6 +248,142 @@ impl FaultSchedule {
     }
 }
 
+/// A fault aimed at the current leader (resolved when it is due: the leader is whoever leads
+/// then).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Churn {
+    /// Crash the leader; restart it after `down_for`.
+    Crash {
+        /// Downtime.
+        down_for: Duration,
+    },
+    /// Partition the leader from the broker both ways for `cut_for`.
+    Partition {
+        /// How long.
+        cut_for: Duration,
+    },
+    /// Slow the leader's link (replies to its lease renewals arrive late), optionally slow its
+    /// clock too, then cut it off after `cut_after` for `cut_for`: the classic way for a leader
+    /// that trusts the server's TTL to overstay its lease.
+    SlowThenCut {
+        /// Link latency while slow.
+        latency: Duration,
+        /// Clock rate while slow (ppm), if changed.
+        rate_ppm: Option<u64>,
+        /// Delay before the cut.
+        cut_after: Duration,
+        /// How long the cut lasts.
+        cut_for: Duration,
+    },
+}
+
+/// Leader-aimed faults in time order.
+#[derive(Clone, Debug, Default)]
+pub struct ChurnPlan {
+    /// `(when, churn)`, sorted by time.
+    pub events: Vec<(Duration, Churn)>,
+}
+
+impl ChurnPlan {
+    /// A plan over `[start, safety_end)`: one leader fault every 2.5–5 s; half of them slow the
+    /// leader down before cutting it off (three in four of those also slow its clock).
+    pub fn generate(rng: &SharedRng, start: Duration, safety_end: Duration) -> Self {
+        let mut events = Vec::new();
+        let mut t = start;
+        loop {
+            t += rng.duration_between(Duration::from_millis(2500), Duration::from_secs(5));
+            if t + Duration::from_secs(1) >= safety_end {
+                break;
+            }
+            let churn = match below(rng, 4) {
+                0 => Churn::Crash {
+                    down_for: rng.duration_between(Duration::from_secs(1), Duration::from_secs(4)),
+                },
+                1 => Churn::Partition {
+                    cut_for: rng
+                        .duration_between(Duration::from_millis(1500), Duration::from_secs(5)),
+                },
+                _ => Churn::SlowThenCut {
+                    latency: rng
+                        .duration_between(Duration::from_millis(200), Duration::from_millis(800)),
+                    rate_ppm: (below(rng, 4) != 0).then(|| 980_000 + below(rng, 10_000)),
+                    cut_after: rng
+                        .duration_between(Duration::from_millis(500), Duration::from_secs(2)),
+                    cut_for: rng.duration_between(Duration::from_secs(2), Duration::from_secs(5)),
+                },
+            };
+            events.push((t, churn));
+        }
+        Self { events }
+    }
+
+    /// The concrete faults of `churn` aimed at `node` at `now`, with their times. A crash is
+    /// replaced by a partition when `may_crash` is false (too few other nodes running).
+    pub fn faults(
+        churn: &Churn,
+        node: usize,
+        now: Duration,
+        may_crash: bool,
+    ) -> Vec<(Duration, Fault)> {
+        match churn {
+            Churn::Crash { down_for } if may_crash => vec![
+                (now, Fault::Crash { node }),
+                (now + *down_for, Fault::Restart { node }),
+            ],
+            Churn::Crash { down_for: cut_for } | Churn::Partition { cut_for } => vec![
+                (
+                    now,
+                    Fault::Partition {
+                        node,
+                        direction: Direction::Both,
+                    },
+                ),
+                (now + *cut_for, Fault::Repair { node }),
+            ],
+            Churn::SlowThenCut {
+                latency,
+                rate_ppm,
+                cut_after,
+                cut_for,
+            } => {
+                let mut out = vec![(
+                    now,
+                    Fault::Latency {
+                        node,
+                        max: *latency,
+                    },
+                )];
+                if let Some(rate_ppm) = rate_ppm {
+                    out.push((
+                        now,
+                        Fault::Drift {
+                            node,
+                            rate_ppm: *rate_ppm,
+                        },
+                    ));
+                }
+                let cut = now + *cut_after;
+                out.push((
+                    cut,
+                    Fault::Partition {
+                        node,
+                        direction: Direction::Both,
+                    },
+                ));
+                out.push((cut + *cut_for, Fault::Repair { node }));
+                out.push((
+                    cut + *cut_for,
+                    Fault::Latency {
+                        node,
+                        max: BASE_LATENCY_MAX,
+                    },
+                ));
+                out
+            }
+        }
+    }
+}
+
 /// The latency links have outside faults.
 pub const BASE_LATENCY_MAX: Duration = Duration::from_millis(20);
 
@@ -274,7 +413,12 @@ pub fn apply(sim: &mut Sim<'_>, world: &World<'_>, now: Duration, fault: &Fault)
             sim.set_link_max_message_latency(name(*node), BROKER_HOST, *max);
         }
         Fault::Crash { node } => sim.crash(name(*node)),
-        Fault::Restart { node } => sim.bounce(name(*node)),
+        // A node that is already up again (restarted by another fault) is left alone.
+        Fault::Restart { node } => {
+            if !sim.is_host_running(name(*node)) {
+                sim.bounce(name(*node));
+            }
+        }
         Fault::BounceBroker => sim.bounce(BROKER_HOST),
         Fault::Skew { node, offset_ms } => world.clocks[*node].set_skew(offset_ms * 1_000_000),
         Fault::Drift { node, rate_ppm } => world.clocks[*node].set_drift(now, *rate_ppm),

@@ -79,25 +79,74 @@ pub enum OpKind {
     Cluster(ClusterObservation),
 }
 
-/// A fact a node reported about the cluster.
+/// A fact a node reported about the cluster. Times are true (simulation) time: a node's own
+/// clock readings are converted back with [`SimClock::true_time_of`](super::clock::SimClock::true_time_of).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClusterObservation {
-    /// The node acts as leader under `token` until its own deadline.
+    /// A cluster node started on this host (a fresh instance: nothing applied, not leading).
+    Started,
+    /// The node acts as leader under `token` from now until `deadline` unless renewed.
     Leading {
         /// Fencing token (lease revision).
         token: u64,
+        /// Its step-down deadline, in true time.
+        deadline: Duration,
+    },
+    /// The node renewed its lease: it may act until `deadline`.
+    Renewed {
+        /// Fencing token.
+        token: u64,
+        /// The new deadline, in true time.
+        deadline: Duration,
     },
     /// The node stopped acting as leader under `token`.
     Stepped {
         /// Fencing token.
+        token: u64,
+        /// The last instant it could have acted as leader, in true time.
+        acted_until: Duration,
+        /// Why (the library's reason).
+        reason: String,
+    },
+    /// The node, as leader under `token`, published the assignment of `epoch`.
+    Published {
+        /// Assignment epoch.
+        epoch: u64,
+        /// The publisher's token.
         token: u64,
     },
     /// The node applied (hosts shards under) the assignment of `epoch`.
     Applied {
         /// Assignment epoch.
         epoch: u64,
+        /// The epoch it hosted under before (this instance).
+        previous: Option<u64>,
         /// Shards the node hosts under it.
         shards: Vec<u32>,
+    },
+    /// The node stopped hosting these shards (hosted under `epoch`).
+    Released {
+        /// The epoch they were hosted under.
+        epoch: u64,
+        /// The shards.
+        shards: Vec<u32>,
+    },
+    /// The node left the cluster cleanly (released its lease, hosts nothing).
+    Stopped,
+    /// The host crashed (recorded by the fault injector): whatever it did ends here.
+    Down,
+    /// A periodic snapshot of the node's view (liveness phase).
+    View {
+        /// The leader it reads from the lease key, with its token.
+        leader: Option<(String, u64)>,
+        /// Whether it acts as leader itself.
+        leading: bool,
+        /// Live members it knows.
+        members: Vec<String>,
+        /// The assignment epoch it applied.
+        epoch: Option<u64>,
+        /// Shards it hosts.
+        hosted: Vec<u32>,
     },
 }
 
@@ -288,6 +337,26 @@ impl History {
     /// Every operation, moved out of the recorder (which keeps recording new ones).
     pub fn take_ops(&self) -> Vec<Op> {
         std::mem::take(&mut self.lock().ops)
+    }
+
+    /// The node that most recently began leading and has not stopped since (by the cluster
+    /// observations recorded so far), if any.
+    pub fn current_leader(&self) -> Option<String> {
+        let inner = self.lock();
+        let mut leading: Option<&str> = None;
+        for op in &inner.ops {
+            match &op.kind {
+                OpKind::Cluster(ClusterObservation::Leading { .. }) => leading = Some(&op.node),
+                OpKind::Cluster(
+                    ClusterObservation::Stepped { .. }
+                    | ClusterObservation::Stopped
+                    | ClusterObservation::Down
+                    | ClusterObservation::Started,
+                ) if leading == Some(op.node.as_str()) => leading = None,
+                _ => {}
+            }
+        }
+        leading.map(str::to_owned)
     }
 
     /// The fault timeline.

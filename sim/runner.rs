@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::broker::{BROKER_HOST, BrokerHost, BrokerStats};
 use super::checkers::{CheckInput, Violation, check_all};
 use super::clock::{SimClock, epoch};
-use super::faults::{self, BASE_LATENCY_MAX, FaultSchedule};
-use super::history::{History, OpKind, Outcome, format_time};
+use super::faults::{self, BASE_LATENCY_MAX, ChurnPlan, Fault, FaultSchedule};
+use super::history::{ClusterObservation, History, OpKind, Outcome, format_time};
 use super::scenarios::Scenario;
 use super::workload::{NAMESPACE, NodeContext};
 use super::{derive_seed, rng_for};
@@ -218,6 +218,11 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         scenario.safety,
         &scenario.profile,
     );
+    let churn = if scenario.profile.leader_churn {
+        ChurnPlan::generate(&rng_for(seed, 3), Duration::from_secs(3), scenario.safety)
+    } else {
+        ChurnPlan::default()
+    };
     let total = scenario.duration();
     let mut violations = Vec::new();
 
@@ -252,17 +257,58 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
             clocks: &controls,
             broker: &broker,
         };
-        let mut pending = schedule.events.iter().peekable();
+        // Faults still to apply, by (time, order of scheduling).
+        let mut pending: BTreeMap<(Duration, usize), Fault> = schedule
+            .events
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, (at, fault))| ((at, i), fault))
+            .collect();
+        let mut scheduled = pending.len();
+        let mut churn = churn.events.iter().peekable();
         let mut healed = false;
         while sim.elapsed() < total {
             let now = sim.elapsed();
-            while let Some((at, fault)) = pending.peek() {
+            while let Some((at, aimed)) = churn.peek() {
                 if *at > now {
                     break;
                 }
-                faults::apply(&mut sim, &world, now, fault);
+                churn.next();
+                let Some(leader) = history.current_leader() else {
+                    history.fault(now, "leader churn: no leader to aim at".to_owned());
+                    continue;
+                };
+                let Some(node) = node_names.iter().position(|n| *n == leader) else {
+                    continue;
+                };
+                let others_up = node_names
+                    .iter()
+                    .filter(|n| **n != leader && sim.is_host_running(n.as_str()))
+                    .count();
+                history.fault(now, format!("leader churn aimed at {leader}: {aimed:?}"));
+                for (at, fault) in ChurnPlan::faults(aimed, node, now, others_up >= 2) {
+                    // The healing at the end of the safety phase ends every fault.
+                    if at >= scenario.safety {
+                        continue;
+                    }
+                    pending.insert((at, scheduled), fault);
+                    scheduled += 1;
+                }
+            }
+            while let Some(entry) = pending.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let fault = entry.remove();
+                if scenario.is_cluster()
+                    && let Fault::Crash { node } = &fault
+                    && sim.is_host_running(node_names[*node].as_str())
+                {
+                    history.observe(now, &node_names[*node], ClusterObservation::Down);
+                }
+                faults::apply(&mut sim, &world, now, &fault);
                 history.fault(now, fault.to_string());
-                pending.next();
             }
             if !healed && now >= scenario.safety {
                 faults::heal_all(&mut sim, &world, now);
@@ -328,6 +374,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         end: simulated,
         liveness_bound: scenario.liveness_bound,
         cluster: scenario.is_cluster(),
+        shard_count: scenario.shard_count(),
     };
     violations.extend(check_all(&input));
 

@@ -52,19 +52,39 @@ fn store_scenario_holds_every_invariant_on_the_ci_seeds() {
 }
 
 #[test]
-fn one_seed_run_twice_gives_the_same_trace() {
-    let scenario = Scenario::store().with_safety(Duration::from_secs(10));
-    let seed = seeds_from_env(7, 1)[0];
-    let first = run(&scenario, seed, &RunOptions::default());
-    let second = run(&scenario, seed, &RunOptions::default());
-    assert_eq!(
-        first.trace_hash,
-        second.trace_hash,
-        "seed {seed} is not deterministic:\n{}\n---\n{}",
-        first.summary(),
-        second.summary()
+fn cluster_scenario_holds_every_invariant_on_the_ci_seeds() {
+    let reports = run_seeds(
+        &Scenario::cluster(),
+        &RunOptions::default(),
+        &seeds_from_env(0, CI_SEEDS),
     );
-    assert_eq!(first.summary(), second.summary());
+    for r in &reports {
+        eprintln!("{r}");
+    }
+    assert_all_pass(&reports);
+    let observations: u64 = reports.iter().map(|r| r.counts.observations).sum();
+    assert!(observations > 0, "the cluster reported what it did");
+}
+
+#[test]
+fn one_seed_run_twice_gives_the_same_trace() {
+    let seed = seeds_from_env(7, 1)[0];
+    for scenario in [
+        Scenario::store().with_safety(Duration::from_secs(10)),
+        Scenario::cluster().with_safety(Duration::from_secs(10)),
+    ] {
+        let first = run(&scenario, seed, &RunOptions::default());
+        let second = run(&scenario, seed, &RunOptions::default());
+        assert_eq!(
+            first.trace_hash,
+            second.trace_hash,
+            "seed {seed} of {} is not deterministic:\n{}\n---\n{}",
+            scenario.name,
+            first.summary(),
+            second.summary()
+        );
+        assert_eq!(first.summary(), second.summary());
+    }
 }
 
 #[test]
@@ -163,6 +183,30 @@ fn planted_skip_damaged_records_is_caught() {
         Scenario::store(),
         PlantedBugs {
             skip_damaged_records: true,
+            ..PlantedBugs::default()
+        },
+        CI_SEEDS,
+    );
+}
+
+#[test]
+fn planted_leader_ignores_lease_deadline_is_caught() {
+    assert_caught(
+        Scenario::cluster(),
+        PlantedBugs {
+            leader_ignores_lease_deadline: true,
+            ..PlantedBugs::default()
+        },
+        CI_SEEDS,
+    );
+}
+
+#[test]
+fn planted_apply_assignment_out_of_order_is_caught() {
+    assert_caught(
+        Scenario::cluster(),
+        PlantedBugs {
+            apply_assignment_out_of_order: true,
             ..PlantedBugs::default()
         },
         CI_SEEDS,

@@ -1,83 +1,137 @@
-//! Invariant 6: at most one node acts as leader under one fencing token, tokens strictly
-//! increase, and leadership intervals (from `Leading` to `Stepped`, as each node observed on its
-//! own clock) do not overlap in true time.
+//! Invariant 6: at most one node acts as leader under one fencing token, a later term always
+//! has a larger token, and leadership terms of different nodes never overlap in true time.
+//!
+//! A term runs from its `Leading` observation to the end of its acting: the `acted_until` of
+//! its `Stepped` observation, else the node's crash or stop, else (still open when the run
+//! ended) its last deadline. All times are true time (nodes' clock readings converted back).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{CheckInput, Violation};
-use crate::sim::history::{ClusterObservation, OpKind};
+use crate::sim::history::{ClusterObservation, OpKind, format_time};
 
 const INVARIANT: &str = "6 one leader per fencing token";
+
+#[derive(Debug)]
+struct Term {
+    node: String,
+    token: u64,
+    start: Duration,
+    deadline: Duration,
+    end: Option<Duration>,
+}
 
 /// Checks the leadership observations.
 pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
     let mut out = Vec::new();
-    // token → (node, start, end)
-    let mut terms: BTreeMap<u64, (String, Duration, Option<Duration>)> = BTreeMap::new();
-    let mut last_token_of: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut terms: Vec<Term> = Vec::new();
+    // token → index in `terms`
+    let mut by_token: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut max_token = 0u64;
     for op in input.ops {
         let OpKind::Cluster(observation) = &op.kind else {
             continue;
         };
+        let now = op.invoked;
         match observation {
-            ClusterObservation::Leading { token } => {
-                if let Some((other, ..)) = terms.get(token)
-                    && *other != op.node
-                {
+            ClusterObservation::Leading { token, deadline } => {
+                if let Some(i) = by_token.get(token) {
+                    if terms[*i].node != op.node {
+                        out.push(Violation {
+                            invariant: INVARIANT,
+                            detail: format!(
+                                "token {token} claimed by {} and by {} (at {})",
+                                terms[*i].node,
+                                op.node,
+                                format_time(now)
+                            ),
+                        });
+                    }
+                    continue;
+                }
+                if *token <= max_token {
                     out.push(Violation {
                         invariant: INVARIANT,
                         detail: format!(
-                            "token {token} claimed by {other} and by {} (at {:?})",
-                            op.node, op.invoked
+                            "{} began leading with token {token} at {}, not larger than the earlier token {max_token}",
+                            op.node,
+                            format_time(now)
                         ),
                     });
                 }
-                if let Some(prev) = last_token_of.get(op.node.as_str())
-                    && *prev > *token
-                {
-                    out.push(Violation {
-                        invariant: INVARIANT,
-                        detail: format!("{} led under token {token} after token {prev}", op.node),
-                    });
-                }
-                last_token_of.insert(&op.node, *token);
-                terms
-                    .entry(*token)
-                    .or_insert((op.node.clone(), op.invoked, None));
+                max_token = max_token.max(*token);
+                by_token.insert(*token, terms.len());
+                terms.push(Term {
+                    node: op.node.clone(),
+                    token: *token,
+                    start: now,
+                    deadline: *deadline,
+                    end: None,
+                });
             }
-            ClusterObservation::Stepped { token } => {
-                if let Some(term) = terms.get_mut(token)
-                    && term.0 == op.node
+            ClusterObservation::Renewed { token, deadline } => {
+                if let Some(i) = by_token.get(token)
+                    && terms[*i].node == op.node
                 {
-                    term.2 = Some(op.invoked);
+                    terms[*i].deadline = terms[*i].deadline.max(*deadline);
                 }
             }
-            ClusterObservation::Applied { .. } => {}
+            ClusterObservation::Stepped {
+                token, acted_until, ..
+            } => {
+                if let Some(i) = by_token.get(token)
+                    && terms[*i].node == op.node
+                    && terms[*i].end.is_none()
+                {
+                    terms[*i].end = Some(*acted_until);
+                }
+            }
+            // A crash, a clean stop or a fresh start ends whatever the node still led.
+            ClusterObservation::Down
+            | ClusterObservation::Stopped
+            | ClusterObservation::Started => {
+                for term in terms
+                    .iter_mut()
+                    .filter(|t| t.node == op.node && t.end.is_none())
+                {
+                    term.end = Some(now.min(term.deadline));
+                }
+            }
+            _ => {}
         }
     }
-    // Terms in token order must not overlap in true time: a newer leader starts only after the
-    // older one stopped acting.
-    let ordered: Vec<_> = terms.iter().collect();
-    for pair in ordered.windows(2) {
-        let (old_token, (old_node, _, old_end)) = pair[0];
-        let (new_token, (new_node, new_start, _)) = pair[1];
-        if old_node == new_node {
-            continue;
+    for term in &mut terms {
+        if term.end.is_none() {
+            term.end = Some(term.deadline.min(input.end));
         }
-        let overlapping = match old_end {
-            Some(end) => *end > *new_start,
-            None => true,
-        };
-        if overlapping {
-            out.push(Violation {
-                invariant: INVARIANT,
-                detail: format!(
-                    "{old_node} still acted as leader (token {old_token}, stopped {}) when {new_node} began leading with token {new_token} at {:?}",
-                    old_end.map_or("never".to_owned(), |e| format!("at {e:?}")),
-                    new_start
-                ),
-            });
+    }
+    let mut reported = 0;
+    for (i, a) in terms.iter().enumerate() {
+        for b in &terms[i + 1..] {
+            if a.node == b.node {
+                continue;
+            }
+            let (a_end, b_end) = (a.end.unwrap_or(a.deadline), b.end.unwrap_or(b.deadline));
+            if a.start < b_end && b.start < a_end {
+                reported += 1;
+                if reported <= 8 {
+                    out.push(Violation {
+                        invariant: INVARIANT,
+                        detail: format!(
+                            "two leaders at once: {} led with token {} from {} to {}, {} with token {} from {} to {}",
+                            a.node,
+                            a.token,
+                            format_time(a.start),
+                            format_time(a_end),
+                            b.node,
+                            b.token,
+                            format_time(b.start),
+                            format_time(b_end)
+                        ),
+                    });
+                }
+            }
         }
     }
     out

@@ -76,6 +76,8 @@ pub struct CheckInput<'a> {
     pub liveness_bound: Duration,
     /// Whether the scenario runs the cluster layer (enables leadership/ownership liveness).
     pub cluster: bool,
+    /// The cluster's shard count (0 without a cluster).
+    pub shard_count: u32,
 }
 
 impl CheckInput<'_> {

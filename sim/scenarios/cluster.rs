@@ -1,30 +1,343 @@
-//! The cluster scenario: membership, leader election and shard assignment on every node, with
-//! owner-based writers. Waits for the cluster layer (`src/cluster`) to expose its runtime API;
-//! until then it runs the store workload so that the scenario plumbing stays exercised.
+//! The cluster scenario: every node runs the cluster layer (`src/cluster`: KV membership, lease
+//! election with fencing tokens, balanced assignment) on the simulated broker, plus an
+//! owner-based writer; the last node joins and leaves repeatedly during the safety phase; the
+//! fault injector adds leader churn (the current leader is crashed, partitioned, or slowed and
+//! then cut off, sometimes with a slow clock) on top of the usual faults.
+//!
+//! What the nodes report, through the cluster's synchronous observer, becomes
+//! [`ClusterObservation`]s in the history, stamped with true time (the node's own clock readings
+//! — deadlines, `acted_until` — converted back with [`SimClock::true_time_of`]):
+//!
+//! - `leadership` (invariant 6) checks that terms never overlap and tokens grow;
+//! - `ownership` (invariant 7) checks one owner per shard per epoch and epochs applied in order;
+//! - owner-based writers append only to actors whose shard their node hosts, with `Exact`
+//!   versions, so a stale owner's append can only fail as a conflict — `expected_version`
+//!   (invariant 4) fails the run on two successes at one version;
+//! - `liveness` (invariant 8) checks, on view snapshots taken every second of the liveness
+//!   phase, that after the bound there is exactly one leader everyone agrees on, one epoch on
+//!   every node, every shard hosted by exactly one live node.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
 
 use super::NodeSoftware;
-use crate::sim::workload::{NodeContext, StoreWorkload, store_node};
+use crate::clock::{Clock, SharedRng};
+use crate::cluster::{Cluster, ClusterConfig, ClusterEvent, ClusterEventKind, NodeId, ShardConfig};
+use crate::event::{ExpectedVersion, NewEvent};
+use crate::sim::broker::SimBroker;
+use crate::sim::clock::{SimClock, sim_now};
+use crate::sim::history::{ClusterObservation, EventDigest, OpKind, Outcome};
+use crate::sim::workload::{Incarnation, NodeContext, open_store};
+use crate::store::{AppendError, EventStore};
+
+/// A cluster node in the simulation.
+pub type SimCluster = Cluster<SimBroker, SimClock>;
 
 /// Cluster workload settings.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ClusterWorkload {
-    store: StoreWorkload,
+    /// Actors in the pool owner-based writers draw from.
+    pub actors: usize,
+    /// Shards of the simulated cluster (small, so that ownership moves are frequent and cheap
+    /// to check).
+    pub shard_count: u32,
+    /// Pause between a writer's appends.
+    pub think: (Duration, Duration),
+    /// Whether the last node joins and leaves during the safety phase (it starts outside).
+    pub joiner: bool,
+    /// How long the joiner stays a member each time.
+    pub member_span: (Duration, Duration),
+    /// How long it stays away.
+    pub away_span: (Duration, Duration),
+}
+
+impl Default for ClusterWorkload {
+    fn default() -> Self {
+        Self {
+            actors: 64,
+            shard_count: 64,
+            think: (Duration::from_millis(30), Duration::from_millis(250)),
+            joiner: true,
+            member_span: (Duration::from_secs(2), Duration::from_secs(7)),
+            away_span: (Duration::from_secs(1), Duration::from_secs(4)),
+        }
+    }
 }
 
 impl ClusterWorkload {
     /// Actors whose streams are checked.
-    pub fn actors(&self, duration: std::time::Duration) -> Vec<String> {
-        self.store.all_actors(duration)
+    pub fn actors(&self) -> Vec<String> {
+        (0..self.actors).map(|i| format!("acct-{i}")).collect()
+    }
+
+    /// The cluster configuration of node `name` (library defaults but the shard count).
+    pub fn config(&self, name: &str) -> ClusterConfig {
+        let mut config = ClusterConfig::new(NodeId::new(name).expect("node names are valid ids"));
+        config.shards = ShardConfig {
+            shard_count: self.shard_count,
+            ..ShardConfig::default()
+        };
+        config
     }
 }
 
 /// The node software.
-pub fn node(ctx: NodeContext, workload: ClusterWorkload) -> NodeSoftware {
-    Box::pin(store_node(
-        ctx,
-        StoreWorkload {
-            vandal: false,
-            ..workload.store
-        },
-    ))
+pub fn node(
+    ctx: NodeContext,
+    workload: ClusterWorkload,
+    nodes: usize,
+    safety: Duration,
+) -> NodeSoftware {
+    Box::pin(cluster_node(ctx, workload, nodes, safety))
+}
+
+fn below(rng: &SharedRng, n: usize) -> usize {
+    (rng.next_u64() % n.max(1) as u64) as usize
+}
+
+/// Reports a node's cluster events to the history, in true time.
+fn observer(ctx: &NodeContext) -> impl Fn(&ClusterEvent) + Send + Sync + 'static {
+    let history = ctx.history.clone();
+    let clock = ctx.clock.clone();
+    let name = ctx.name.clone();
+    move |event: &ClusterEvent| {
+        let shards = |s: &[crate::cluster::ShardId]| s.iter().map(|s| s.0).collect::<Vec<_>>();
+        let observation = match &event.kind {
+            ClusterEventKind::LeadershipAcquired { token, deadline } => {
+                ClusterObservation::Leading {
+                    token: *token,
+                    deadline: clock.true_time_of(*deadline),
+                }
+            }
+            ClusterEventKind::LeaseRenewed { token, deadline } => ClusterObservation::Renewed {
+                token: *token,
+                deadline: clock.true_time_of(*deadline),
+            },
+            ClusterEventKind::LeadershipEnded {
+                token,
+                acted_until,
+                reason,
+            } => ClusterObservation::Stepped {
+                token: *token,
+                acted_until: clock.true_time_of(*acted_until),
+                reason: format!("{reason:?}"),
+            },
+            ClusterEventKind::AssignmentPublished { epoch, token, .. } => {
+                ClusterObservation::Published {
+                    epoch: *epoch,
+                    token: *token,
+                }
+            }
+            ClusterEventKind::AssignmentApplied {
+                epoch,
+                previous_epoch,
+                hosted,
+                ..
+            } => ClusterObservation::Applied {
+                epoch: *epoch,
+                previous: *previous_epoch,
+                shards: shards(hosted),
+            },
+            ClusterEventKind::ShardsReleased { epoch, shards: s } => ClusterObservation::Released {
+                epoch: *epoch,
+                shards: shards(s),
+            },
+            ClusterEventKind::Stopped => ClusterObservation::Stopped,
+            _ => return,
+        };
+        history.observe(sim_now(), &name, observation);
+    }
+}
+
+/// Starts a cluster node, retrying until the broker lets it join.
+async fn start_cluster(
+    ctx: &NodeContext,
+    incarnation: &Incarnation,
+    workload: &ClusterWorkload,
+) -> Arc<SimCluster> {
+    loop {
+        ctx.history
+            .observe(sim_now(), &ctx.name, ClusterObservation::Started);
+        match Cluster::start_with_observer(
+            incarnation.rt.clone(),
+            workload.config(&ctx.name),
+            observer(ctx),
+        )
+        .await
+        {
+            Ok(cluster) => return Arc::new(cluster),
+            Err(e) => {
+                ctx.history
+                    .note(sim_now(), format!("{} cluster start failed: {e}", ctx.name));
+                ctx.clock.sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn cluster_node(
+    ctx: NodeContext,
+    workload: ClusterWorkload,
+    nodes: usize,
+    safety: Duration,
+) -> turmoil::Result {
+    let incarnation = ctx.start();
+    let rng = incarnation.rt.rng().fork();
+    let store = open_store(&incarnation.rt).await;
+    let joiner = workload.joiner && nodes > 1 && ctx.index + 1 == nodes;
+    if joiner && incarnation.number == 1 {
+        ctx.clock
+            .sleep(rng.duration_between(workload.away_span.0, workload.away_span.1))
+            .await;
+    }
+    for round in 0u64.. {
+        let cluster = start_cluster(&ctx, &incarnation, &workload).await;
+        let writer = tokio::spawn(owner_writer(
+            ctx.clone(),
+            store.clone(),
+            cluster.clone(),
+            workload.clone(),
+            format!("{}.{}.{round}", ctx.name, incarnation.number),
+            rng.fork(),
+        ));
+        let viewer = tokio::spawn(view_recorder(ctx.clone(), cluster.clone(), safety));
+        let stay = rng.duration_between(workload.member_span.0, workload.member_span.1);
+        if !joiner || sim_now() + stay + Duration::from_secs(1) >= safety {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(stay).await;
+        writer.abort();
+        viewer.abort();
+        cluster.stop().await;
+        let away = rng.duration_between(workload.away_span.0, workload.away_span.1);
+        tokio::time::sleep(away).await;
+    }
+    Ok(())
+}
+
+/// Appends to actors whose shard this node hosts in its current view, with `Exact` versions.
+/// An actor is loaded (replayed) when the node starts writing to it, and again after any
+/// conflict or unclear outcome; an actor whose shard moved away is forgotten.
+async fn owner_writer(
+    ctx: NodeContext,
+    store: EventStore<SimBroker, SimClock>,
+    cluster: Arc<SimCluster>,
+    workload: ClusterWorkload,
+    writer_id: String,
+    rng: SharedRng,
+) {
+    let actors = workload.actors();
+    let mut belief: BTreeMap<String, u64> = BTreeMap::new();
+    for k in 0u64.. {
+        ctx.clock
+            .sleep(rng.duration_between(workload.think.0, workload.think.1))
+            .await;
+        let owned: Vec<&String> = actors
+            .iter()
+            .filter(|a| cluster.hosts(cluster.shard_of(a)))
+            .collect();
+        belief.retain(|a, _| owned.contains(&a));
+        if owned.is_empty() {
+            continue;
+        }
+        let actor = owned[below(&rng, owned.len())].clone();
+        let expected = match belief.get(&actor) {
+            Some(v) => *v,
+            None => {
+                let op = ctx.history.invoke(
+                    sim_now(),
+                    &ctx.name,
+                    OpKind::Read {
+                        actor: actor.clone(),
+                    },
+                );
+                match store.events(&actor, 1).await {
+                    Ok(events) => {
+                        let version = events.last().map_or(0, |e| e.version);
+                        ctx.history.complete(
+                            sim_now(),
+                            op,
+                            Outcome::Read {
+                                events: events.iter().map(EventDigest::of).collect(),
+                            },
+                        );
+                        belief.insert(actor.clone(), version);
+                        version
+                    }
+                    Err(e) => {
+                        ctx.history
+                            .complete(sim_now(), op, Outcome::Failed(e.to_string()));
+                        continue;
+                    }
+                }
+            }
+        };
+        let count = 1 + below(&rng, 2);
+        let event_ids: Vec<String> = (0..count).map(|j| format!("{writer_id}.{k}.{j}")).collect();
+        let events = event_ids
+            .iter()
+            .enumerate()
+            .map(|(j, id)| {
+                NewEvent::new("Deposited", json!({ "writer": writer_id, "k": k, "j": j }))
+                    .with_id(id.clone())
+            })
+            .collect();
+        let op = ctx.history.invoke(
+            sim_now(),
+            &ctx.name,
+            OpKind::Append {
+                actor: actor.clone(),
+                expected: ExpectedVersion::Exact(expected),
+                event_ids,
+            },
+        );
+        let outcome = match store
+            .append(&actor, ExpectedVersion::Exact(expected), events)
+            .await
+        {
+            Ok(done) => {
+                belief.insert(actor.clone(), done.last_version());
+                Outcome::Appended {
+                    commit_id: done.commit_id.clone(),
+                    sequence: done.sequence,
+                    events: done.events.iter().map(EventDigest::of).collect(),
+                }
+            }
+            Err(e) => {
+                belief.remove(&actor);
+                match e {
+                    e @ AppendError::Indeterminate { .. } => Outcome::Ambiguous(e.to_string()),
+                    e => Outcome::Failed(e.to_string()),
+                }
+            }
+        };
+        ctx.history.complete(sim_now(), op, outcome);
+    }
+}
+
+/// From the end of the safety phase on, records this node's view at every whole second of true
+/// time (all nodes at the same instants, so the liveness checker can compare them).
+async fn view_recorder(ctx: NodeContext, cluster: Arc<SimCluster>, safety: Duration) {
+    let second = Duration::from_secs(1);
+    loop {
+        let now = sim_now();
+        let next = safety.max(second * (now.as_secs() as u32 + 1));
+        tokio::time::sleep(next - now).await;
+        let view = cluster.view();
+        let epoch = view.epoch();
+        ctx.history.observe(
+            next,
+            &ctx.name,
+            ClusterObservation::View {
+                leader: view.leader.map(|l| (l.node.to_string(), l.token)),
+                leading: cluster.is_leader(),
+                members: view.members.iter().map(|m| m.to_string()).collect(),
+                epoch,
+                hosted: view.hosted.iter().map(|s| s.0).collect(),
+            },
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! | name | workload | faults |
 //! |---|---|---|
 //! | `store` | hot actors: concurrent writers with stale expected versions, retries, readers, one damaged record | all (partitions both ways and one way, holds, latency, crashes, broker bounces, skew, drift, reply loss) |
-//! | `cluster` | membership, leader election and shard assignment on every node, plus owner-based writers | all, with leader churn |
+//! | `cluster` | 3 nodes + a 4th that joins and leaves, each running membership, leader election and shard assignment, plus owner-based writers (`Exact` versions) | all, plus leader churn (the leader crashed, partitioned, or slowed and cut off) |
 
 pub mod cluster;
 pub mod store;
@@ -56,15 +56,19 @@ impl Scenario {
         }
     }
 
-    /// The cluster scenario (leader churn, owner-based writers).
+    /// The cluster scenario: 3 nodes plus a 4th that joins and leaves, leader churn,
+    /// owner-based writers (20 s of faults, 20 s fault-free).
     pub fn cluster() -> Self {
         Self {
             name: "cluster",
-            nodes: 3,
+            nodes: 4,
             safety: Duration::from_secs(20),
             liveness: Duration::from_secs(20),
-            liveness_bound: Duration::from_secs(15),
-            profile: FaultProfile::default(),
+            liveness_bound: Duration::from_secs(12),
+            profile: FaultProfile {
+                leader_churn: true,
+                ..FaultProfile::default()
+            },
             kind: Kind::Cluster(Default::default()),
         }
     }
@@ -95,6 +99,14 @@ impl Scenario {
         matches!(self.kind, Kind::Cluster(_))
     }
 
+    /// The cluster's shard count (0 without a cluster).
+    pub fn shard_count(&self) -> u32 {
+        match &self.kind {
+            Kind::Cluster(w) => w.shard_count,
+            Kind::Store(_) => 0,
+        }
+    }
+
     /// Actors whose streams the checkers read after the run.
     pub fn actors(&self) -> Vec<String> {
         match &self.kind {
@@ -105,7 +117,7 @@ impl Scenario {
                 }
                 actors
             }
-            Kind::Cluster(w) => w.actors(self.duration()),
+            Kind::Cluster(w) => w.actors(),
         }
     }
 
@@ -121,7 +133,7 @@ impl Scenario {
     pub fn node_software(&self, ctx: NodeContext) -> NodeSoftware {
         match &self.kind {
             Kind::Store(w) => Box::pin(super::workload::store_node(ctx, w.clone())),
-            Kind::Cluster(w) => cluster::node(ctx, w.clone()),
+            Kind::Cluster(w) => cluster::node(ctx, w.clone(), self.nodes, self.safety),
         }
     }
 }
