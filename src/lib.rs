@@ -43,6 +43,7 @@ pub mod cluster;
 pub mod codec;
 pub mod event;
 pub mod planted;
+pub mod projection;
 pub mod store;
 
 #[cfg(feature = "sim")]
@@ -60,8 +61,8 @@ pub use clock::{Clock, Runtime, SharedRng, SystemClock};
 pub use codec::InvalidName;
 pub use event::{Event, ExpectedVersion, Metadata, NewEvent, Snapshot};
 pub use store::{
-    AppendError, AppendOutcome, ConflictError, EventStore, EventStored, ReadError, ReplayError,
-    ReplayResult, SnapshotError, SnapshotStore, StoreConfig,
+    AppendError, AppendOutcome, ConflictError, EventStore, EventStored, Page, ReadError,
+    ReplayError, ReplayResult, SnapshotError, SnapshotStore, StoreConfig, StoredCommit,
 };
 
 /// The README's examples, compiled and run as doc tests so they stay true (the NATS example

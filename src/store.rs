@@ -227,6 +227,33 @@ pub struct ReplayResult {
     pub errors: Vec<ReplayError>,
 }
 
+/// One commit read from a namespace's whole stream, with its position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredCommit {
+    /// The commit's position: its stream sequence. Positions grow with every commit of the
+    /// namespace (not contiguously: they are shared with nothing else, but may skip expired
+    /// records).
+    pub position: u64,
+    /// The commit id.
+    pub commit_id: String,
+    /// The actor.
+    pub actor_id: String,
+    /// Its events, in version order.
+    pub events: Vec<Event>,
+}
+
+/// A page of a namespace's stream, in commit order: what [`EventStore::read_all`] returns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Page {
+    /// Valid commits, in position order.
+    pub commits: Vec<StoredCommit>,
+    /// Damaged records met on the way (never skipped silently).
+    pub errors: Vec<ReplayError>,
+    /// Where the next page starts (one past the last record read; unchanged when the page is
+    /// empty).
+    pub next_position: u64,
+}
+
 /// Why a read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -643,12 +670,14 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                         // The read was served by a replica that lags the leader.
                         tip = self.confirm_tip(actor, &subject, tip).await?;
                     }
-                    if expected == ExpectedVersion::Any && races < self.inner.config.retry_max {
-                        races += 1;
-                        continue;
-                    }
                     if expected.matches(tip.version) {
-                        // Any, after too many lost races.
+                        // Still as expected: another writer won under `Any`, or the stream only
+                        // moved by a record that carries no version (a damaged one). Nothing of
+                        // ours is stored; try again at the new tip.
+                        if races < self.inner.config.retry_max {
+                            races += 1;
+                            continue;
+                        }
                         return Err(AppendError::Contended {
                             actor: actor.to_owned(),
                             attempts: races + 1,
@@ -868,6 +897,68 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             );
         }
         Ok(checker.replay)
+    }
+
+    /// Up to `max_commits` commits of every actor of the namespace, in the order they were
+    /// stored, starting at `from_position` (1 for the beginning): the feed for projections and
+    /// other consumers that must see everything at least once (see [`crate::projection`]).
+    /// Records that are not valid commits are reported in [`Page::errors`], not skipped silently.
+    ///
+    /// # Errors
+    /// Broker failures.
+    pub async fn read_all(
+        &self,
+        from_position: u64,
+        max_commits: usize,
+    ) -> Result<Page, ReadError> {
+        let ns = &self.inner.config.namespace;
+        let records = self
+            .broker()
+            .read_batch(
+                &self.inner.events_stream,
+                &format!("aether.ev.{ns}.*"),
+                from_position.max(1),
+                max_commits,
+            )
+            .await?;
+        let prefix = format!("aether.ev.{ns}.");
+        let mut page = Page {
+            next_position: records
+                .last()
+                .map_or(from_position.max(1), |r| r.sequence + 1),
+            ..Page::default()
+        };
+        for record in records {
+            let damaged = |cause: ReplayErrorCause| ReplayError {
+                sequence: record.sequence,
+                raw: record.payload.clone(),
+                cause,
+            };
+            let commit = match codec::decode_commit(&record.payload) {
+                Ok(c) => c,
+                Err(e) => {
+                    page.errors.push(damaged(e.into()));
+                    continue;
+                }
+            };
+            let subject_actor = record
+                .subject
+                .strip_prefix(&prefix)
+                .and_then(|token| codec::decode_actor_id(token).ok());
+            if subject_actor.as_deref() != Some(commit.actor_id.as_str()) {
+                page.errors.push(damaged(ReplayErrorCause::WrongActor {
+                    found: commit.actor_id,
+                }));
+                continue;
+            }
+            page.commits.push(StoredCommit {
+                position: record.sequence,
+                commit_id: commit.commit_id,
+                actor_id: commit.actor_id,
+                events: commit.events,
+            });
+        }
+        Ok(page)
     }
 
     /// The actor's latest version (0 if it has no events), asked of the broker in one round trip.

@@ -343,20 +343,45 @@ impl BrokerState {
         Ok(stream.messages.get(&seq).map(|e| e.message.clone()))
     }
 
-    /// Messages on `subject` from `from_sequence` on.
+    /// Messages matching `filter` (a subject or a pattern) from `from_sequence` on.
     ///
     /// # Errors
     /// `NotFound` for an unknown stream.
     pub fn read(
         &mut self,
         stream: &str,
-        subject: &str,
+        filter: &str,
         from_sequence: u64,
         now: Now,
     ) -> Result<Vec<StoredMessage>, BrokerError> {
-        validate_subject(subject)?;
+        self.read_batch(stream, filter, from_sequence, usize::MAX, now)
+    }
+
+    /// At most `max` messages matching `filter` from `from_sequence` on, in stream order.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown stream.
+    pub fn read_batch(
+        &mut self,
+        stream: &str,
+        filter: &str,
+        from_sequence: u64,
+        max: usize,
+        now: Now,
+    ) -> Result<Vec<StoredMessage>, BrokerError> {
+        validate_pattern(filter)?;
         let stream = self.stream(stream, now)?;
-        let Some(seqs) = stream.subjects.get(subject) else {
+        let wildcard = filter.split('.').any(|t| t == "*" || t == ">");
+        if wildcard {
+            return Ok(stream
+                .messages
+                .range(from_sequence..)
+                .filter(|(_, e)| matches(filter, &e.message.subject))
+                .take(max)
+                .map(|(_, e)| e.message.clone())
+                .collect());
+        }
+        let Some(seqs) = stream.subjects.get(filter) else {
             return Ok(Vec::new());
         };
         let start = seqs.partition_point(|s| *s < from_sequence);
@@ -364,6 +389,7 @@ impl BrokerState {
             .iter()
             .skip(start)
             .filter_map(|s| stream.messages.get(s).map(|e| e.message.clone()))
+            .take(max)
             .collect())
     }
 
@@ -752,6 +778,16 @@ impl Broker for MemoryBroker {
         from_sequence: u64,
     ) -> Result<Vec<StoredMessage>, BrokerError> {
         self.with_state(|s, now| s.read(stream, subject, from_sequence, now))
+    }
+
+    async fn read_batch(
+        &self,
+        stream: &str,
+        filter: &str,
+        from_sequence: u64,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>, BrokerError> {
+        self.with_state(|s, now| s.read_batch(stream, filter, from_sequence, max, now))
     }
 
     async fn publish(

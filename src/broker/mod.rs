@@ -442,7 +442,8 @@ pub trait Broker: Clone + Send + Sync + 'static {
         subject: &str,
     ) -> impl Future<Output = Result<Option<StoredMessage>, BrokerError>> + Send;
 
-    /// Every message on `subject` in `stream` with sequence `>= from_sequence`, in stream order.
+    /// Every message of `stream` on `subject` — a subject, or a pattern with `*`/`>` — with
+    /// sequence `>= from_sequence`, in stream order.
     fn read(
         &self,
         stream: &str,
@@ -465,6 +466,23 @@ pub trait Broker: Clone + Send + Sync + 'static {
                 visit(message);
             }
             Ok(())
+        }
+    }
+
+    /// At most `max` messages of `stream` matching `filter` (a subject or a pattern) with
+    /// sequence `>= from_sequence`, in stream order: one page of a long read. The default reads
+    /// everything and keeps the first `max`; backends override it to stop early.
+    fn read_batch(
+        &self,
+        stream: &str,
+        filter: &str,
+        from_sequence: u64,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<StoredMessage>, BrokerError>> + Send {
+        async move {
+            let mut messages = self.read(stream, filter, from_sequence).await?;
+            messages.truncate(max);
+            Ok(messages)
         }
     }
 

@@ -413,10 +413,10 @@ impl NatsBroker {
     /// the stream changed leader), it is recreated from the next sequence, whose fresh
     /// `num_pending` tells the truth.
     /// Runs an ordered consumer over `filter` and hands every message to `sink` as it arrives,
-    /// until nothing is pending. A consumer that stalls is recreated after the last delivered
+    /// until nothing is pending or `sink` returns `false`. A consumer that stalls is recreated after the last delivered
     /// sequence (start-sequence policies) or from the start (other policies: `sink` then sees
     /// messages again and must be idempotent).
-    async fn consume<F: FnMut(jetstream::Message) + Send>(
+    async fn consume<F: FnMut(jetstream::Message) -> bool + Send>(
         &self,
         op: &Op<'_>,
         stream: &str,
@@ -461,9 +461,9 @@ impl NatsBroker {
                     .map(|i| (Some(i.stream_sequence), i.pending))
                     .unwrap_or((None, 0));
                 last_delivered = sequence.or(last_delivered);
-                sink(message);
+                let more = sink(message);
                 stalls = 0;
-                if left == 0 {
+                if left == 0 || !more {
                     return Ok(());
                 }
             }
@@ -1043,7 +1043,6 @@ impl Broker for NatsBroker {
         subject: &str,
         from_sequence: u64,
     ) -> Result<Vec<StoredMessage>, BrokerError> {
-        validate_subject(subject)?;
         let mut out = Vec::new();
         self.read_each(stream, subject, from_sequence, |m| out.push(m))
             .await?;
@@ -1057,7 +1056,7 @@ impl Broker for NatsBroker {
         from_sequence: u64,
         mut visit: F,
     ) -> Result<(), BrokerError> {
-        validate_subject(subject)?;
+        validate_pattern(subject)?;
         let op = Op::Read { stream };
         self.consume(
             &op,
@@ -1070,9 +1069,41 @@ impl Broker for NatsBroker {
                 if let Some(stored) = stored_message(&message) {
                     visit(stored);
                 }
+                true
             },
         )
         .await
+    }
+
+    async fn read_batch(
+        &self,
+        stream: &str,
+        filter: &str,
+        from_sequence: u64,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>, BrokerError> {
+        validate_pattern(filter)?;
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        let op = Op::Read { stream };
+        self.consume(
+            &op,
+            stream,
+            filter,
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from_sequence.max(1),
+            },
+            |message| {
+                if let Some(stored) = stored_message(&message) {
+                    out.push(stored);
+                }
+                out.len() < max
+            },
+        )
+        .await?;
+        Ok(out)
     }
 
     async fn publish(
@@ -1233,7 +1264,10 @@ impl Broker for NatsBroker {
             &format!("KV_{bucket}"),
             &format!("{prefix}>"),
             consumer::DeliverPolicy::LastPerSubject,
-            |m| messages.push(m),
+            |m| {
+                messages.push(m);
+                true
+            },
         )
         .await?;
         let mut entries: BTreeMap<String, KvEntry> = BTreeMap::new();

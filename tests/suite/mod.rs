@@ -66,6 +66,8 @@ macro_rules! store_bodies {
             event_stored_is_published_after_append_never_after_conflict,
             lost_reply_is_retried_into_exactly_one_commit,
             lost_reply_then_foreign_write_reports_conflict,
+            read_all_pages_through_every_actor_in_commit_order,
+            projections_see_every_commit_once_per_checkpoint_and_are_fenced,
         }
     };
 }

@@ -349,7 +349,7 @@ pub async fn damaged_record_is_reported_not_skipped<B: Broker>(broker: B, ns: St
     }
     // The damaged tail does not lose the version: the next append continues at 2.
     assert_eq!(store.latest_version("a").await.unwrap(), 1);
-    let next = open(broker, &ns)
+    let next = open(broker.clone(), &ns)
         .await
         .append("a", ExpectedVersion::Exact(1), vec![ev("A", 2)])
         .await
@@ -361,6 +361,16 @@ pub async fn damaged_record_is_reported_not_skipped<B: Broker>(broker: B, ns: St
         vec![1, 2]
     );
     assert_eq!(replay.errors.len(), 1);
+    // A writer whose cached tip predates a damaged record still appends at the right version:
+    // the stream moved, but not its version.
+    let hinted = open(broker.clone(), &ns).await;
+    assert_eq!(hinted.latest_version("a").await.unwrap(), 2);
+    plant_raw_record(&broker, &ns, "a", b"more garbage").await;
+    let after = hinted
+        .append("a", ExpectedVersion::Exact(2), vec![ev("A", 3)])
+        .await
+        .unwrap();
+    assert_eq!(after.last_version(), 3);
 }
 
 pub async fn namespaces_and_odd_actor_ids_stay_isolated<B: Broker>(broker: B, ns: String) {
@@ -527,4 +537,123 @@ pub async fn lost_reply_then_foreign_write_reports_conflict<B: Broker>(broker: B
         .await
         .unwrap_err();
     assert!(matches!(err, AppendError::Conflict(ref c) if c.actual == 2));
+}
+
+pub async fn read_all_pages_through_every_actor_in_commit_order<B: Broker>(broker: B, ns: String) {
+    let store = open(broker.clone(), &ns).await;
+    store
+        .append("a", ExpectedVersion::NoStream, vec![ev("A", 1), ev("A", 2)])
+        .await
+        .unwrap();
+    store
+        .append("b.b", ExpectedVersion::NoStream, vec![ev("B", 1)])
+        .await
+        .unwrap();
+    let damaged = plant_raw_record(&broker, &ns, "a", b"garbage").await;
+    store
+        .append("a", ExpectedVersion::Exact(2), vec![ev("A", 3)])
+        .await
+        .unwrap();
+
+    let first = store.read_all(1, 2).await.unwrap();
+    assert_eq!(first.commits.len(), 2);
+    assert_eq!(first.commits[0].actor_id, "a");
+    assert_eq!(first.commits[0].events.len(), 2);
+    assert_eq!(first.commits[1].actor_id, "b.b");
+    assert!(first.commits[0].position < first.commits[1].position);
+    assert!(first.errors.is_empty());
+    let second = store.read_all(first.next_position, 10).await.unwrap();
+    assert_eq!(second.errors.len(), 1, "the damaged record is reported");
+    assert_eq!(second.errors[0].sequence, damaged);
+    assert_eq!(second.commits.len(), 1);
+    assert_eq!(second.commits[0].events[0].version, 3);
+    let end = store.read_all(second.next_position, 10).await.unwrap();
+    assert!(end.commits.is_empty() && end.errors.is_empty());
+    assert_eq!(end.next_position, second.next_position);
+}
+
+pub async fn projections_see_every_commit_once_per_checkpoint_and_are_fenced<B: Broker>(
+    broker: B,
+    ns: String,
+) {
+    use aether::projection::{ProjectionError, Projector};
+    use std::sync::Mutex;
+
+    let store = open(broker, &ns).await;
+    for i in 0..5 {
+        store
+            .append(
+                &format!("actor-{}", i % 2),
+                ExpectedVersion::Any,
+                vec![ev("E", i)],
+            )
+            .await
+            .unwrap();
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = |seen: Arc<Mutex<Vec<i64>>>| {
+        move |page: aether::Page| {
+            let seen = seen.clone();
+            async move {
+                for commit in page.commits {
+                    for e in commit.events {
+                        seen.lock().unwrap().push(e.data["n"].as_i64().unwrap());
+                    }
+                }
+                Ok::<(), String>(())
+            }
+        }
+    };
+    let projector = Projector::open::<String>(store.clone(), "totals")
+        .await
+        .unwrap()
+        .page_max(2);
+    assert_eq!(projector.catch_up(record(seen.clone())).await.unwrap(), 5);
+    assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(
+        projector.catch_up(record(seen.clone())).await.unwrap(),
+        0,
+        "caught up"
+    );
+
+    // A failing handler leaves the checkpoint: the page is offered again.
+    store
+        .append("actor-0", ExpectedVersion::Any, vec![ev("E", 5)])
+        .await
+        .unwrap();
+    let failed = projector
+        .step(|_page| async { Err::<(), String>("db down".into()) })
+        .await;
+    assert!(matches!(failed, Err(ProjectionError::Handler(ref m)) if m == "db down"));
+    assert_eq!(projector.catch_up(record(seen.clone())).await.unwrap(), 1);
+    assert_eq!(seen.lock().unwrap().last(), Some(&5));
+
+    // A restarted instance resumes from the checkpoint.
+    let restarted = Projector::open::<String>(store.clone(), "totals")
+        .await
+        .unwrap();
+    assert_eq!(restarted.catch_up(record(seen.clone())).await.unwrap(), 0);
+
+    // Two instances of one projection: the one that moves the checkpoint second is fenced.
+    store
+        .append("actor-1", ExpectedVersion::Any, vec![ev("E", 6)])
+        .await
+        .unwrap();
+    let other = Projector::open::<String>(store.clone(), "totals")
+        .await
+        .unwrap();
+    let fenced = projector
+        .step(|_page| async {
+            other
+                .step(|_page| async { Ok::<(), String>(()) })
+                .await
+                .unwrap();
+            Ok::<(), String>(())
+        })
+        .await;
+    assert!(
+        matches!(fenced, Err(ProjectionError::Fenced { .. })),
+        "{fenced:?}"
+    );
+    assert!(Projector::open::<String>(store, "bad name").await.is_err());
 }

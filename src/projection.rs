@@ -1,0 +1,196 @@
+//! Projections: durable, at-least-once consumers of a namespace's whole event stream, with a
+//! checkpoint kept in a KV bucket.
+//!
+//! The bus is at-most-once by design; anything that must see every event (read models, outbound
+//! integrations) reads the store instead, page by page with [`EventStore::read_all`], and records
+//! how far it got. A [`Projector`] does exactly that:
+//!
+//! 1. read the page after its checkpoint,
+//! 2. hand it to the handler,
+//! 3. move the checkpoint past it — with update-at-revision, so that two instances of the same
+//!    projection cannot both advance it (the second gets [`ProjectionError::Fenced`]).
+//!
+//! A crash between 2 and 3 hands the same page to the handler again: handlers must be
+//! idempotent (or deduplicate on [`StoredCommit::position`]). Damaged records are handed over in
+//! [`Page::errors`], never skipped silently.
+
+use std::future::Future;
+
+use bytes::Bytes;
+
+use crate::broker::{Broker, BrokerError, KvConfig};
+use crate::clock::Clock;
+use crate::codec::InvalidName;
+use crate::store::{EventStore, Page, ReadError};
+
+/// Default page size.
+pub const PAGE_MAX: usize = 256;
+
+/// Why a projection step failed. The checkpoint did not move.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError<E: std::fmt::Debug + std::fmt::Display> {
+    /// The projection name is not a valid KV key.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// The handler failed; the page will be offered again.
+    #[error("projection handler failed: {0}")]
+    Handler(E),
+    /// Another instance of this projection moved the checkpoint meanwhile; this instance should
+    /// stop (or reload with [`Projector::checkpoint`]).
+    #[error("the checkpoint of projection {name:?} was moved by another instance")]
+    Fenced {
+        /// The projection.
+        name: String,
+    },
+    /// The checkpoint entry cannot be read.
+    #[error("checkpoint of projection {name:?} is damaged: {value:?}")]
+    DamagedCheckpoint {
+        /// The projection.
+        name: String,
+        /// What the entry held.
+        value: String,
+    },
+    /// Reading the stream failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// A named, checkpointed consumer of one namespace's event stream.
+#[derive(Debug)]
+pub struct Projector<B, C> {
+    store: EventStore<B, C>,
+    name: String,
+    bucket: String,
+    page_max: usize,
+}
+
+impl<B: Broker, C: Clock> Projector<B, C> {
+    /// A projector called `name` (a KV key: `[-/_=.A-Za-z0-9]`) over `store`'s namespace. The
+    /// checkpoint lives in bucket `aether-projections-<namespace>`.
+    ///
+    /// # Errors
+    /// [`ProjectionError::InvalidName`]; broker failures creating the bucket.
+    pub async fn open<E: std::fmt::Debug + std::fmt::Display>(
+        store: EventStore<B, C>,
+        name: &str,
+    ) -> Result<Self, ProjectionError<E>> {
+        if crate::broker::subject::validate_kv_key(name).is_err() {
+            return Err(InvalidName {
+                kind: "projection name",
+                name: name.to_owned(),
+                rule: "may contain only A-Z, a-z, 0-9, '-', '/', '_', '=', '.'",
+            }
+            .into());
+        }
+        let bucket = format!("aether-projections-{}", store.namespace());
+        store
+            .runtime()
+            .broker()
+            .kv_ensure(KvConfig::new(&bucket))
+            .await?;
+        Ok(Self {
+            store,
+            name: name.to_owned(),
+            bucket,
+            page_max: PAGE_MAX,
+        })
+    }
+
+    /// Sets the page size.
+    pub fn page_max(mut self, page_max: usize) -> Self {
+        self.page_max = page_max.max(1);
+        self
+    }
+
+    /// The position the next page starts at, and the checkpoint's KV revision (0 if the
+    /// projection never ran).
+    ///
+    /// # Errors
+    /// Broker failures; a damaged checkpoint.
+    pub async fn checkpoint<E: std::fmt::Debug + std::fmt::Display>(
+        &self,
+    ) -> Result<(u64, u64), ProjectionError<E>> {
+        let entry = self
+            .store
+            .runtime()
+            .broker()
+            .kv_get(&self.bucket, &self.name)
+            .await?;
+        match entry {
+            None => Ok((1, 0)),
+            Some(e) => {
+                let text = String::from_utf8_lossy(&e.value).into_owned();
+                let position = text
+                    .parse()
+                    .map_err(|_| ProjectionError::DamagedCheckpoint {
+                        name: self.name.clone(),
+                        value: text,
+                    })?;
+                Ok((position, e.revision))
+            }
+        }
+    }
+
+    /// Offers the next page after the checkpoint to `handler`, then moves the checkpoint past
+    /// it. Returns how many records the page held (0: caught up; the handler was not called).
+    ///
+    /// # Errors
+    /// [`ProjectionError::Handler`] when the handler fails (the checkpoint stays, the page will
+    /// be offered again); [`ProjectionError::Fenced`] when another instance moved the
+    /// checkpoint.
+    pub async fn step<E, F, Fut>(&self, handler: F) -> Result<usize, ProjectionError<E>>
+    where
+        E: std::fmt::Debug + std::fmt::Display,
+        F: FnOnce(Page) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let (position, revision) = self.checkpoint().await?;
+        let page = self.store.read_all(position, self.page_max).await?;
+        let records = page.commits.len() + page.errors.len();
+        if records == 0 {
+            return Ok(0);
+        }
+        let next = page.next_position;
+        handler(page).await.map_err(ProjectionError::Handler)?;
+        let broker = self.store.runtime().broker();
+        let value = Bytes::from(next.to_string());
+        let moved = if revision == 0 {
+            broker.kv_create(&self.bucket, &self.name, value).await
+        } else {
+            broker
+                .kv_update(&self.bucket, &self.name, value, revision)
+                .await
+        };
+        match moved {
+            Ok(_) => Ok(records),
+            Err(BrokerError::AlreadyExists { .. } | BrokerError::WrongRevision { .. }) => {
+                Err(ProjectionError::Fenced {
+                    name: self.name.clone(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Steps until caught up; returns how many records were handled.
+    ///
+    /// # Errors
+    /// As [`Projector::step`].
+    pub async fn catch_up<E, F, Fut>(&self, mut handler: F) -> Result<usize, ProjectionError<E>>
+    where
+        E: std::fmt::Debug + std::fmt::Display,
+        F: FnMut(Page) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let mut total = 0;
+        loop {
+            match self.step(&mut handler).await? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
+    }
+}
