@@ -613,6 +613,16 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         loop {
             let mut tip = match self.hint(actor) {
                 Some(hint) if expected.matches(hint.version) => hint,
+                // Creating an actor needs no read: expect an empty subject and let the server
+                // check it (a wrong guess costs one rejected publish, as a stale hint does).
+                None if races == 0
+                    && matches!(
+                        expected,
+                        ExpectedVersion::NoStream | ExpectedVersion::Exact(0)
+                    ) =>
+                {
+                    Tip::default()
+                }
                 // A hint that contradicts the caller may just be stale: ask the broker.
                 _ => self.fetch_tip(actor, &subject).await?,
             };
