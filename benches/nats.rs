@@ -8,8 +8,10 @@
 //! (c) replay of a 10,000-event actor vs a raw ordered consumer;
 //! (d) `latest_version` vs one raw direct get (one round trip).
 //!
-//! Each comparison alternates rounds of the two sides and keeps each side's best round, so a
-//! noisy neighbour hurts both equally. Ratios are aether / raw (higher is better, 1.0 = parity).
+//! Each comparison runs both sides back to back in every round; the ratio printed is the median
+//! over rounds of (aether rate / raw rate in that round), so a noisy neighbour in one round
+//! hurts both sides of that round and an outlier round does not decide the result. Ratios are
+//! aether / raw (higher is better, 1.0 = parity).
 #![allow(clippy::disallowed_methods)] // a benchmark reads the clock
 
 #[path = "../tests/support/nats_server.rs"]
@@ -27,7 +29,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use nats_server::NatsServer;
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 7;
 
 fn event(n: u64) -> NewEvent {
     NewEvent::new(
@@ -49,18 +51,55 @@ fn rate(ops: usize, elapsed: Duration) -> f64 {
     ops as f64 / elapsed.as_secs_f64()
 }
 
+/// One comparison: per-round rates of aether and of the raw baseline, measured back to back in
+/// the same round so that machine noise hits both alike.
 struct Comparison {
     name: &'static str,
     unit: &'static str,
-    ours: f64,
-    raw: f64,
+    ours: Vec<f64>,
+    raw: Vec<f64>,
     target: f64,
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 impl Comparison {
+    /// The median over rounds of aether's rate divided by the baseline's rate in that round.
     fn ratio(&self) -> f64 {
-        self.ours / self.raw
+        median(
+            self.ours
+                .iter()
+                .zip(&self.raw)
+                .map(|(o, r)| o / r)
+                .collect(),
+        )
     }
+}
+
+/// One raw JetStream publish with the commit's headers, a message id and the expected last
+/// subject sequence; returns the new sequence.
+async fn raw_publish_one(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: &Headers,
+    payload: &Bytes,
+    id: String,
+    last: u64,
+) -> u64 {
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(payload.clone())
+        .headers(header_map(headers))
+        .message_id(id)
+        .expected_last_subject_sequence(last);
+    js.send_publish(subject.to_owned(), publish)
+        .await
+        .expect("raw publish")
+        .await
+        .expect("raw ack")
+        .sequence
 }
 
 async fn raw_publish_sequence(
@@ -74,18 +113,7 @@ async fn raw_publish_sequence(
     let mut last = 0u64;
     let start = Instant::now();
     for i in 0..ops {
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(payload.clone())
-            .headers(header_map(headers))
-            .message_id(format!("{tag}-{i}"))
-            .expected_last_subject_sequence(last);
-        let ack = js
-            .send_publish(subject.to_owned(), publish)
-            .await
-            .expect("raw publish")
-            .await
-            .expect("raw ack");
-        last = ack.sequence;
+        last = raw_publish_one(js, subject, headers, payload, format!("{tag}-{i}"), last).await;
     }
     start.elapsed()
 }
@@ -101,7 +129,7 @@ async fn main() {
     let stream = "AETHER_EV_bench";
     let subject_of = |actor: &str| format!("aether.ev.bench.{}", encode_actor_id(actor).unwrap());
     println!(
-        "nats-server {} on 127.0.0.1, aether vs raw async-nats 0.51, best of {ROUNDS} rounds",
+        "nats-server {} on 127.0.0.1, aether vs raw async-nats 0.51, {ROUNDS} rounds: median rates, median of per-round ratios",
         broker.server_version()
     );
 
@@ -119,35 +147,39 @@ async fn main() {
 
     let mut results = Vec::new();
 
-    // (a) sequential appends to one actor.
+    // (a) sequential appends to one actor. Latency-bound, so the two sides alternate in chunks
+    // of 100 within a round: both see the same moments of machine noise.
     let ops = 2_000;
-    let (mut ours, mut raw) = (0f64, 0f64);
+    let chunk = 100;
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let actor = format!("seq-{round}");
-        let start = Instant::now();
-        let mut version = 0;
-        for i in 0..ops {
-            let outcome = store
-                .append(
-                    &actor,
-                    ExpectedVersion::Exact(version),
-                    vec![event(i as u64)],
-                )
-                .await
-                .expect("append");
-            version = outcome.last_version();
+        let raw_subject = subject_of(&format!("raw-seq-{round}"));
+        let (mut version, mut last) = (0u64, 0u64);
+        let (mut ours_time, mut raw_time) = (Duration::ZERO, Duration::ZERO);
+        for c in 0..ops / chunk {
+            let start = Instant::now();
+            for i in 0..chunk {
+                let outcome = store
+                    .append(
+                        &actor,
+                        ExpectedVersion::Exact(version),
+                        vec![event((c * chunk + i) as u64)],
+                    )
+                    .await
+                    .expect("append");
+                version = outcome.last_version();
+            }
+            ours_time += start.elapsed();
+            let start = Instant::now();
+            for i in 0..chunk {
+                let id = format!("raw-seq-{round}-{}", c * chunk + i);
+                last = raw_publish_one(&js, &raw_subject, &headers, &payload, id, last).await;
+            }
+            raw_time += start.elapsed();
         }
-        ours = ours.max(rate(ops, start.elapsed()));
-        let elapsed = raw_publish_sequence(
-            &js,
-            &subject_of(&format!("raw-seq-{round}")),
-            &headers,
-            &payload,
-            ops,
-            &format!("raw-seq-{round}"),
-        )
-        .await;
-        raw = raw.max(rate(ops, elapsed));
+        ours.push(rate(ops, ours_time));
+        raw.push(rate(ops, raw_time));
     }
     results.push(Comparison {
         name: "(a) sequential appends, one actor",
@@ -162,7 +194,7 @@ async fn main() {
     let concurrency = 64;
     let per_actor = 5;
     let ops = actors * per_actor;
-    let (mut ours, mut raw) = (0f64, 0f64);
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let start = Instant::now();
         let tasks: Vec<_> = (0..concurrency)
@@ -184,7 +216,7 @@ async fn main() {
         for t in tasks {
             t.await.expect("task");
         }
-        ours = ours.max(rate(ops, start.elapsed()));
+        ours.push(rate(ops, start.elapsed()));
 
         let start = Instant::now();
         let headers = Arc::new(headers.clone());
@@ -205,7 +237,7 @@ async fn main() {
         for t in tasks {
             t.await.expect("task");
         }
-        raw = raw.max(rate(ops, start.elapsed()));
+        raw.push(rate(ops, start.elapsed()));
     }
     results.push(Comparison {
         name: "(b) 1,000 actors, concurrency 64",
@@ -228,12 +260,12 @@ async fn main() {
     }
     let handle = js.get_stream(stream).await.expect("stream");
     let replay_subject = subject_of("replay");
-    let (mut ours, mut raw) = (0f64, 0f64);
+    let (mut ours, mut raw, mut read_only) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let start = Instant::now();
         let events = store.events("replay", 1).await.expect("replay");
         assert_eq!(events.len(), replay_events);
-        ours = ours.max(rate(replay_events, start.elapsed()));
+        ours.push(rate(replay_events, start.elapsed()));
 
         let start = Instant::now();
         let ordered = handle
@@ -254,21 +286,19 @@ async fn main() {
             }
         }
         assert_eq!(count, replay_events);
-        raw = raw.max(rate(replay_events, start.elapsed()));
-    }
-    // Where the time goes: the broker's read alone (transport plus conversion, no decoding).
-    let mut read_only = 0f64;
-    for _ in 0..ROUNDS {
+        raw.push(rate(replay_events, start.elapsed()));
+
+        // Where the time goes: the broker's read alone (transport plus conversion, no decoding).
         let start = Instant::now();
         let records = broker.read(stream, &replay_subject, 1).await.expect("read");
         assert_eq!(records.len(), replay_events);
-        read_only = read_only.max(rate(replay_events, start.elapsed()));
+        read_only.push(rate(replay_events, start.elapsed()));
     }
     results.push(Comparison {
         name: "(c') NatsBroker::read alone (no decoding)",
         unit: "events/s",
         ours: read_only,
-        raw,
+        raw: raw.clone(),
         target: 0.9,
     });
     results.push(Comparison {
@@ -281,7 +311,7 @@ async fn main() {
 
     // (d) latest_version vs one raw direct get.
     let ops = 2_000;
-    let (mut ours, mut raw) = (0f64, 0f64);
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
     for round in 0..2 * ROUNDS {
         // Alternate which side goes first.
         for side in [round % 2, 1 - round % 2] {
@@ -301,9 +331,9 @@ async fn main() {
             }
             let r = rate(ops, start.elapsed());
             if side == 0 {
-                ours = ours.max(r);
+                ours.push(r);
             } else {
-                raw = raw.max(r);
+                raw.push(r);
             }
         }
     }
@@ -325,9 +355,9 @@ async fn main() {
         println!(
             "{:<40} {:>10.0} {:<3} {:>10.0} {:<3} {:>7.2} {:>7.2}",
             r.name,
-            r.ours,
+            median(r.ours.clone()),
             "",
-            r.raw,
+            median(r.raw.clone()),
             "",
             r.ratio(),
             r.target
