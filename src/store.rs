@@ -939,28 +939,17 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             ..Page::default()
         };
         for record in records {
-            let damaged = |cause: ReplayErrorCause| ReplayError {
-                sequence: record.sequence,
-                raw: record.payload.clone(),
-                cause,
-            };
-            let commit = match codec::decode_commit(&record.payload) {
-                Ok(c) => c,
-                Err(e) => {
-                    page.errors.push(damaged(e.into()));
-                    continue;
-                }
-            };
             let subject_actor = record
                 .subject
                 .strip_prefix(&prefix)
                 .and_then(|token| codec::decode_actor_id(token).ok());
-            if subject_actor.as_deref() != Some(commit.actor_id.as_str()) {
-                page.errors.push(damaged(ReplayErrorCause::WrongActor {
-                    found: commit.actor_id,
-                }));
-                continue;
-            }
+            let commit = match decode_record(&record, subject_actor.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    page.errors.push(e);
+                    continue;
+                }
+            };
             page.commits.push(StoredCommit {
                 position: record.sequence,
                 commit_id: commit.commit_id,
@@ -1112,6 +1101,23 @@ enum SendError {
     Append(AppendError),
 }
 
+/// Decodes one stored record as a commit of `actor` (the actor its subject names): a record that
+/// is not a valid commit, or names another actor, is a [`ReplayError`].
+fn decode_record(record: &StoredMessage, actor: Option<&str>) -> Result<Commit, ReplayError> {
+    let damaged = |cause: ReplayErrorCause| ReplayError {
+        sequence: record.sequence,
+        raw: record.payload.clone(),
+        cause,
+    };
+    let commit = codec::decode_commit(&record.payload).map_err(|e| damaged(e.into()))?;
+    if actor != Some(commit.actor_id.as_str()) {
+        return Err(damaged(ReplayErrorCause::WrongActor {
+            found: commit.actor_id,
+        }));
+    }
+    Ok(commit)
+}
+
 /// Decodes and checks an actor's records one at a time, in stream order: each must be a valid
 /// commit of this actor, continue the versions before it and carry a commit id not seen before.
 /// Pure, and incremental so that decoding overlaps the transfer of later records.
@@ -1138,23 +1144,15 @@ impl<'a> ReplayChecker<'a> {
 
     fn push(&mut self, record: StoredMessage) {
         self.last_sequence = record.sequence;
+        let commit = match decode_record(&record, Some(self.actor)) {
+            Ok(c) => c,
+            Err(e) => return self.replay.errors.push(e),
+        };
         let damaged = |cause: ReplayErrorCause| ReplayError {
             sequence: record.sequence,
             raw: record.payload.clone(),
             cause,
         };
-        let commit = match codec::decode_commit(&record.payload) {
-            Ok(c) => c,
-            Err(e) => return self.replay.errors.push(damaged(e.into())),
-        };
-        if commit.actor_id != self.actor {
-            return self
-                .replay
-                .errors
-                .push(damaged(ReplayErrorCause::WrongActor {
-                    found: commit.actor_id,
-                }));
-        }
         if self.seen.contains(&commit.commit_id) {
             return self
                 .replay
