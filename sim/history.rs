@@ -77,6 +77,15 @@ pub enum OpKind {
     /// A cluster observation (leader claimed, assignment applied, ...), recorded as one
     /// instantaneous operation.
     Cluster(ClusterObservation),
+    /// `ActorHost::send` of a counter command (add `by`) whose event carries id `id`.
+    Command {
+        /// The actor.
+        actor: String,
+        /// The amount added.
+        by: u64,
+        /// The command's id, which is also the id of the event it stores.
+        id: String,
+    },
 }
 
 /// A fact a node reported about the cluster. Times are true (simulation) time: a node's own
@@ -180,6 +189,16 @@ pub enum Outcome {
     Ambiguous(String),
     /// An instantaneous observation.
     Observed,
+    /// A command was executed: the actor's version after it, the node that ran it, and the
+    /// events it stored.
+    Commanded {
+        /// The actor's version after the command.
+        version: u64,
+        /// The node that executed it.
+        node: String,
+        /// The stored events.
+        events: Vec<EventDigest>,
+    },
 }
 
 /// One recorded operation.
@@ -299,6 +318,11 @@ impl History {
                 events.last().map_or(0, |e| e.version)
             ),
             Outcome::Read { events } => format!("ok read {} events", events.len()),
+            Outcome::Commanded {
+                version,
+                node,
+                events,
+            } => format!("ok command v{version} on {node} ({} events)", events.len()),
             other => format!("{other:?}"),
         };
         let node = inner.ops[id].node.clone();

@@ -58,6 +58,19 @@ pub struct OpCounts {
     pub observations: u64,
 }
 
+/// Counts of actor command outcomes (kept out of [`RunReport::summary`], whose snapshot pins
+/// the store scenario).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommandCounts {
+    /// Commands answered with an outcome.
+    pub ok: u64,
+    /// Commands that definitely failed (rejected, not owner, unroutable, conflicts, reads).
+    pub failed: u64,
+    /// Commands with unknown outcome (timeout, indeterminate append, remote failure, or cut
+    /// short by a crash or a leave).
+    pub ambiguous: u64,
+}
+
 /// The result of one seed.
 #[derive(Clone, Debug)]
 pub struct RunReport {
@@ -73,6 +86,8 @@ pub struct RunReport {
     pub trace_hash: u64,
     /// Outcome counts.
     pub counts: OpCounts,
+    /// Actor command outcome counts.
+    pub commands: CommandCounts,
     /// Faults applied, with simulated time.
     pub faults: Vec<(Duration, String)>,
     /// Broker host counters.
@@ -134,8 +149,8 @@ impl fmt::Display for RunReport {
         if self.passed() {
             return write!(
                 f,
-                "seed {} ({}) passed: {:?}",
-                self.seed, self.scenario, self.counts
+                "seed {} ({}) passed: {:?} {:?}",
+                self.seed, self.scenario, self.counts, self.commands
             );
         }
         writeln!(
@@ -379,6 +394,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
     violations.extend(check_all(&input));
 
     let mut counts = OpCounts::default();
+    let mut commands = CommandCounts::default();
     for op in &ops {
         match (&op.kind, &op.outcome) {
             (OpKind::Append { .. }, Outcome::Appended { .. }) => counts.appends_ok += 1,
@@ -389,6 +405,9 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
             (OpKind::Read { .. }, _) => counts.reads_failed += 1,
             (OpKind::Cluster(_), _) => counts.observations += 1,
             (OpKind::Damage { .. }, _) => {}
+            (OpKind::Command { .. }, Outcome::Commanded { .. }) => commands.ok += 1,
+            (OpKind::Command { .. }, Outcome::Failed(_)) => commands.failed += 1,
+            (OpKind::Command { .. }, _) => commands.ambiguous += 1,
         }
     }
     RunReport {
@@ -398,6 +417,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         violations,
         trace_hash: history.trace_hash(),
         counts,
+        commands,
         faults: history.faults(),
         broker: broker.stats(),
         stream_lengths: raw.iter().map(|(a, r)| (a.clone(), r.len())).collect(),

@@ -64,6 +64,8 @@ fn cluster_scenario_holds_every_invariant_on_the_ci_seeds() {
     assert_all_pass(&reports);
     let observations: u64 = reports.iter().map(|r| r.counts.observations).sum();
     assert!(observations > 0, "the cluster reported what it did");
+    let commands_ok: u64 = reports.iter().map(|r| r.commands.ok).sum();
+    assert!(commands_ok > 0, "actor commands were answered");
 }
 
 #[test]

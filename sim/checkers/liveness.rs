@@ -2,7 +2,9 @@
 //! within the liveness bound — and no operation started in the liveness phase hangs past the
 //! bound. In cluster scenarios, from the bound on, every round of view snapshots shows exactly
 //! one leader that every node agrees on, one assignment epoch on every node, every shard hosted
-//! by exactly one live node, and every live node a member.
+//! by exactly one live node, and every live node a member. Every actor command sent once the
+//! cluster must have converged (from the bound on) is answered with an outcome — no failure, no
+//! timeout — within the bound.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -62,6 +64,43 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
     }
     if input.cluster {
         out.extend(check_cluster(input, deadline));
+    }
+    out.extend(check_commands(input, deadline));
+    out
+}
+
+/// Every command sent from `settled` on is answered with an outcome within the bound (one still
+/// pending at the end counts only if the bound had passed).
+fn check_commands(input: &CheckInput<'_>, settled: Duration) -> Vec<Violation> {
+    let bound = input.liveness_bound;
+    let mut out = Vec::new();
+    for op in input.ops {
+        if !matches!(op.kind, OpKind::Command { .. }) || op.invoked < settled {
+            continue;
+        }
+        let problem = match (&op.outcome, op.completed) {
+            (Outcome::Commanded { .. }, Some(c)) if c <= op.invoked + bound => continue,
+            (Outcome::Commanded { .. }, Some(c)) => {
+                format!("answered only after {}", format_time(c - op.invoked))
+            }
+            (Outcome::Pending, _) if op.invoked + bound > input.end => continue,
+            (Outcome::Pending, _) => "never answered".to_owned(),
+            (other, _) => format!("ended with {other:?}"),
+        };
+        out.push(Violation {
+            invariant: INVARIANT,
+            detail: format!(
+                "{}: command op #{} {:?} sent at {} ({} after faults stopped): {problem}",
+                op.node,
+                op.id,
+                op.kind,
+                format_time(op.invoked),
+                format_time(op.invoked - input.safety_end)
+            ),
+        });
+        if out.len() >= 4 {
+            break;
+        }
     }
     out
 }

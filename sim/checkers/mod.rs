@@ -7,12 +7,14 @@
 //! | `immutability` | 2. an acknowledged (or observed) event never changes |
 //! | `durability` | 3. nothing acknowledged is lost; reads see every earlier ack; definite failures leave no trace |
 //! | `expected_version` | 4. at most one success per (actor, expected version) |
+//! | `commands` | 2/3 for actor commands: an answered command is stored at the version it reported; a definite failure stored nothing |
 //! | `commits` | 5. no second copy of a commit (unique commit and event ids) |
 //! | `damage` | replay never hides a damaged record |
 //! | `leadership` | 6. one leader per fencing token; tokens strictly increase |
 //! | `ownership` | 7. one owner per shard per assignment epoch; epochs applied in order |
 //! | `liveness` | 8. progress within a bound once faults stop |
 
+pub mod commands;
 pub mod commits;
 pub mod damage;
 pub mod durability;
@@ -120,6 +122,7 @@ pub fn check_all(input: &CheckInput<'_>) -> Vec<Violation> {
     out.extend(durability::check(input));
     out.extend(expected_version::check(input));
     out.extend(commits::check(input));
+    out.extend(commands::check(input));
     out.extend(damage::check(input));
     out.extend(leadership::check(input));
     out.extend(ownership::check(input));

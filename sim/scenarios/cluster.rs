@@ -15,18 +15,26 @@
 //!   (invariant 4) fails the run on two successes at one version;
 //! - `liveness` (invariant 8) checks, on view snapshots taken every second of the liveness
 //!   phase, that after the bound there is exactly one leader everyone agrees on, one epoch on
-//!   every node, every shard hosted by exactly one live node.
+//!   every node, every shard hosted by exactly one live node;
+//! - every node also hosts a counter aggregate in an [`ActorHost`] routed by its cluster, serves
+//!   remote commands, and sends counter commands (`Command` operations) for a few actors through
+//!   `ActorHost::send`: `liveness` checks that every command sent once the cluster must have
+//!   converged is answered with an outcome within the bound, `commands` that an answered
+//!   command's event is in the final stream at the version it reported (and that a definite
+//!   failure stored nothing).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::NodeSoftware;
+use crate::actor::{ActorConfig, ActorHost, Aggregate, CommandError, Router};
 use crate::clock::{Clock, SharedRng};
 use crate::cluster::{Cluster, ClusterConfig, ClusterEvent, ClusterEventKind, NodeId, ShardConfig};
-use crate::event::{ExpectedVersion, NewEvent};
+use crate::event::{Event, ExpectedVersion, NewEvent};
 use crate::sim::broker::SimBroker;
 use crate::sim::clock::{SimClock, sim_now};
 use crate::sim::history::{ClusterObservation, EventDigest, OpKind, Outcome};
@@ -52,6 +60,10 @@ pub struct ClusterWorkload {
     pub member_span: (Duration, Duration),
     /// How long it stays away.
     pub away_span: (Duration, Duration),
+    /// Counter actors every node sends commands to through its `ActorHost`.
+    pub counters: usize,
+    /// Pause between a node's commands.
+    pub command_think: (Duration, Duration),
 }
 
 impl Default for ClusterWorkload {
@@ -63,6 +75,8 @@ impl Default for ClusterWorkload {
             joiner: true,
             member_span: (Duration::from_secs(2), Duration::from_secs(7)),
             away_span: (Duration::from_secs(1), Duration::from_secs(4)),
+            counters: 6,
+            command_think: (Duration::from_millis(50), Duration::from_millis(300)),
         }
     }
 }
@@ -71,6 +85,11 @@ impl ClusterWorkload {
     /// Actors whose streams are checked.
     pub fn actors(&self) -> Vec<String> {
         (0..self.actors).map(|i| format!("acct-{i}")).collect()
+    }
+
+    /// Counter actors commands are sent to (hosted by `ActorHost`s).
+    pub fn counters(&self) -> Vec<String> {
+        (0..self.counters).map(|i| format!("ctr-{i}")).collect()
     }
 
     /// The cluster configuration of node `name` (library defaults but the shard count).
@@ -193,6 +212,11 @@ async fn cluster_node(
             .sleep(rng.duration_between(workload.away_span.0, workload.away_span.1))
             .await;
     }
+    // One actor host per incarnation (as a process would have), routed by whichever cluster
+    // instance runs now: a host per cluster round would leave the previous one serving on the
+    // same subject while its in-flight commands hold it alive (see docs/sim.md).
+    let router = CurrentCluster::default();
+    let host = start_host(&ctx, store.clone(), router.clone()).await;
     for round in 0u64.. {
         let cluster = start_cluster(&ctx, &incarnation, &workload).await;
         let writer = tokio::spawn(owner_writer(
@@ -204,6 +228,14 @@ async fn cluster_node(
             rng.fork(),
         ));
         let viewer = tokio::spawn(view_recorder(ctx.clone(), cluster.clone(), safety));
+        router.set(Some(cluster.clone()));
+        let sender = tokio::spawn(command_sender(
+            ctx.clone(),
+            host.clone(),
+            workload.clone(),
+            format!("{}.{}.{round}", ctx.name, incarnation.number),
+            rng.fork(),
+        ));
         let stay = rng.duration_between(workload.member_span.0, workload.member_span.1);
         if !joiner || sim_now() + stay + Duration::from_secs(1) >= safety {
             std::future::pending::<()>().await;
@@ -211,6 +243,8 @@ async fn cluster_node(
         tokio::time::sleep(stay).await;
         writer.abort();
         viewer.abort();
+        sender.abort();
+        router.set(None);
         cluster.stop().await;
         let away = rng.duration_between(workload.away_span.0, workload.away_span.1);
         tokio::time::sleep(away).await;
@@ -339,5 +373,129 @@ async fn view_recorder(ctx: NodeContext, cluster: Arc<SimCluster>, safety: Durat
                 hosted: view.hosted.iter().map(|s| s.0).collect(),
             },
         );
+    }
+}
+
+/// The aggregate commands drive: a counter.
+#[derive(Default, Serialize, Deserialize)]
+pub struct Counter {
+    value: u64,
+}
+
+/// Add `by` to a counter; `id` becomes the id of the event it stores.
+#[derive(Serialize, Deserialize)]
+pub struct Add {
+    /// The amount.
+    pub by: u64,
+    /// The command's (and its event's) id.
+    pub id: String,
+}
+
+impl Aggregate for Counter {
+    type Command = Add;
+    type Rejection = String;
+
+    fn handle(&self, add: &Add) -> Result<Vec<NewEvent>, String> {
+        Ok(vec![
+            NewEvent::new("Added", json!({ "by": add.by })).with_id(add.id.clone()),
+        ])
+    }
+
+    fn apply(&mut self, event: &Event) {
+        self.value += event.data["by"].as_u64().unwrap_or(0);
+    }
+}
+
+/// Routes by the cluster instance the node runs now; owns nothing while it runs none (the joiner
+/// between its memberships).
+#[derive(Clone, Default)]
+pub struct CurrentCluster(Arc<std::sync::Mutex<Option<Arc<SimCluster>>>>);
+
+impl CurrentCluster {
+    fn set(&self, cluster: Option<Arc<SimCluster>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = cluster;
+    }
+}
+
+impl Router for CurrentCluster {
+    fn owner_of(&self, actor_id: &str) -> Option<String> {
+        let cluster = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        cluster.and_then(|c| Router::owner_of(&c, actor_id))
+    }
+}
+
+/// A node's actor host, routed by its current cluster instance.
+pub type SimHost = ActorHost<Counter, SimBroker, SimClock, CurrentCluster>;
+
+/// Builds this node's actor host and serves remote commands, retrying until the broker lets it
+/// subscribe.
+async fn start_host(
+    ctx: &NodeContext,
+    store: EventStore<SimBroker, SimClock>,
+    router: CurrentCluster,
+) -> SimHost {
+    let host = ActorHost::new(store, router, ActorConfig::new(ctx.name.clone()));
+    while let Err(e) = host.serve().await {
+        ctx.history.note(
+            sim_now(),
+            format!("{} actor host serve failed: {e}", ctx.name),
+        );
+        ctx.clock.sleep(Duration::from_millis(500)).await;
+    }
+    host
+}
+
+/// Sends counter commands, one at a time, to random counters through `ActorHost::send` (run
+/// here or on the owner), recording each command and its answer.
+async fn command_sender(
+    ctx: NodeContext,
+    host: SimHost,
+    workload: ClusterWorkload,
+    sender_id: String,
+    rng: SharedRng,
+) {
+    let counters = workload.counters();
+    if counters.is_empty() {
+        return;
+    }
+    for k in 0u64.. {
+        ctx.clock
+            .sleep(rng.duration_between(workload.command_think.0, workload.command_think.1))
+            .await;
+        let actor = counters[below(&rng, counters.len())].clone();
+        let add = Add {
+            by: 1 + below(&rng, 3) as u64,
+            id: format!("cmd.{sender_id}.{k}"),
+        };
+        let op = ctx.history.invoke(
+            sim_now(),
+            &ctx.name,
+            OpKind::Command {
+                actor: actor.clone(),
+                by: add.by,
+                id: add.id.clone(),
+            },
+        );
+        let outcome = match host.send(&actor, &add).await {
+            Ok(done) => Outcome::Commanded {
+                version: done.version,
+                node: done.node_id,
+                events: done.events.iter().map(EventDigest::of).collect(),
+            },
+            Err(
+                e @ (CommandError::Rejected(_)
+                | CommandError::NotOwner { .. }
+                | CommandError::Unroutable { .. }
+                | CommandError::Read(_)
+                | CommandError::Snapshot(_)),
+            ) => Outcome::Failed(e.to_string()),
+            Err(CommandError::Append(e)) if !matches!(e, AppendError::Indeterminate { .. }) => {
+                Outcome::Failed(e.to_string())
+            }
+            // Timeout, an indeterminate append, a remote failure (which may be one) or a
+            // broker failure after the request may have left: the command may have run.
+            Err(e) => Outcome::Ambiguous(e.to_string()),
+        };
+        ctx.history.complete(sim_now(), op, outcome);
     }
 }

@@ -3,7 +3,7 @@
 //! | name | workload | faults |
 //! |---|---|---|
 //! | `store` | hot actors: concurrent writers with stale expected versions, retries, readers, one damaged record | all (partitions both ways and one way, holds, latency, crashes, broker bounces, skew, drift, reply loss) |
-//! | `cluster` | 3 nodes + a 4th that joins and leaves, each running membership, leader election and shard assignment, plus owner-based writers (`Exact` versions) | all, plus leader churn (the leader crashed, partitioned, or slowed and cut off) |
+//! | `cluster` | 3 nodes + a 4th that joins and leaves, each running membership, leader election and shard assignment, plus owner-based writers (`Exact` versions) and counter commands sent through `ActorHost` from every node | all, plus leader churn (the leader crashed, partitioned, or slowed and cut off) |
 
 pub mod cluster;
 pub mod store;
@@ -117,7 +117,7 @@ impl Scenario {
                 }
                 actors
             }
-            Kind::Cluster(w) => w.actors(),
+            Kind::Cluster(w) => w.actors().into_iter().chain(w.counters()).collect(),
         }
     }
 
