@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -193,13 +193,26 @@ struct Inner<A, B, C, R> {
     config: ActorConfig,
     slots: StdMutex<BTreeMap<String, Arc<Mutex<Slot<A>>>>>,
     commands: AtomicU64,
-    serving: StdMutex<Option<tokio::task::JoinHandle<()>>>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
-impl<A, B, C, R> Drop for Inner<A, B, C, R> {
+/// The task serving remote commands. Shared by the handles the application holds (not by the
+/// tasks answering commands), so that dropping the last of them stops serving even while
+/// commands keep arriving.
+#[derive(Default)]
+struct ServeGuard {
+    task: StdMutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl ServeGuard {
+    fn take(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.task.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Drop for ServeGuard {
     fn drop(&mut self) {
-        if let Some(task) = self.serving.get_mut().ok().and_then(Option::take) {
+        if let Some(task) = self.take() {
             task.abort();
         }
     }
@@ -208,12 +221,14 @@ impl<A, B, C, R> Drop for Inner<A, B, C, R> {
 /// Hosts aggregates of type `A` of one namespace on one node. Cheap to clone.
 pub struct ActorHost<A, B, C = SystemClock, R = SingleNode> {
     inner: Arc<Inner<A, B, C, R>>,
+    serving: Arc<ServeGuard>,
 }
 
 impl<A, B, C, R> Clone for ActorHost<A, B, C, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            serving: self.serving.clone(),
         }
     }
 }
@@ -233,9 +248,9 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 config,
                 slots: StdMutex::new(BTreeMap::new()),
                 commands: AtomicU64::new(0),
-                serving: StdMutex::new(None),
                 _aggregate: PhantomData,
             }),
+            serving: Arc::new(ServeGuard::default()),
         }
     }
 
@@ -526,15 +541,20 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
     }
 
     /// Serves commands sent to this node by other nodes' [`ActorHost::send`], on a task of the
-    /// caller's runtime that ends when the last handle to the host is dropped. At most
-    /// `inflight_max` commands run at once. Calling it twice does nothing the second time.
+    /// caller's runtime, until [`ActorHost::stop_serving`] or until the application drops its
+    /// last handle to the host (commands in flight then still finish). At most `inflight_max`
+    /// commands run at once. Calling it twice does nothing the second time.
+    ///
+    /// Exactly one host may serve a node id at a time: commands are addressed to the node id,
+    /// and a second host answering "not the owner" would make the sender try again while the
+    /// first one executes. Stop the old host before a restarted node serves again.
     ///
     /// # Errors
     /// A [`BrokerError`] if the subscription fails.
     pub async fn serve(&self) -> Result<(), BrokerError> {
         let already = self
-            .inner
             .serving
+            .task
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some();
@@ -549,17 +569,20 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             .broker()
             .subscribe(&subject)
             .await?;
-        let weak: Weak<Inner<A, B, C, R>> = Arc::downgrade(&self.inner);
+        let inner = self.inner.clone();
         let permits = Arc::new(Semaphore::new(self.inner.config.inflight_max.max(1)));
         let task = tokio::spawn(async move {
             while let Some(message) = serving.next().await {
-                let Some(inner) = weak.upgrade() else { return };
-                let host = ActorHost { inner };
                 let Some(reply_to) = message.reply.clone() else {
                     continue;
                 };
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
+                };
+                // A handle without the serve guard: answering must not keep serving alive.
+                let host = ActorHost {
+                    inner: inner.clone(),
+                    serving: Arc::new(ServeGuard::default()),
                 };
                 tokio::spawn(async move {
                     let reply = host.answer(&message.payload).await;
@@ -578,13 +601,25 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 });
             }
         });
-        let mut slot = self.inner.serving.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.serving.task.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_some() {
             task.abort();
         } else {
             *slot = Some(task);
         }
         Ok(())
+    }
+
+    /// Stops serving remote commands: when this returns, the subscription is gone (commands
+    /// already being executed still finish and are answered). Serving can be started again.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: serving is stopped either way; only the wait for it is cut short.
+    pub async fn stop_serving(&self) {
+        if let Some(task) = self.serving.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     async fn answer(&self, payload: &[u8]) -> Reply<A::Rejection> {

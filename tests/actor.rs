@@ -317,3 +317,51 @@ async fn an_unreachable_owner_makes_the_command_unroutable() {
         "aether.cmd.bank.node-gone"
     );
 }
+
+#[tokio::test]
+async fn a_stopped_host_no_longer_answers_so_a_restarted_node_executes_each_command_once() {
+    let broker = MemoryBroker::new();
+    let view = Table::default();
+    view.set("x", "node-b");
+    let sender =
+        ActorHost::<Account, _, _, _>::new(store(&broker).await, view, ActorConfig::new("node-a"));
+    // The old incarnation of node-b: its (frozen) view says another node owns x.
+    let old = ActorHost::<Account, _, _, _>::new(
+        store(&broker).await,
+        SingleNode("node-c".into()),
+        ActorConfig::new("node-b"),
+    );
+    old.serve().await.unwrap();
+    old.stop_serving().await;
+    let new = ActorHost::<Account, _, _, _>::new(
+        store(&broker).await,
+        SingleNode("node-b".into()),
+        ActorConfig::new("node-b"),
+    );
+    new.serve().await.unwrap();
+    sender.send("x", &AccountCommand::Open).await.unwrap();
+    let mut answered = 0;
+    for _ in 0..20 {
+        if sender.send("x", &AccountCommand::Deposit(1)).await.is_ok() {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 20);
+    // Every deposit was stored exactly once: no "not the owner" from the stopped incarnation
+    // made the sender send a command again that the live one had executed.
+    assert_eq!(new.store().latest_version("x").await.unwrap(), 1 + answered);
+
+    // Dropping every handle of a host stops it serving too, even with commands in flight.
+    drop(new);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut config = ActorConfig::new("node-a");
+    config.route_retry_max = 1;
+    config.route_retry_delay = Duration::from_millis(1);
+    let view = Table::default();
+    view.set("x", "node-b");
+    let impatient = ActorHost::<Account, _, _, _>::new(store(&broker).await, view, config);
+    assert!(matches!(
+        impatient.send("x", &AccountCommand::Deposit(1)).await,
+        Err(CommandError::Unroutable { .. })
+    ));
+}

@@ -419,8 +419,13 @@ impl<B: Broker, C: Clock> Cluster<B, C> {
 
     /// Where commands for `actor_id` go: the applied assignment's owners, or — before any
     /// assignment was seen — the hash ring over the current members. `None` when no member is
-    /// known.
+    /// known, and after [`stop`](Self::stop).
     pub fn route(&self, actor_id: &str) -> Option<Route> {
+        if *self.shutdown.borrow() {
+            // A stopped node's view is frozen: routing by it would send commands to owners it
+            // no longer tracks.
+            return None;
+        }
         let shard = self.shard_of(actor_id);
         if let Some(a) = self.assignment() {
             return Some(Route {
