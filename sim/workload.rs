@@ -154,6 +154,26 @@ pub async fn open_store(rt: &Runtime<SimBroker, SimClock>) -> EventStore<SimBrok
     }
 }
 
+/// `count` events of `event_type` for a writer's `k`-th append, with ids `<writer>.<k>.<j>` that
+/// the checkers can find in the final streams.
+pub(crate) fn numbered_events(
+    event_type: &str,
+    writer_id: &str,
+    k: u64,
+    count: usize,
+) -> (Vec<String>, Vec<NewEvent>) {
+    let event_ids: Vec<String> = (0..count).map(|j| format!("{writer_id}.{k}.{j}")).collect();
+    let events = event_ids
+        .iter()
+        .enumerate()
+        .map(|(j, id)| {
+            NewEvent::new(event_type, json!({ "writer": writer_id, "k": k, "j": j }))
+                .with_id(id.clone())
+        })
+        .collect();
+    (event_ids, events)
+}
+
 fn below(rng: &SharedRng, n: usize) -> usize {
     (rng.next_u64() % n.max(1) as u64) as usize
 }
@@ -214,15 +234,7 @@ pub async fn writer(
             }
         };
         let count = 1 + below(&rng, 3);
-        let event_ids: Vec<String> = (0..count).map(|j| format!("{writer_id}.{k}.{j}")).collect();
-        let events = event_ids
-            .iter()
-            .enumerate()
-            .map(|(j, id)| {
-                NewEvent::new("Tick", json!({ "writer": writer_id, "k": k, "j": j }))
-                    .with_id(id.clone())
-            })
-            .collect();
+        let (event_ids, events) = numbered_events("Tick", &writer_id, k, count);
         let op = ctx.history.invoke(
             sim_now(),
             &ctx.name,

@@ -310,15 +310,8 @@ async fn owner_writer(
             }
         };
         let count = 1 + below(&rng, 2);
-        let event_ids: Vec<String> = (0..count).map(|j| format!("{writer_id}.{k}.{j}")).collect();
-        let events = event_ids
-            .iter()
-            .enumerate()
-            .map(|(j, id)| {
-                NewEvent::new("Deposited", json!({ "writer": writer_id, "k": k, "j": j }))
-                    .with_id(id.clone())
-            })
-            .collect();
+        let (event_ids, events) =
+            crate::sim::workload::numbered_events("Deposited", &writer_id, k, count);
         let op = ctx.history.invoke(
             sim_now(),
             &ctx.name,
