@@ -3,10 +3,10 @@
 //!
 //! Each body is `pub async fn <behaviour>(broker: impl Broker)`, takes a fresh broker (or a fresh
 //! server), uses its own stream and bucket names, waits only through `tokio::time` (so it also
-//! runs under turmoil's virtual time), and panics on any deviation. [`BODIES`] lists them all;
+//! runs under turmoil's virtual time), and panics on any deviation. [`conformance_bodies!`] lists them all;
 //! `tests/conformance.rs` runs each against the memory broker and a real server. To run them
 //! against another broker, include this file (`#[path = "../tests/support/conformance.rs"] mod
-//! conformance;`) and call every body listed in [`BODIES`].
+//! conformance;`) and run every body with [`conformance_bodies!`].
 //!
 //! The bodies pin what the store and cluster rely on: expected-last-subject-sequence accept and
 //! reject (with the actual value, also for expected 0), dedupe by message id, last and read
@@ -23,28 +23,34 @@ use aether::broker::{
 };
 use bytes::Bytes;
 
-/// Every body, by name, in the order the suite runs them.
-pub const BODIES: &[&str] = &[
-    "expected_last_subject_sequence_accepts_the_tail_and_reports_the_actual_one",
-    "expected_sequence_zero_means_the_subject_is_empty",
-    "a_repeated_message_id_is_acknowledged_as_duplicate_and_stored_once",
-    "last_returns_the_newest_message_of_a_subject_or_none",
-    "read_returns_one_subject_in_stream_order_from_a_sequence",
-    "headers_round_trip_and_nats_headers_are_reserved",
-    "append_to_a_subject_no_stream_captures_is_not_found",
-    "ensure_stream_is_idempotent_and_refuses_overlaps_and_bad_names",
-    "max_messages_per_subject_keeps_only_the_newest",
-    "stream_messages_expire_after_max_age",
-    "subscriptions_match_wildcards_by_nats_rules",
-    "request_gets_a_reply_or_no_responders_or_a_timeout",
-    "kv_create_refuses_a_live_key_but_not_a_deleted_one",
-    "kv_update_succeeds_only_at_the_latest_revision",
-    "kv_revisions_grow_across_keys_and_entries_list_live_keys_by_key",
-    "kv_watch_delivers_current_entries_then_every_put_and_delete",
-    "kv_entries_expire_after_the_bucket_ttl",
-    "kv_on_a_missing_bucket_is_not_found",
-    "messages_over_the_payload_limit_are_refused",
-];
+/// Calls `$callback! { $prefix... <every body>, }`: the one list of conformance bodies, which
+/// every broker's test file runs.
+#[macro_export]
+macro_rules! conformance_bodies {
+    ($callback:ident ! { $($prefix:tt)* }) => {
+        $callback! { $($prefix)*
+            expected_last_subject_sequence_accepts_the_tail_and_reports_the_actual_one,
+            expected_sequence_zero_means_the_subject_is_empty,
+            a_repeated_message_id_is_acknowledged_as_duplicate_and_stored_once,
+            last_returns_the_newest_message_of_a_subject_or_none,
+            read_returns_one_subject_in_stream_order_from_a_sequence,
+            headers_round_trip_and_nats_headers_are_reserved,
+            append_to_a_subject_no_stream_captures_is_not_found,
+            ensure_stream_is_idempotent_and_refuses_overlaps_and_bad_names,
+            max_messages_per_subject_keeps_only_the_newest,
+            stream_messages_expire_after_max_age,
+            subscriptions_match_wildcards_by_nats_rules,
+            request_gets_a_reply_or_no_responders_or_a_timeout,
+            kv_create_refuses_a_live_key_but_not_a_deleted_one,
+            kv_update_succeeds_only_at_the_latest_revision,
+            kv_revisions_grow_across_keys_and_entries_list_live_keys_by_key,
+            kv_watch_delivers_current_entries_then_every_put_and_delete,
+            kv_entries_expire_after_the_bucket_ttl,
+            kv_on_a_missing_bucket_is_not_found,
+            messages_over_the_payload_limit_are_refused,
+        }
+    };
+}
 
 fn bytes(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
