@@ -418,30 +418,76 @@ fn place_standbys(
             load[pick] += 1;
         }
     }
-    // Rebalance: move a standby slot from an overloaded node to one with room.
-    let mut guard = s * rf;
+    // Rebalance: move standby slots from overloaded nodes to nodes with room, along the
+    // shortest chain of moves (an overloaded node hands a standby slot to a node not yet in that
+    // shard, which may hand one of its own on, ... until a node with room receives one). A
+    // single move is not always possible: every shard the overloaded node stands by for may
+    // already hold every node with room.
     while let Some(over) = (0..n).find(|&i| load[i] > cap) {
-        assert!(guard > 0, "standby rebalancing did not converge");
-        guard -= 1;
-        let moved = (0..n).filter(|&u| load[u] < cap).find_map(|u| {
-            owners
-                .iter()
-                .position(|o| o[1..].contains(&(over as u32)) && !o.contains(&(u as u32)))
-                .map(|shard| (shard, u))
-        });
-        let Some((shard, under)) = moved else {
-            tracing::warn!(over, "standby slots could not be balanced under the cap");
-            break;
+        let Some(path) = standby_move_path(owners, &load, cap, over) else {
+            unreachable!("no chain of standby moves from an overloaded node to one with room");
         };
-        let slot = owners[shard][1..]
-            .iter()
-            .position(|&i| i as usize == over)
-            .expect("found above")
-            + 1;
-        owners[shard][slot] = under as u32;
-        load[over] -= 1;
-        load[under] += 1;
+        for &(shard, from, to) in &path {
+            let slot = owners[shard][1..]
+                .iter()
+                .position(|&i| i as usize == from)
+                .expect("the path moves standby slots")
+                + 1;
+            owners[shard][slot] = to as u32;
+        }
+        let (first, last) = (path[0].1, path[path.len() - 1].2);
+        load[first] -= 1;
+        load[last] += 1;
     }
+}
+
+/// The shortest chain of standby moves `(shard, from, to)` that takes one slot from `over` and
+/// gives one to a node below `cap`, each move into a shard its receiver does not hold yet, each
+/// shard used once. Breadth-first over nodes, in index order (deterministic).
+fn standby_move_path(
+    owners: &[Vec<u32>],
+    load: &[usize],
+    cap: usize,
+    over: usize,
+) -> Option<Vec<(usize, usize, usize)>> {
+    let n = load.len();
+    // How each reached node was reached: (previous node, shard).
+    let mut reached: Vec<Option<(usize, usize)>> = vec![None; n];
+    let mut queue = std::collections::VecDeque::from([over]);
+    let mut seen = vec![false; n];
+    seen[over] = true;
+    while let Some(giver) = queue.pop_front() {
+        for (shard, o) in owners.iter().enumerate() {
+            if !o[1..].contains(&(giver as u32)) {
+                continue;
+            }
+            for taker in 0..n {
+                if seen[taker] || o.contains(&(taker as u32)) {
+                    continue;
+                }
+                seen[taker] = true;
+                reached[taker] = Some((giver, shard));
+                if load[taker] < cap {
+                    let mut path = Vec::new();
+                    let mut at = taker;
+                    while let Some((from, shard)) = reached[at] {
+                        path.push((shard, from, at));
+                        at = from;
+                    }
+                    path.reverse();
+                    let shards: std::collections::BTreeSet<usize> =
+                        path.iter().map(|&(s, _, _)| s).collect();
+                    if shards.len() == path.len() {
+                        return Some(path);
+                    }
+                    // A path through one shard twice is not a plan; keep searching.
+                    continue;
+                }
+                queue.push_back(taker);
+            }
+        }
+    }
+    None
 }
 
 /// A placement stamped with its epoch and the fencing token of the leader that published it.
@@ -579,6 +625,19 @@ mod tests {
             );
         }
         Ok(())
+    }
+
+    /// Found by the property test: 10 shards with replication factor 3 on five members, after
+    /// an unbalanced placement on seven, left one member with 7 slots where the bound is 6 —
+    /// no single standby move could fix it, a chain of two can.
+    #[test]
+    fn standby_slots_stay_under_the_bound_when_only_a_chain_of_moves_fixes_them() {
+        let picks = [19, 85, 54, 23, 89, 58, 27, 93];
+        let previous = arbitrary_previous(10, 7, 3, &picks);
+        let members: Vec<NodeId> = (0..5).map(node).collect();
+        let p = Placement::compute(&config(10, 3), members, Some(&previous)).unwrap();
+        assert_eq!(p.total_loads(), vec![6, 6, 6, 6, 6]);
+        check_bounds(&p).unwrap();
     }
 
     #[test]
