@@ -6,7 +6,12 @@
 //! (a) sequential appends to one actor vs raw publish with expected-last-subject-sequence;
 //! (b) appends over 1,000 actors at concurrency 64 vs raw publishes at the same concurrency;
 //! (c) replay of a 10,000-event actor vs a raw ordered consumer;
-//! (d) `latest_version` vs one raw direct get (one round trip).
+//! (d) `latest_version` vs one raw direct get (one round trip);
+//! (e) replay of many 10-event actors (loading on activation, the common case) vs the best raw
+//!     async-nats way to read one short subject (a batched direct get, and an ordered consumer
+//!     that is deleted afterwards; the faster of the two is the baseline).
+//!
+//! `AETHER_BENCH=a,c,e` runs only the named comparisons (default: all).
 //!
 //! Each comparison runs both sides back to back in every round; the ratio printed is the median
 //! over rounds of (aether rate / raw rate in that round), so a noisy neighbour in one round
@@ -22,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aether::broker::async_nats::jetstream::{self, consumer};
-use aether::broker::{Broker, Headers};
+use aether::broker::{Broker, Headers, ReadFrom};
 use aether::codec::encode_actor_id;
 use aether::{EventStore, ExpectedVersion, NewEvent, Runtime, StoreConfig};
 use bytes::Bytes;
@@ -30,6 +35,91 @@ use futures::StreamExt;
 use nats_server::NatsServer;
 
 const ROUNDS: usize = 7;
+
+/// Whether comparison `name` was asked for (`AETHER_BENCH`, default all).
+fn selected(name: &str) -> bool {
+    std::env::var("AETHER_BENCH").map_or(true, |list| list.split(',').any(|n| n.trim() == name))
+}
+
+/// Reads every message of `subject` with batched direct gets (server 2.11+, no consumer): one
+/// request per page of up to 1,000 messages, answered by the messages and an end-of-batch
+/// status. Returns how many messages were read.
+async fn raw_direct_batch(
+    client: &aether::broker::async_nats::Client,
+    stream: &str,
+    subject: &str,
+) -> usize {
+    let mut count = 0;
+    let mut from = 1u64;
+    loop {
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+        let request = serde_json::json!({ "seq": from, "next_by_subj": subject, "batch": 1000 });
+        client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{stream}"),
+                inbox,
+                Bytes::from(request.to_string()),
+            )
+            .await
+            .expect("request");
+        let mut pending = 0u64;
+        while let Some(m) = replies.next().await {
+            match m.status.map(|s| s.as_u16()) {
+                None => {
+                    count += 1;
+                    let header = |name: &str| {
+                        m.headers
+                            .as_ref()
+                            .and_then(|h| h.get(name))
+                            .and_then(|v| v.as_str().parse::<u64>().ok())
+                    };
+                    from = header("Nats-Sequence").expect("sequence") + 1;
+                }
+                Some(204) => {
+                    pending = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Num-Pending"))
+                        .and_then(|v| v.as_str().parse().ok())
+                        .unwrap_or(0);
+                    break;
+                }
+                Some(404) => break,
+                Some(other) => panic!("direct get answered {other}"),
+            }
+        }
+        if pending == 0 {
+            return count;
+        }
+    }
+}
+
+/// Reads every message of `subject` with an ordered consumer, deleted afterwards.
+async fn raw_ordered(handle: &jetstream::stream::Stream, subject: &str) -> usize {
+    let ordered = handle
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: 1 },
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let name = ordered.cached_info().name.clone();
+    let mut count = 0;
+    if ordered.cached_info().num_pending > 0 {
+        let mut messages = ordered.messages().await.expect("messages");
+        while let Some(m) = messages.next().await {
+            let m = m.expect("message");
+            count += 1;
+            if m.info().expect("info").pending == 0 {
+                break;
+            }
+        }
+    }
+    let _ = handle.delete_consumer(&name).await;
+    count
+}
 
 fn event(n: u64) -> NewEvent {
     NewEvent::new(
@@ -139,7 +229,7 @@ async fn main() {
         .await
         .expect("sample");
     let sample = broker
-        .last(stream, &subject_of("sample"))
+        .last(stream, &subject_of("sample"), ReadFrom::AnyReplica)
         .await
         .expect("last")
         .expect("sample stored");
@@ -147,204 +237,222 @@ async fn main() {
 
     let mut results = Vec::new();
 
-    // (a) sequential appends to one actor. Latency-bound, so the two sides alternate in chunks
-    // of 100 within a round: both see the same moments of machine noise.
-    let ops = 2_000;
-    let chunk = 100;
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let actor = format!("seq-{round}");
-        let raw_subject = subject_of(&format!("raw-seq-{round}"));
-        let (mut version, mut last) = (0u64, 0u64);
-        let (mut ours_time, mut raw_time) = (Duration::ZERO, Duration::ZERO);
-        for c in 0..ops / chunk {
-            let start = Instant::now();
-            for i in 0..chunk {
-                let outcome = store
-                    .append(
-                        &actor,
-                        ExpectedVersion::Exact(version),
-                        vec![event((c * chunk + i) as u64)],
-                    )
-                    .await
-                    .expect("append");
-                version = outcome.last_version();
-            }
-            ours_time += start.elapsed();
-            let start = Instant::now();
-            for i in 0..chunk {
-                let id = format!("raw-seq-{round}-{}", c * chunk + i);
-                last = raw_publish_one(&js, &raw_subject, &headers, &payload, id, last).await;
-            }
-            raw_time += start.elapsed();
-        }
-        ours.push(rate(ops, ours_time));
-        raw.push(rate(ops, raw_time));
-    }
-    results.push(Comparison {
-        name: "(a) sequential appends, one actor",
-        unit: "appends/s",
-        ours,
-        raw,
-        target: 0.9,
-    });
-
-    // (b) 1,000 actors, concurrency 64.
-    let actors = 1_000;
-    let concurrency = 64;
-    let per_actor = 5;
-    let ops = actors * per_actor;
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|t| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    for a in (t..actors).step_by(concurrency) {
-                        let actor = format!("many-{round}-{a}");
-                        for v in 0..per_actor as u64 {
-                            store
-                                .append(&actor, ExpectedVersion::Exact(v), vec![event(v)])
-                                .await
-                                .expect("append");
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.expect("task");
-        }
-        ours.push(rate(ops, start.elapsed()));
-
-        let start = Instant::now();
-        let headers = Arc::new(headers.clone());
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|t| {
-                let (js, headers, payload) = (js.clone(), headers.clone(), payload.clone());
-                tokio::spawn(async move {
-                    for a in (t..actors).step_by(concurrency) {
-                        let subject = format!("aether.ev.bench.raw-many-{round}-{a}");
-                        raw_publish_sequence(
-                            &js, &subject, &headers, &payload, per_actor, &subject,
+    if selected("a") {
+        // (a) sequential appends to one actor. Latency-bound, so the two sides alternate in chunks
+        // of 100 within a round: both see the same moments of machine noise.
+        let ops = 2_000;
+        let chunk = 100;
+        let (mut ours, mut raw) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let actor = format!("seq-{round}");
+            let raw_subject = subject_of(&format!("raw-seq-{round}"));
+            let (mut version, mut last) = (0u64, 0u64);
+            let (mut ours_time, mut raw_time) = (Duration::ZERO, Duration::ZERO);
+            for c in 0..ops / chunk {
+                let start = Instant::now();
+                for i in 0..chunk {
+                    let outcome = store
+                        .append(
+                            &actor,
+                            ExpectedVersion::Exact(version),
+                            vec![event((c * chunk + i) as u64)],
                         )
-                        .await;
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.expect("task");
-        }
-        raw.push(rate(ops, start.elapsed()));
-    }
-    results.push(Comparison {
-        name: "(b) 1,000 actors, concurrency 64",
-        unit: "appends/s",
-        ours,
-        raw,
-        target: 0.8,
-    });
-
-    // (c) replay of a 10,000-event actor (10,000 commits).
-    let replay_events = 10_000;
-    let mut outcomes = Vec::new();
-    for i in 0..replay_events as u64 {
-        outcomes.push(
-            store
-                .append("replay", ExpectedVersion::Exact(i), vec![event(i)])
-                .await
-                .expect("append"),
-        );
-    }
-    let handle = js.get_stream(stream).await.expect("stream");
-    let replay_subject = subject_of("replay");
-    let (mut ours, mut raw, mut read_only) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let start = Instant::now();
-        let events = store.events("replay", 1).await.expect("replay");
-        assert_eq!(events.len(), replay_events);
-        ours.push(rate(replay_events, start.elapsed()));
-
-        let start = Instant::now();
-        let ordered = handle
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: replay_subject.clone(),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: 1 },
-                ..Default::default()
-            })
-            .await
-            .expect("consumer");
-        let mut messages = ordered.messages().await.expect("messages");
-        let mut count = 0;
-        while let Some(m) = messages.next().await {
-            let m = m.expect("message");
-            count += 1;
-            if m.info().expect("info").pending == 0 {
-                break;
-            }
-        }
-        assert_eq!(count, replay_events);
-        raw.push(rate(replay_events, start.elapsed()));
-
-        // Where the time goes: the broker's read alone (transport plus conversion, no decoding).
-        let start = Instant::now();
-        let records = broker.read(stream, &replay_subject, 1).await.expect("read");
-        assert_eq!(records.len(), replay_events);
-        read_only.push(rate(replay_events, start.elapsed()));
-    }
-    results.push(Comparison {
-        name: "(c') NatsBroker::read alone (no decoding)",
-        unit: "events/s",
-        ours: read_only,
-        raw: raw.clone(),
-        target: 0.9,
-    });
-    results.push(Comparison {
-        name: "(c) replay of a 10,000-event actor",
-        unit: "events/s",
-        ours,
-        raw,
-        target: 0.9,
-    });
-
-    // (d) latest_version vs one raw direct get.
-    let ops = 2_000;
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
-    for round in 0..2 * ROUNDS {
-        // Alternate which side goes first.
-        for side in [round % 2, 1 - round % 2] {
-            let start = Instant::now();
-            for _ in 0..ops {
-                if side == 0 {
-                    assert_eq!(
-                        store.latest_version("replay").await.expect("tip"),
-                        replay_events as u64
-                    );
-                } else {
-                    handle
-                        .direct_get_last_for_subject(replay_subject.clone())
                         .await
-                        .expect("direct get");
+                        .expect("append");
+                    version = outcome.last_version();
+                }
+                ours_time += start.elapsed();
+                let start = Instant::now();
+                for i in 0..chunk {
+                    let id = format!("raw-seq-{round}-{}", c * chunk + i);
+                    last = raw_publish_one(&js, &raw_subject, &headers, &payload, id, last).await;
+                }
+                raw_time += start.elapsed();
+            }
+            ours.push(rate(ops, ours_time));
+            raw.push(rate(ops, raw_time));
+        }
+        results.push(Comparison {
+            name: "(a) sequential appends, one actor",
+            unit: "appends/s",
+            ours,
+            raw,
+            target: 0.9,
+        });
+    }
+    if selected("b") {
+        // (b) 1,000 actors, concurrency 64.
+        let actors = 1_000;
+        let concurrency = 64;
+        let per_actor = 5;
+        let ops = actors * per_actor;
+        let (mut ours, mut raw) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|t| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        for a in (t..actors).step_by(concurrency) {
+                            let actor = format!("many-{round}-{a}");
+                            for v in 0..per_actor as u64 {
+                                store
+                                    .append(&actor, ExpectedVersion::Exact(v), vec![event(v)])
+                                    .await
+                                    .expect("append");
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task");
+            }
+            ours.push(rate(ops, start.elapsed()));
+
+            let start = Instant::now();
+            let headers = Arc::new(headers.clone());
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|t| {
+                    let (js, headers, payload) = (js.clone(), headers.clone(), payload.clone());
+                    tokio::spawn(async move {
+                        for a in (t..actors).step_by(concurrency) {
+                            let subject = format!("aether.ev.bench.raw-many-{round}-{a}");
+                            raw_publish_sequence(
+                                &js, &subject, &headers, &payload, per_actor, &subject,
+                            )
+                            .await;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task");
+            }
+            raw.push(rate(ops, start.elapsed()));
+        }
+        results.push(Comparison {
+            name: "(b) 1,000 actors, concurrency 64",
+            unit: "appends/s",
+            ours,
+            raw,
+            target: 0.8,
+        });
+    }
+    if selected("c") || selected("d") {
+        // (c) replay of a 10,000-event actor (10,000 commits).
+        let replay_events = 10_000;
+        let mut outcomes = Vec::new();
+        for i in 0..replay_events as u64 {
+            outcomes.push(
+                store
+                    .append("replay", ExpectedVersion::Exact(i), vec![event(i)])
+                    .await
+                    .expect("append"),
+            );
+        }
+        let handle = js.get_stream(stream).await.expect("stream");
+        let replay_subject = subject_of("replay");
+        let (mut ours, mut raw, mut read_only) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..if selected("c") { ROUNDS } else { 0 } {
+            let start = Instant::now();
+            let events = store.events("replay", 1).await.expect("replay");
+            assert_eq!(events.len(), replay_events);
+            ours.push(rate(replay_events, start.elapsed()));
+
+            let start = Instant::now();
+            let ordered = handle
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: replay_subject.clone(),
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: 1 },
+                    ..Default::default()
+                })
+                .await
+                .expect("consumer");
+            let mut messages = ordered.messages().await.expect("messages");
+            let mut count = 0;
+            while let Some(m) = messages.next().await {
+                let m = m.expect("message");
+                count += 1;
+                if m.info().expect("info").pending == 0 {
+                    break;
                 }
             }
-            let r = rate(ops, start.elapsed());
-            if side == 0 {
-                ours.push(r);
-            } else {
-                raw.push(r);
+            assert_eq!(count, replay_events);
+            let ordered = rate(replay_events, start.elapsed());
+            let start = Instant::now();
+            let count = raw_direct_batch(broker.client(), stream, &replay_subject).await;
+            assert_eq!(count, replay_events);
+            let direct = rate(replay_events, start.elapsed());
+            println!(
+                "(c) raw baselines, events/s: ordered consumer {ordered:.0}, batched direct get {direct:.0}"
+            );
+            raw.push(ordered.max(direct));
+
+            // Where the time goes: the broker's read alone (transport plus conversion, no decoding).
+            let start = Instant::now();
+            let records = broker.read(stream, &replay_subject, 1).await.expect("read");
+            assert_eq!(records.len(), replay_events);
+            read_only.push(rate(replay_events, start.elapsed()));
+        }
+        if selected("c") {
+            results.push(Comparison {
+                name: "(c') NatsBroker::read alone (no decoding)",
+                unit: "events/s",
+                ours: read_only,
+                raw: raw.clone(),
+                target: 0.9,
+            });
+            results.push(Comparison {
+                name: "(c) replay of a 10,000-event actor",
+                unit: "events/s",
+                ours,
+                raw,
+                target: 0.9,
+            });
+        }
+
+        if selected("d") {
+            // (d) latest_version vs one raw direct get.
+            let ops = 2_000;
+            let (mut ours, mut raw) = (Vec::new(), Vec::new());
+            for round in 0..2 * ROUNDS {
+                // Alternate which side goes first.
+                for side in [round % 2, 1 - round % 2] {
+                    let start = Instant::now();
+                    for _ in 0..ops {
+                        if side == 0 {
+                            assert_eq!(
+                                store.latest_version("replay").await.expect("tip"),
+                                replay_events as u64
+                            );
+                        } else {
+                            handle
+                                .direct_get_last_for_subject(replay_subject.clone())
+                                .await
+                                .expect("direct get");
+                        }
+                    }
+                    let r = rate(ops, start.elapsed());
+                    if side == 0 {
+                        ours.push(r);
+                    } else {
+                        raw.push(r);
+                    }
+                }
             }
+            results.push(Comparison {
+                name: "(d) latest_version vs one direct get",
+                unit: "calls/s",
+                ours,
+                raw,
+                target: 0.9,
+            });
         }
     }
-    results.push(Comparison {
-        name: "(d) latest_version vs one direct get",
-        unit: "calls/s",
-        ours,
-        raw,
-        target: 0.9,
-    });
-
+    if selected("e") {
+        results.push(short_replays(&store, &broker, stream, &subject_of).await);
+    }
     println!();
     println!(
         "{:<40} {:>14} {:>14} {:>7} {:>7}",
@@ -378,5 +486,76 @@ async fn main() {
         println!("all targets met");
     } else {
         println!("targets missed: {}", missed.join("; "));
+    }
+}
+
+/// (e) Loading short actors: 300 actors of 10 events (10 commits each), each replayed once per
+/// round by aether and by both raw readers.
+async fn short_replays(
+    store: &EventStore<aether::NatsBroker>,
+    broker: &aether::NatsBroker,
+    stream: &str,
+    subject_of: &impl Fn(&str) -> String,
+) -> Comparison {
+    // `AETHER_BENCH_SHORT_ACTORS` shrinks the set (a read path that leaks a consumer per read
+    // runs into the server's 1,000-consumer limit after a few rounds of 300).
+    let actors: usize = std::env::var("AETHER_BENCH_SHORT_ACTORS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let events = 10u64;
+    for a in 0..actors {
+        for v in 0..events {
+            store
+                .append(
+                    &format!("short-{a}"),
+                    ExpectedVersion::Exact(v),
+                    vec![event(v)],
+                )
+                .await
+                .expect("append");
+        }
+    }
+    let handle = broker.jetstream().get_stream(stream).await.expect("stream");
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let (mut direct_rates, mut ordered_rates) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        for a in 0..actors {
+            let read = store
+                .events(&format!("short-{a}"), 1)
+                .await
+                .expect("replay");
+            assert_eq!(read.len() as u64, events);
+        }
+        ours.push(rate(actors, start.elapsed()));
+        let start = Instant::now();
+        for a in 0..actors {
+            let n =
+                raw_direct_batch(broker.client(), stream, &subject_of(&format!("short-{a}"))).await;
+            assert_eq!(n as u64, events);
+        }
+        let direct = rate(actors, start.elapsed());
+        let start = Instant::now();
+        for a in 0..actors {
+            let n = raw_ordered(&handle, &subject_of(&format!("short-{a}"))).await;
+            assert_eq!(n as u64, events);
+        }
+        let ordered = rate(actors, start.elapsed());
+        direct_rates.push(direct);
+        ordered_rates.push(ordered);
+        raw.push(direct.max(ordered));
+    }
+    println!(
+        "(e) raw baselines, actors/s: batched direct get {:.0}, ordered consumer {:.0}",
+        median(direct_rates),
+        median(ordered_rates)
+    );
+    Comparison {
+        name: "(e) replay of 10-event actors",
+        unit: "actors/s",
+        ours,
+        raw,
+        target: 0.9,
     }
 }

@@ -78,6 +78,8 @@ pub struct RunReport {
     pub seed: u64,
     /// The scenario's name.
     pub scenario: &'static str,
+    /// The scenario's total simulated duration (safety plus liveness phase).
+    pub duration: Duration,
     /// Planted bugs that were on.
     pub planted: PlantedBugs,
     /// Broken invariants (empty: the run passed).
@@ -114,8 +116,13 @@ impl RunReport {
         } else {
             format!("AETHER_SIM_PLANTED={} ", planted.join(","))
         };
+        // A run of another length than the scenario's default is another run: say which.
+        let seconds = match Scenario::by_name(self.scenario) {
+            Some(default) if default.duration() == self.duration => String::new(),
+            _ => format!("AETHER_SIM_SECONDS={} ", self.duration.as_secs()),
+        };
         format!(
-            "{planted}AETHER_SIM_SCENARIO={} AETHER_SIM_SEED={} cargo test --features sim --test sim replay_seed_from_env -- --nocapture",
+            "{planted}{seconds}AETHER_SIM_SCENARIO={} AETHER_SIM_SEED={} cargo test --features sim --test sim replay_seed_from_env -- --nocapture",
             self.scenario, self.seed
         )
     }
@@ -381,7 +388,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         ops: &ops,
         streams: raw
             .iter()
-            .map(|(actor, records)| (actor.clone(), CheckInput::decode(records)))
+            .map(|(actor, records)| (actor.clone(), CheckInput::decode(actor, records)))
             .collect(),
         damaged_actors: scenario.damaged_actors(),
         nodes: &node_names,
@@ -413,6 +420,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
     RunReport {
         seed,
         scenario: scenario.name,
+        duration: scenario.duration(),
         planted: options.planted,
         violations,
         trace_hash: history.trace_hash(),
@@ -423,6 +431,21 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         stream_lengths: raw.iter().map(|(a, r)| (a.clone(), r.len())).collect(),
         simulated,
         trace: history.trace(),
+    }
+}
+
+/// `scenario` with the total simulated length from `AETHER_SIM_SECONDS`, if set (the safety
+/// phase is that minus the scenario's liveness phase, as `aether-sim --seconds` does).
+pub fn scenario_length_from_env(scenario: Scenario) -> Scenario {
+    match std::env::var("AETHER_SIM_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        Some(seconds) => {
+            let safety = Duration::from_secs(seconds).saturating_sub(scenario.liveness);
+            scenario.with_safety(safety)
+        }
+        None => scenario,
     }
 }
 

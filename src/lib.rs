@@ -51,18 +51,19 @@ pub mod store;
 pub mod sim;
 
 pub use actor::{
-    ActorConfig, ActorHost, Aggregate, CommandError, CommandOutcome, Router, SingleNode,
+    ActorConfig, ActorHost, ActorState, Aggregate, CommandError, CommandOutcome, Router, SingleNode,
 };
 pub use broker::{Broker, BrokerError, MemoryBroker};
 #[cfg(feature = "nats")]
 pub use broker::{NatsBroker, NatsOptions};
 pub use bus::{BusConfig, BusSubscription, EventBus, Filter, RecvError};
 pub use clock::{Clock, Runtime, SharedRng, SystemClock};
-pub use codec::InvalidName;
+pub use codec::{DecodeError, InvalidName};
 pub use event::{Event, ExpectedVersion, Metadata, NewEvent, Snapshot};
 pub use store::{
-    AppendError, AppendOutcome, ConflictError, EventStore, EventStored, Page, ReadError,
-    ReplayError, ReplayResult, SnapshotError, SnapshotStore, StoreConfig, StoredCommit,
+    AppendError, AppendOutcome, ConflictError, EVENT_STORED, EventStore, EventStored, OpenError,
+    Page, ReadError, ReplayError, ReplayErrorCause, ReplayResult, SnapshotError, SnapshotStore,
+    StoreConfig, StoredCommit,
 };
 
 /// The README's examples, compiled and run as doc tests so they stay true (the NATS example

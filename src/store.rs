@@ -20,7 +20,7 @@
 //! wrong-last-sequence, the store reads the record that follows the expected sequence and compares
 //! commit ids before reporting a conflict: the first attempt may have landed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::broker::{
-    AppendAck, AppendOptions, Broker, BrokerError, DEFAULT_MAX_PAYLOAD, Headers, StoredMessage,
-    StreamConfig,
+    AppendAck, AppendOptions, Broker, BrokerError, DEFAULT_MAX_PAYLOAD, Headers, ReadFrom,
+    StoredMessage, StreamConfig, wire_size,
 };
 use crate::bus::EventBus;
 use crate::clock::{Clock, Runtime, SystemClock};
@@ -42,6 +42,9 @@ use crate::event::{Event, ExpectedVersion, NewEvent, Snapshot};
 
 /// Default retention of events: one year.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Default of [`StoreConfig::tips_max`].
+pub const TIPS_MAX_DEFAULT: usize = 100_000;
 
 /// The event type of the notification published on the bus for every stored event.
 pub const EVENT_STORED: &str = "EventStored";
@@ -65,6 +68,10 @@ pub struct StoreConfig {
     pub retry_max: u32,
     /// Base delay between retries of an ambiguous append (jittered, doubling).
     pub retry_delay: Duration,
+    /// Actors whose tip (stream position and version) the handle remembers; the least recently
+    /// used are forgotten beyond this. A forgotten actor costs one read of its history on its
+    /// next append.
+    pub tips_max: usize,
 }
 
 impl StoreConfig {
@@ -78,6 +85,7 @@ impl StoreConfig {
             snapshot_history: 3,
             retry_max: 8,
             retry_delay: Duration::from_millis(20),
+            tips_max: TIPS_MAX_DEFAULT,
         }
     }
 
@@ -201,9 +209,23 @@ pub enum ReplayErrorCause {
         /// The commit's first version.
         found: u64,
     },
-    /// The commit id was already seen earlier in the stream.
+    /// A second copy of a commit read earlier in the stream (it repeats versions already taken).
     #[error("commit id {0} appears twice")]
     DuplicateCommit(String),
+    /// A header the store writes with every commit is missing or disagrees with the body (the
+    /// body is the record; headers only index it).
+    #[error("header {header} is {found:?}, but the commit says {expected:?}")]
+    HeaderMismatch {
+        /// The header.
+        header: &'static str,
+        /// Its value, if present.
+        found: Option<String>,
+        /// What the body implies.
+        expected: String,
+    },
+    /// The commit would continue the versions past the largest representable version.
+    #[error("commit ends at version {0}, leaving no version after it")]
+    VersionOverflow(u64),
 }
 
 /// A damaged record found during replay: where, what it held, and why it was rejected.
@@ -319,7 +341,15 @@ pub enum SnapshotError {
     Broker(#[from] BrokerError),
 }
 
-/// Where an actor's stream ends: the stream sequence of its last record and its latest version.
+/// Where an actor's stream ends, as this handle has checked it: `sequence` is the stream
+/// sequence of the subject's last record when it was read (what the next append names as the
+/// expected last sequence, even when that record is damaged) and `version` the last version of
+/// the valid commits up to there.
+///
+/// A tip is only ever built from records the store decoded and checked exactly as replay does,
+/// or from the store's own acknowledged appends — never from a record's headers — so a damaged
+/// last record can never decide the next version. A tip may be old (others appended since); it
+/// is never wrong, so it serves as the floor from which the rest of the stream is read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Tip {
     sequence: u64,
@@ -374,9 +404,13 @@ struct Inner<B, C> {
     config: StoreConfig,
     events_stream: String,
     snapshots_stream: String,
-    hints: Mutex<BTreeMap<String, Tip>>,
+    tips: Mutex<TipCache>,
     bus: std::sync::OnceLock<EventBus<B>>,
 }
+
+/// The tips this handle knows, least recently used forgotten first. Deterministic: a fixed
+/// hasher, and the eviction order is the use order.
+type TipCache = lru::LruCache<String, Tip, std::hash::BuildHasherDefault<std::hash::DefaultHasher>>;
 
 /// The event store for one namespace. Cheap to clone.
 pub struct EventStore<B, C = SystemClock> {
@@ -410,10 +444,6 @@ pub enum OpenError {
     Broker(#[from] BrokerError),
 }
 
-fn header_u64(headers: &Headers, key: &str) -> Option<u64> {
-    headers.get(key).and_then(|v| v.parse().ok())
-}
-
 impl<B: Broker, C: Clock> EventStore<B, C> {
     /// Opens the store of `config.namespace`, creating its streams if needed.
     ///
@@ -437,13 +467,14 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         snapshots.max_messages_per_subject = Some(config.snapshot_history.max(1));
         snapshots.duplicate_window = crate::broker::DEFAULT_DUPLICATE_WINDOW.min(config.max_age);
         rt.broker().ensure_stream(snapshots).await?;
+        let tips_max = std::num::NonZeroUsize::new(config.tips_max.max(1)).expect("at least 1");
         Ok(Self {
             inner: Arc::new(Inner {
                 rt,
                 config,
                 events_stream,
                 snapshots_stream,
-                hints: Mutex::new(BTreeMap::new()),
+                tips: Mutex::new(TipCache::with_hasher(tips_max, Default::default())),
                 bus: std::sync::OnceLock::new(),
             }),
         })
@@ -487,80 +518,105 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     }
 
     fn hint(&self, actor: &str) -> Option<Tip> {
-        self.lock_hints().get(actor).copied()
+        self.lock_tips().get(actor).copied()
     }
 
     fn set_hint(&self, actor: &str, tip: Tip) {
-        let mut hints = self.lock_hints();
-        let slot = hints.entry(actor.to_owned()).or_default();
-        // Never move a hint backwards: a slow reader must not undo a newer writer's hint.
-        if tip.sequence >= slot.sequence {
-            *slot = tip;
+        let mut tips = self.lock_tips();
+        match tips.get_mut(actor) {
+            // Never move a tip backwards: a slow reader must not undo a newer writer's tip.
+            Some(known) if tip.sequence < known.sequence => {}
+            Some(known) => {
+                assert!(
+                    tip.sequence > known.sequence || tip.version == known.version,
+                    "two tips at stream sequence {} disagree: versions {} and {}",
+                    tip.sequence,
+                    known.version,
+                    tip.version
+                );
+                assert!(
+                    tip.version >= known.version,
+                    "a later tip has an older version"
+                );
+                *known = tip;
+            }
+            None => {
+                tips.put(actor.to_owned(), tip);
+            }
         }
     }
 
-    fn forget_hint(&self, actor: &str) {
-        self.lock_hints().remove(actor);
+    fn lock_tips(&self) -> std::sync::MutexGuard<'_, TipCache> {
+        self.inner.tips.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_hints(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Tip>> {
-        self.inner.hints.lock().unwrap_or_else(|e| e.into_inner())
+    /// Reads what follows `anchor` on the actor's subject (any replica) and checks it exactly
+    /// as replay does, continuing from `anchor`: the tip as far as that replica knows.
+    async fn advance(&self, actor: &str, subject: &str, anchor: Tip) -> Result<Tip, ReadError> {
+        let mut checker = ReplayChecker::resume(actor, anchor, u64::MAX);
+        self.broker()
+            .read_each(
+                &self.inner.events_stream,
+                subject,
+                anchor.sequence + 1,
+                |record| checker.push(record),
+            )
+            .await?;
+        Ok(checker.tip())
     }
 
-    /// Reads the actor's tip from the broker: one round trip unless the last record is damaged,
-    /// in which case the whole stream is read to find the last valid version.
+    /// The actor's tip: the one this handle knows (a floor), brought up to date. One round trip
+    /// when the handle knows the actor; the actor's whole history otherwise, because only a
+    /// checked history says which version comes next.
     async fn fetch_tip(&self, actor: &str, subject: &str) -> Result<Tip, ReadError> {
-        let Some(last) = self
-            .broker()
-            .last(&self.inner.events_stream, subject)
-            .await?
-        else {
-            return Ok(Tip::default());
-        };
-        let tip = match header_u64(&last.headers, HEADER_LAST_VERSION) {
-            Some(version) => Tip {
-                sequence: last.sequence,
-                version,
-            },
-            None => {
-                let replay = self.replay(actor, subject, 1).await?;
-                Tip {
-                    sequence: last.sequence,
-                    version: replay.events.last().map_or(0, |e| e.version),
-                }
-            }
-        };
+        let tip = self
+            .advance(actor, subject, self.hint(actor).unwrap_or_default())
+            .await?;
         self.set_hint(actor, tip);
         Ok(tip)
     }
 
-    /// Makes sure `tip` is the actor's real tip and not a stale replica's answer: the broker's
-    /// `last` may be served by any replica (NATS direct get), while `read` is served by the
-    /// stream leader. Costs one read; used only on the conflict paths, where the reported actual
-    /// version must be right.
-    async fn confirm_tip(&self, actor: &str, subject: &str, tip: Tip) -> Result<Tip, ReadError> {
-        let newer = self
+    /// Makes sure `tip` reaches the actor's real end — at least stream sequence `at_least`, and
+    /// whatever the stream leader holds — and not only what a lagging replica answered. Costs
+    /// one leader read when `tip` is current; used where a reported version must be right (a
+    /// conflict's actual version) or the broker named a later sequence.
+    async fn confirm_tip(
+        &self,
+        actor: &str,
+        subject: &str,
+        tip: Tip,
+        at_least: u64,
+    ) -> Result<Tip, ReadError> {
+        let leader_last = self
             .broker()
-            .read(&self.inner.events_stream, subject, tip.sequence + 1)
-            .await?;
-        let Some(last) = newer.last() else {
+            .last(&self.inner.events_stream, subject, ReadFrom::Leader)
+            .await?
+            .map_or(0, |m| m.sequence)
+            .max(at_least);
+        if tip.sequence >= leader_last {
             return Ok(tip);
-        };
-        let version = match header_u64(&last.headers, HEADER_LAST_VERSION) {
-            Some(version) => version,
-            None => self
-                .replay(actor, subject, 1)
+        }
+        let tip = self.advance(actor, subject, tip).await?;
+        // A replica that lags still misses the newest records: take them from the leader.
+        let mut checker = ReplayChecker::resume(actor, tip, u64::MAX);
+        while checker.last_sequence < leader_last {
+            match self
+                .broker()
+                .next(
+                    &self.inner.events_stream,
+                    subject,
+                    checker.last_sequence + 1,
+                    ReadFrom::Leader,
+                )
                 .await?
-                .events
-                .last()
-                .map_or(0, |e| e.version),
-        };
-        let confirmed = Tip {
-            sequence: last.sequence,
-            version,
-        };
-        self.set_hint(actor, confirmed);
-        Ok(confirmed)
+            {
+                Some(record) => checker.push(record),
+                None => break,
+            }
+        }
+        let tip = checker.tip();
+        self.set_hint(actor, tip);
+        Ok(tip)
     }
 
     /// Appends `events` to `actor`'s stream as one commit: either all are stored, at versions
@@ -623,11 +679,11 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 {
                     Tip::default()
                 }
-                // A hint that contradicts the caller may just be stale: ask the broker.
+                // A tip that contradicts the caller may just be old: read what follows it.
                 _ => self.fetch_tip(actor, &subject).await?,
             };
             if !expected.matches(tip.version) {
-                tip = self.confirm_tip(actor, &subject, tip).await?;
+                tip = self.confirm_tip(actor, &subject, tip, 0).await?;
             }
             if !expected.matches(tip.version) {
                 return Err(ConflictError {
@@ -637,27 +693,44 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 }
                 .into());
             }
+            let mut events = Vec::with_capacity(stamped.len());
+            for (i, (id, e)) in stamped.iter().enumerate() {
+                let version = tip.version.checked_add(1 + i as u64).ok_or_else(|| {
+                    AppendError::InvalidEvent(format!(
+                        "actor {actor:?} is at version {}: no room for {} more events",
+                        tip.version,
+                        stamped.len()
+                    ))
+                })?;
+                events.push(Event {
+                    id: id.clone(),
+                    event_type: e.event_type.clone(),
+                    actor_id: actor.to_owned(),
+                    version,
+                    data: e.data.clone(),
+                    timestamp: e.timestamp.unwrap_or(now),
+                    metadata: e.metadata.clone(),
+                });
+            }
             let commit = Commit {
                 commit_id: rt.rng().uuid().to_string(),
                 actor_id: actor.to_owned(),
-                events: stamped
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (id, e))| Event {
-                        id: id.clone(),
-                        event_type: e.event_type.clone(),
-                        actor_id: actor.to_owned(),
-                        version: tip.version + 1 + i as u64,
-                        data: e.data.clone(),
-                        timestamp: e.timestamp.unwrap_or(now),
-                        metadata: e.metadata.clone(),
-                    })
-                    .collect(),
+                events,
             };
-            match self.send_commit(&subject, &commit, tip).await {
+            match self.send_commit(actor, &subject, &commit, tip).await {
                 Ok(ack) => {
                     let last_version = commit.last_version();
-                    debug_assert_eq!(commit.first_version(), tip.version + 1);
+                    assert_eq!(
+                        commit.first_version(),
+                        tip.version + 1,
+                        "contiguous versions"
+                    );
+                    assert!(
+                        ack.sequence > tip.sequence,
+                        "the broker stored a commit at sequence {} at or before the expected {}",
+                        ack.sequence,
+                        tip.sequence
+                    );
                     self.set_hint(
                         actor,
                         Tip {
@@ -674,11 +747,12 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 }
                 Err(SendError::Moved { actual_sequence }) => {
                     // Someone else wrote first; nothing of ours is stored.
-                    self.forget_hint(actor);
                     let mut tip = self.fetch_tip(actor, &subject).await?;
                     if tip.sequence < actual_sequence {
                         // The read was served by a replica that lags the leader.
-                        tip = self.confirm_tip(actor, &subject, tip).await?;
+                        tip = self
+                            .confirm_tip(actor, &subject, tip, actual_sequence)
+                            .await?;
                     }
                     if expected.matches(tip.version) {
                         // Still as expected: another writer won under `Any`, or the stream only
@@ -708,6 +782,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// Publishes one commit, retrying ambiguous failures with the same commit id.
     async fn send_commit(
         &self,
+        actor: &str,
         subject: &str,
         commit: &Commit,
         tip: Tip,
@@ -724,23 +799,16 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             commit.last_version().to_string(),
         );
         headers.insert(HEADER_FORMAT.into(), codec::COMMIT_FORMAT.to_string());
-        // Account for the Nats-Msg-Id header the broker adds.
-        let size = payload.len()
-            + headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 4)
-                .sum::<usize>()
-            + "Nats-Msg-Id".len()
-            + commit.commit_id.len()
-            + 16;
-        let max = self.inner.config.commit_bytes_max;
-        if size > max {
-            return Err(SendError::Append(AppendError::TooLarge { size, max }));
-        }
         let mut options = AppendOptions {
             expected_last_subject_sequence: Some(tip.sequence),
             message_id: Some(commit.commit_id.clone()),
         };
+        // The size the broker counts: payload, our headers and the ones the options add.
+        let size = wire_size(&headers, &payload, &options);
+        let max = self.inner.config.commit_bytes_max;
+        if size > max {
+            return Err(SendError::Append(AppendError::TooLarge { size, max }));
+        }
         if crate::planted!(self.inner.rt, append_without_expected_sequence) {
             options.expected_last_subject_sequence = None;
         }
@@ -755,7 +823,9 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             match result {
                 Ok(ack) => return Ok(ack),
                 Err(BrokerError::WrongLastSequence { .. }) if ambiguous.is_some() => {
-                    return self.resolve_after_ambiguity(subject, commit, tip).await;
+                    return self
+                        .resolve_after_ambiguity(actor, subject, commit, tip)
+                        .await;
                 }
                 Err(BrokerError::WrongLastSequence { actual, .. }) => {
                     return Err(SendError::Moved {
@@ -799,16 +869,23 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     }
 
     /// After an ambiguous attempt, the broker says the subject moved past `tip`: find out whether
-    /// it moved because of our own first attempt.
+    /// it moved because of our own first attempt — the record right after `tip`, asked of the
+    /// stream leader, is either our commit or someone else's.
     async fn resolve_after_ambiguity(
         &self,
+        actor: &str,
         subject: &str,
         commit: &Commit,
         tip: Tip,
     ) -> Result<AppendAck, SendError> {
         let next = self
             .broker()
-            .read(&self.inner.events_stream, subject, tip.sequence + 1)
+            .next(
+                &self.inner.events_stream,
+                subject,
+                tip.sequence + 1,
+                ReadFrom::Leader,
+            )
             .await
             .map_err(|e| {
                 SendError::Append(AppendError::Indeterminate {
@@ -816,16 +893,20 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                     source: e,
                 })
             })?;
-        match next.first() {
-            Some(m) if m.headers.get(HEADER_COMMIT_ID) == Some(&commit.commit_id) => {
+        match next {
+            Some(m)
+                if decode_record(&m, Some(actor))
+                    .is_ok_and(|c| c.commit_id == commit.commit_id) =>
+            {
                 Ok(AppendAck {
                     sequence: m.sequence,
                     duplicate: true,
                 })
             }
-            _ => Err(SendError::Moved {
-                actual_sequence: next.last().map_or(0, |m| m.sequence),
+            Some(m) => Err(SendError::Moved {
+                actual_sequence: m.sequence,
             }),
+            None => Err(SendError::Moved { actual_sequence: 0 }),
         }
     }
 
@@ -894,17 +975,30 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 checker.push(record)
             })
             .await?;
+        // Read your writes, and never read backwards: a replica that lags behind what this
+        // handle has appended or read before is caught up from the leader.
+        if let Some(floor) = self.hint(actor) {
+            while checker.last_sequence < floor.sequence {
+                match self
+                    .broker()
+                    .next(
+                        &self.inner.events_stream,
+                        subject,
+                        checker.last_sequence + 1,
+                        ReadFrom::Leader,
+                    )
+                    .await?
+                {
+                    Some(record) => checker.push(record),
+                    None => break,
+                }
+            }
+        }
         if crate::planted!(self.inner.rt, skip_damaged_records) {
             checker.replay.errors.clear();
         }
         if checker.last_sequence > 0 {
-            self.set_hint(
-                actor,
-                Tip {
-                    sequence: checker.last_sequence,
-                    version: checker.last_version(),
-                },
-            );
+            self.set_hint(actor, checker.tip());
         }
         Ok(checker.replay)
     }
@@ -991,10 +1085,16 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 max: self.inner.config.commit_bytes_max,
             });
         }
-        for _ in 0..=self.inner.config.retry_max {
+        for attempt in 0..=self.inner.config.retry_max {
+            // A stale replica costs one rejected write; after one, ask the leader.
+            let from = if attempt == 0 {
+                ReadFrom::AnyReplica
+            } else {
+                ReadFrom::Leader
+            };
             let current = self
                 .broker()
-                .last(&self.inner.snapshots_stream, &subject)
+                .last(&self.inner.snapshots_stream, &subject, from)
                 .await?;
             let expected = match &current {
                 Some(m) => {
@@ -1041,7 +1141,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         let subject = self.snapshot_subject(actor)?;
         let Some(message) = self
             .broker()
-            .last(&self.inner.snapshots_stream, &subject)
+            .last(&self.inner.snapshots_stream, &subject, ReadFrom::AnyReplica)
             .await?
         else {
             return Ok(None);
@@ -1101,8 +1201,20 @@ enum SendError {
     Append(AppendError),
 }
 
+/// Checks one stored record of `actor`'s subject exactly as replay does, on its own: the body
+/// must decode as a commit of `actor` and the headers must agree with it. (Replay further
+/// requires the commit to continue the versions before it and its id to be new.) For tools and
+/// checkers that inspect raw records.
+///
+/// # Errors
+/// The [`ReplayError`] replay would report for this record.
+pub fn check_record(record: &StoredMessage, actor: &str) -> Result<Commit, ReplayError> {
+    decode_record(record, Some(actor))
+}
+
 /// Decodes one stored record as a commit of `actor` (the actor its subject names): a record that
-/// is not a valid commit, or names another actor, is a [`ReplayError`].
+/// is not a valid commit, names another actor, or whose headers disagree with its body is a
+/// [`ReplayError`]. The body is the record; the headers only index it and are never trusted.
 fn decode_record(record: &StoredMessage, actor: Option<&str>) -> Result<Commit, ReplayError> {
     let damaged = |cause: ReplayErrorCause| ReplayError {
         sequence: record.sequence,
@@ -1115,12 +1227,41 @@ fn decode_record(record: &StoredMessage, actor: Option<&str>) -> Result<Commit, 
             found: commit.actor_id,
         }));
     }
+    let number = |header: &'static str, expected: u64| {
+        let found = record.headers.get(header);
+        match found.map(|v| v.parse::<u64>()) {
+            Some(Ok(v)) if v == expected => Ok(()),
+            _ => Err(damaged(ReplayErrorCause::HeaderMismatch {
+                header,
+                found: found.cloned(),
+                expected: expected.to_string(),
+            })),
+        }
+    };
+    let text = |header: &'static str, expected: &str| {
+        let found = record.headers.get(header);
+        if found.map(String::as_str) == Some(expected) {
+            Ok(())
+        } else {
+            Err(damaged(ReplayErrorCause::HeaderMismatch {
+                header,
+                found: found.cloned(),
+                expected: expected.to_owned(),
+            }))
+        }
+    };
+    text(HEADER_COMMIT_ID, &commit.commit_id)?;
+    number(HEADER_FIRST_VERSION, commit.first_version())?;
+    number(HEADER_LAST_VERSION, commit.last_version())?;
+    number(HEADER_FORMAT, u64::from(codec::COMMIT_FORMAT))?;
     Ok(commit)
 }
 
 /// Decodes and checks an actor's records one at a time, in stream order: each must be a valid
-/// commit of this actor, continue the versions before it and carry a commit id not seen before.
-/// Pure, and incremental so that decoding overlaps the transfer of later records.
+/// commit of this actor and continue the versions before it (a second copy of an earlier commit
+/// cannot, and is reported as one). Pure, and incremental so that decoding overlaps the
+/// transfer of later records; it can resume from a [`Tip`] checked earlier with the same
+/// verdicts as a replay from the start.
 struct ReplayChecker<'a> {
     actor: &'a str,
     from_version: u64,
@@ -1131,18 +1272,28 @@ struct ReplayChecker<'a> {
 }
 
 impl<'a> ReplayChecker<'a> {
+    /// Checks a history from its start, keeping events of version `>= from_version`.
     fn new(actor: &'a str, from_version: u64) -> Self {
+        Self::resume(actor, Tip::default(), from_version)
+    }
+
+    /// Checks what follows `tip`.
+    fn resume(actor: &'a str, tip: Tip, from_version: u64) -> Self {
         Self {
             actor,
             from_version,
-            next_version: 1,
+            next_version: tip.version + 1,
             seen: BTreeSet::new(),
-            last_sequence: 0,
+            last_sequence: tip.sequence,
             replay: ReplayResult::default(),
         }
     }
 
     fn push(&mut self, record: StoredMessage) {
+        // A read that overlaps what was already checked (a resumed read) adds nothing.
+        if record.sequence <= self.last_sequence {
+            return;
+        }
         self.last_sequence = record.sequence;
         let commit = match decode_record(&record, Some(self.actor)) {
             Ok(c) => c,
@@ -1153,22 +1304,32 @@ impl<'a> ReplayChecker<'a> {
             raw: record.payload.clone(),
             cause,
         };
-        if self.seen.contains(&commit.commit_id) {
-            return self
-                .replay
-                .errors
-                .push(damaged(ReplayErrorCause::DuplicateCommit(commit.commit_id)));
-        }
         if commit.first_version() != self.next_version {
-            return self
-                .replay
-                .errors
-                .push(damaged(ReplayErrorCause::VersionGap {
+            // A commit that does not continue the versions: a second copy of an earlier commit
+            // (its id was seen), or anything else out of place. Whether a commit is valid never
+            // depends on how much of the history was read: a handle that resumes from a tip
+            // and one that replays from the start agree.
+            let cause = if self.seen.contains(&commit.commit_id) {
+                ReplayErrorCause::DuplicateCommit(commit.commit_id)
+            } else {
+                ReplayErrorCause::VersionGap {
                     expected: self.next_version,
                     found: commit.first_version(),
-                }));
+                }
+            };
+            return self.replay.errors.push(damaged(cause));
         }
-        self.next_version = commit.last_version() + 1;
+        let Some(next_version) = commit.last_version().checked_add(1) else {
+            return self
+                .replay
+                .errors
+                .push(damaged(ReplayErrorCause::VersionOverflow(
+                    commit.last_version(),
+                )));
+        };
+        // Decoding guarantees contiguous versions inside the commit; the chain continues.
+        assert!(next_version > self.next_version, "versions grow");
+        self.next_version = next_version;
         self.seen.insert(commit.commit_id);
         let from = self.from_version;
         self.replay
@@ -1176,8 +1337,11 @@ impl<'a> ReplayChecker<'a> {
             .extend(commit.events.into_iter().filter(|e| e.version >= from));
     }
 
-    /// The actor's last valid version.
-    fn last_version(&self) -> u64 {
-        self.next_version - 1
+    /// Where the checked stream ends: its last record and last valid version.
+    fn tip(&self) -> Tip {
+        Tip {
+            sequence: self.last_sequence,
+            version: self.next_version - 1,
+        }
     }
 }

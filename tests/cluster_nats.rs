@@ -57,3 +57,32 @@ on_nats! {
     an_assignment_with_an_older_epoch_is_never_applied =>
         |env| Box::pin(an_older_epoch_is_never_applied(env));
 }
+
+/// Membership, lease and assignment polls leave nothing behind on the server: three nodes
+/// running for 5 s (about 20 polls each) hold only their KV watches — three consumers per node
+/// — however long they run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_polls_leave_no_consumer_behind() {
+    let server = NatsServer::start();
+    let env = nats_env(&server, "polls");
+    let nodes = [
+        env.start("n1").await,
+        env.start("n2").await,
+        env.start("n3").await,
+    ];
+    let refs: Vec<&_> = nodes.iter().collect();
+    wait_converged(&env, &refs).await;
+    let mut most = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        most = most.max(server.consumer_count());
+    }
+    println!("POLLS most consumers seen with 3 nodes: {most}");
+    assert!(
+        most <= 3 * 3,
+        "3 nodes hold {most} consumers; their watches need 9"
+    );
+    for node in &nodes {
+        node.stop().await;
+    }
+}

@@ -9,7 +9,7 @@
 //! | `expected_version` | 4. at most one success per (actor, expected version) |
 //! | `commands` | 2/3 for actor commands: an answered command is stored at the version it reported; a definite failure stored nothing |
 //! | `commits` | 5. no second copy of a commit (unique commit and event ids) |
-//! | `damage` | replay never hides a damaged record |
+//! | `damage` | replay never hides a damaged record; the store never damages one itself |
 //! | `leadership` | 6. one leader per fencing token; tokens strictly increase |
 //! | `ownership` | 7. one owner per shard per assignment epoch; epochs applied in order |
 //! | `liveness` | 8. progress within a bound once faults stop |
@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use super::history::{EventDigest, Op};
 use crate::broker::StoredMessage;
-use crate::codec::{self, Commit, HEADER_COMMIT_ID};
+use crate::codec::{Commit, HEADER_COMMIT_ID};
+use crate::store::check_record;
 
 /// A broken invariant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +56,8 @@ pub struct Record {
     pub sequence: u64,
     /// The `Aether-Commit-Id` header, if any.
     pub header_commit_id: Option<String>,
-    /// The commit, or why it does not decode.
+    /// The commit, or why replay would refuse the record (checked exactly as replay does: the
+    /// body decodes, names the actor, and the headers agree with it).
     pub commit: Result<Commit, String>,
 }
 
@@ -83,14 +85,14 @@ pub struct CheckInput<'a> {
 }
 
 impl CheckInput<'_> {
-    /// Decodes raw final records.
-    pub fn decode(messages: &[StoredMessage]) -> Vec<Record> {
+    /// Decodes the raw final records of `actor`.
+    pub fn decode(actor: &str, messages: &[StoredMessage]) -> Vec<Record> {
         messages
             .iter()
             .map(|m| Record {
                 sequence: m.sequence,
                 header_commit_id: m.headers.get(HEADER_COMMIT_ID).cloned(),
-                commit: codec::decode_commit(&m.payload).map_err(|e| e.to_string()),
+                commit: check_record(m, actor).map_err(|e| e.to_string()),
             })
             .collect()
     }

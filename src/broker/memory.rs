@@ -15,14 +15,24 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::subject::{matches, overlap, validate_kv_key, validate_pattern, validate_subject};
 use super::{
-    AppendAck, AppendOptions, Broker, BrokerError, DEFAULT_MAX_PAYLOAD, Headers, KvConfig, KvEntry,
-    KvOperation, KvWatch, Message, StoredMessage, StreamConfig, Subscription,
+    AppendAck, AppendOptions, Broker, BrokerError, BrokerLimit, DEFAULT_MAX_PAYLOAD, Headers,
+    KvConfig, KvEntry, KvOperation, KvWatch, Message, ReadFrom, StoredMessage, StreamConfig,
+    Subscription, SubscriptionSource,
 };
 use crate::clock::{Clock, SystemClock};
 
 /// Capacity of each subscription's and watch's queue. Like a NATS slow consumer, a subscriber
 /// that falls this far behind loses messages rather than blocking the publisher.
 pub const SUBSCRIBER_QUEUE_MAX: usize = 65_536;
+
+/// Consumers one stream may have at once: the NATS server default (`max_consumers` unset:
+/// 1,000). A KV watch holds one consumer on its bucket's stream.
+pub const CONSUMERS_PER_STREAM_MAX: usize = 1_000;
+
+/// How long a consumer outlives the client that stopped using it: async-nats creates the
+/// ordered consumer behind a KV watch with a 30 s inactivity threshold, so a dropped watch
+/// still counts against [`CONSUMERS_PER_STREAM_MAX`] for that long.
+pub const CONSUMER_INACTIVE_THRESHOLD: Duration = Duration::from_secs(30);
 
 /// The broker's reading of time for one operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +143,9 @@ struct Watcher {
     bucket: String,
     pattern: String,
     sender: mpsc::Sender<KvEntry>,
+    /// When the watch was first seen closed: its consumer lingers on the server until
+    /// [`CONSUMER_INACTIVE_THRESHOLD`] has passed since.
+    closed_at: Option<Duration>,
 }
 
 /// The broker state machine. Every operation takes the current [`Now`]; nothing inside reads a
@@ -145,6 +158,7 @@ pub struct BrokerState {
     subscribers: BTreeMap<u64, Subscriber>,
     watchers: BTreeMap<u64, Watcher>,
     next_id: u64,
+    consumers_max: usize,
 }
 
 /// Size of a message on the wire as NATS counts it against `max_payload`: the payload plus the
@@ -188,8 +202,16 @@ impl BrokerState {
     pub fn new(max_payload: usize) -> Self {
         Self {
             max_payload,
+            consumers_max: CONSUMERS_PER_STREAM_MAX,
             ..Self::default()
         }
+    }
+
+    /// Sets how many consumers one stream may have at once (see
+    /// [`CONSUMERS_PER_STREAM_MAX`]), e.g. to make a resource leak show up sooner in a test.
+    pub fn with_consumers_max(mut self, consumers_max: usize) -> Self {
+        self.consumers_max = consumers_max;
+        self
     }
 
     /// Creates a stream unless one of that name exists.
@@ -341,6 +363,24 @@ impl BrokerState {
         let stream = self.stream(stream, now)?;
         let seq = stream.last_of(subject);
         Ok(stream.messages.get(&seq).map(|e| e.message.clone()))
+    }
+
+    /// The first message on `subject` with sequence `>= from_sequence`.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown stream.
+    pub fn next(
+        &mut self,
+        stream: &str,
+        subject: &str,
+        from_sequence: u64,
+        now: Now,
+    ) -> Result<Option<StoredMessage>, BrokerError> {
+        validate_subject(subject)?;
+        Ok(self
+            .read_batch(stream, subject, from_sequence, 1, now)?
+            .into_iter()
+            .next())
     }
 
     /// Messages matching `filter` (a subject or a pattern) from `from_sequence` on.
@@ -562,18 +602,34 @@ impl BrokerState {
     }
 
     fn notify_watchers(&mut self, entry: &KvEntry) {
-        self.watchers.retain(|_, w| {
-            if w.sender.is_closed() {
-                return false;
-            }
-            if w.bucket == entry.bucket
+        for w in self.watchers.values() {
+            if w.closed_at.is_none()
+                && !w.sender.is_closed()
+                && w.bucket == entry.bucket
                 && matches(&w.pattern, &entry.key)
                 && w.sender.try_send(entry.clone()).is_err()
             {
                 tracing::warn!(bucket = %w.bucket, "slow KV watcher: entry dropped");
             }
-            true
+        }
+    }
+
+    /// Notes watches that were dropped, forgets the ones whose consumer has expired, and
+    /// returns how many consumers `bucket`'s stream holds now.
+    fn bucket_consumers(&mut self, bucket: &str, now: Duration) -> usize {
+        for w in self.watchers.values_mut() {
+            if w.closed_at.is_none() && w.sender.is_closed() {
+                w.closed_at = Some(now);
+            }
+        }
+        self.watchers.retain(|_, w| {
+            w.closed_at
+                .is_none_or(|at| now < at + CONSUMER_INACTIVE_THRESHOLD)
         });
+        self.watchers
+            .values()
+            .filter(|w| w.bucket == bucket)
+            .count()
     }
 
     /// Creates `key` if it has no live value.
@@ -661,6 +717,16 @@ impl BrokerState {
         now: Now,
     ) -> Result<u64, BrokerError> {
         validate_pattern(pattern)?;
+        self.bucket(bucket, now)?;
+        let consumers = self.bucket_consumers(bucket, now.monotonic);
+        if consumers >= self.consumers_max {
+            return Err(BrokerError::LimitReached {
+                limit: BrokerLimit::Consumers,
+                reason: format!(
+                    "maximum consumers limit reached: stream of KV bucket {bucket:?} holds {consumers}"
+                ),
+            });
+        }
         let b = self.bucket(bucket, now)?;
         let mut current: Vec<KvEntry> = b
             .entries
@@ -684,9 +750,36 @@ impl BrokerState {
                 bucket: bucket.to_owned(),
                 pattern: pattern.to_owned(),
                 sender,
+                closed_at: None,
             },
         );
         Ok(self.next_id)
+    }
+}
+
+/// A subscription on the in-process broker. Draining unsubscribes: the broker drops its sender,
+/// so the stream yields what was already queued and then ends.
+struct MemorySubscription {
+    messages: ReceiverStream<Message>,
+    broker: Option<(MemoryBroker, u64)>,
+}
+
+impl futures::Stream for MemorySubscription {
+    type Item = Message;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Message>> {
+        std::pin::Pin::new(&mut self.messages).poll_next(cx)
+    }
+}
+
+impl SubscriptionSource for MemorySubscription {
+    fn drain(&mut self) -> futures::future::BoxFuture<'_, ()> {
+        if let Some((broker, id)) = self.broker.take() {
+            broker.with_state(|s, _| s.unsubscribe(id));
+        }
+        Box::pin(async {})
     }
 }
 
@@ -767,8 +860,20 @@ impl Broker for MemoryBroker {
         &self,
         stream: &str,
         subject: &str,
+        _from: ReadFrom,
     ) -> Result<Option<StoredMessage>, BrokerError> {
+        // One linearizable copy: every reader sees every acknowledged message.
         self.with_state(|s, now| s.last(stream, subject, now))
+    }
+
+    async fn next(
+        &self,
+        stream: &str,
+        subject: &str,
+        from_sequence: u64,
+        _from: ReadFrom,
+    ) -> Result<Option<StoredMessage>, BrokerError> {
+        self.with_state(|s, now| s.next(stream, subject, from_sequence, now))
     }
 
     async fn read(
@@ -809,8 +914,11 @@ impl Broker for MemoryBroker {
 
     async fn subscribe(&self, pattern: &str) -> Result<Subscription, BrokerError> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE_MAX);
-        self.with_state(|s, _| s.subscribe(pattern, tx))?;
-        Ok(Subscription::new(ReceiverStream::new(rx)))
+        let id = self.with_state(|s, _| s.subscribe(pattern, tx))?;
+        Ok(Subscription::from_source(MemorySubscription {
+            messages: ReceiverStream::new(rx),
+            broker: Some((self.clone(), id)),
+        }))
     }
 
     async fn request(
@@ -887,5 +995,60 @@ impl Broker for MemoryBroker {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE_MAX);
         self.with_state(|s, now| s.kv_watch(bucket, key_pattern, tx, now))?;
         Ok(KvWatch::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: u64) -> Now {
+        Now {
+            monotonic: Duration::from_secs(seconds),
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(seconds),
+        }
+    }
+
+    /// A KV watch holds a consumer on its bucket's stream, as on NATS: past the per-stream limit
+    /// a watch is refused with a typed error, and a dropped watch frees its consumer only once
+    /// the server's inactivity threshold has passed.
+    #[test]
+    fn watches_count_against_the_consumer_limit_and_linger_after_they_are_dropped() {
+        let mut state = BrokerState::new(DEFAULT_MAX_PAYLOAD).with_consumers_max(2);
+        state.kv_ensure(KvConfig::new("b")).unwrap();
+        state.kv_ensure(KvConfig::new("other")).unwrap();
+        let watch = |state: &mut BrokerState, bucket: &str, now| {
+            let (tx, rx) = mpsc::channel(8);
+            state.kv_watch(bucket, ">", tx, now).map(|_| rx)
+        };
+        let first = watch(&mut state, "b", at(0)).unwrap();
+        let _second = watch(&mut state, "b", at(0)).unwrap();
+        match watch(&mut state, "b", at(0)) {
+            Err(BrokerError::LimitReached {
+                limit: BrokerLimit::Consumers,
+                ..
+            }) => {}
+            other => panic!("a third consumer on one stream: {other:?}"),
+        }
+        // Other streams have their own limit.
+        watch(&mut state, "other", at(0)).unwrap();
+        drop(first);
+        assert!(
+            watch(&mut state, "b", at(1)).is_err(),
+            "a dropped watch's consumer lingers"
+        );
+        let lingering_until = 1 + CONSUMER_INACTIVE_THRESHOLD.as_secs();
+        assert!(watch(&mut state, "b", at(lingering_until - 1)).is_err());
+        watch(&mut state, "b", at(lingering_until)).unwrap();
+    }
+
+    /// Inboxes are unique for the life of the broker: a reply to one request can never be
+    /// delivered to another.
+    #[test]
+    fn inboxes_are_never_reused() {
+        let mut state = BrokerState::new(DEFAULT_MAX_PAYLOAD);
+        let inboxes: std::collections::BTreeSet<String> =
+            (0..10_000).map(|_| state.new_inbox()).collect();
+        assert_eq!(inboxes.len(), 10_000);
     }
 }

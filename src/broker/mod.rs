@@ -24,6 +24,7 @@ use futures::Stream;
 /// The async-nats crate `NatsBroker` is built on, for tooling and benchmarks.
 #[cfg(feature = "nats")]
 pub use async_nats;
+pub(crate) use memory::wire_size;
 pub use memory::{BrokerState, MemoryBroker, Now};
 #[cfg(feature = "nats")]
 pub use nats::{
@@ -119,6 +120,21 @@ impl StreamConfig {
         }
         Ok(())
     }
+}
+
+/// Which copy of a (possibly replicated) stream answers a read.
+///
+/// On a single server, and in the in-process broker, both are the same. On a replicated NATS
+/// stream, any caught-up replica answers a direct get: the cheapest read, but one that may be a
+/// moment behind the leader — it never returns what the leader does not hold, and it may miss
+/// the newest acknowledged messages. Only the stream leader knows everything acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Any replica (NATS direct get): cheapest; may trail the leader.
+    #[default]
+    AnyReplica,
+    /// The stream leader (NATS `STREAM.MSG.GET`): every acknowledged message.
+    Leader,
 }
 
 /// Conditions attached to a stream append.
@@ -305,12 +321,49 @@ pub enum BrokerError {
         /// Why.
         reason: String,
     },
+    /// A server resource limit refused the operation; nothing was changed. Retrying helps only
+    /// once the resource is freed ([`BrokerLimit::Requests`] is a request to back off).
+    #[error("broker limit reached ({limit}): {reason}")]
+    LimitReached {
+        /// Which limit.
+        limit: BrokerLimit,
+        /// What the backend said.
+        reason: String,
+    },
     /// Anything else the backend reported.
     #[error("broker error: {reason}")]
     Other {
         /// What the backend said.
         reason: String,
     },
+}
+
+/// The server resource limits a broker reports as [`BrokerError::LimitReached`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BrokerLimit {
+    /// Consumers per stream (NATS default 1,000; a KV watch holds one).
+    Consumers,
+    /// Streams per account.
+    Streams,
+    /// Storage (file or memory) of the account or the server.
+    Storage,
+    /// Other account resource limits.
+    Account,
+    /// The server asks the client to send fewer requests (HTTP-style 429).
+    Requests,
+}
+
+impl fmt::Display for BrokerLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BrokerLimit::Consumers => "consumers per stream",
+            BrokerLimit::Streams => "streams per account",
+            BrokerLimit::Storage => "storage",
+            BrokerLimit::Account => "account resources",
+            BrokerLimit::Requests => "request rate",
+        })
+    }
 }
 
 impl BrokerError {
@@ -335,16 +388,45 @@ impl BrokerError {
     }
 }
 
+/// A source of core messages behind a [`Subscription`]: a stream that can also be drained.
+pub trait SubscriptionSource: Stream<Item = Message> + Send + Unpin + 'static {
+    /// Stops new deliveries: messages already on their way to this subscriber are still
+    /// yielded, then the stream ends.
+    fn drain(&mut self) -> futures::future::BoxFuture<'_, ()>;
+}
+
+/// A plain stream as a subscription source whose drain stops nothing (the stream ends when its
+/// producer ends it). For wrappers and tests.
+struct Plain(Pin<Box<dyn Stream<Item = Message> + Send>>);
+
+impl Stream for Plain {
+    type Item = Message;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.0.as_mut().poll_next(cx)
+    }
+}
+
+impl SubscriptionSource for Plain {
+    fn drain(&mut self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
 /// A live subscription: a stream of core messages. Dropping it unsubscribes.
 pub struct Subscription {
-    inner: Pin<Box<dyn Stream<Item = Message> + Send>>,
+    inner: Box<dyn SubscriptionSource>,
 }
 
 impl Subscription {
-    /// Wraps any stream of messages.
+    /// Wraps any stream of messages (its [`drain`](Self::drain) does nothing).
     pub fn new(inner: impl Stream<Item = Message> + Send + 'static) -> Self {
+        Self::from_source(Plain(Box::pin(inner)))
+    }
+
+    /// Wraps a source that can be drained.
+    pub fn from_source(source: impl SubscriptionSource) -> Self {
         Self {
-            inner: Box::pin(inner),
+            inner: Box::new(source),
         }
     }
 
@@ -355,12 +437,19 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Message> {
         futures::StreamExt::next(&mut self.inner).await
     }
+
+    /// Unsubscribes without losing what is already on its way: no new message is delivered to
+    /// this subscription, the ones in flight still are, and then [`next`](Self::next) returns
+    /// `None`. Used to leave without dropping requests a node has already been sent.
+    pub async fn drain(&mut self) {
+        self.inner.drain().await;
+    }
 }
 
 impl Stream for Subscription {
     type Item = Message;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.inner.as_mut().poll_next(cx)
+        Pin::new(&mut self.inner).poll_next(cx)
     }
 }
 
@@ -435,15 +524,36 @@ pub trait Broker: Clone + Send + Sync + 'static {
         options: AppendOptions,
     ) -> impl Future<Output = Result<AppendAck, BrokerError>> + Send;
 
-    /// The last message stored on `subject` in `stream`, if any.
+    /// The last message stored on `subject` in `stream`, if any, as `from` knows it.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown stream.
     fn last(
         &self,
         stream: &str,
         subject: &str,
+        from: ReadFrom,
+    ) -> impl Future<Output = Result<Option<StoredMessage>, BrokerError>> + Send;
+
+    /// The first message on `subject` in `stream` with sequence `>= from_sequence`, if any, as
+    /// `from` knows it. One round trip, whatever the subject's length.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown stream.
+    fn next(
+        &self,
+        stream: &str,
+        subject: &str,
+        from_sequence: u64,
+        from: ReadFrom,
     ) -> impl Future<Output = Result<Option<StoredMessage>, BrokerError>> + Send;
 
     /// Every message of `stream` on `subject` — a subject, or a pattern with `*`/`>` — with
     /// sequence `>= from_sequence`, in stream order.
+    ///
+    /// Reads may be served by any replica ([`ReadFrom::AnyReplica`]): what they return is the
+    /// subject's history in order without gaps, but possibly without the newest messages. Reads
+    /// leave nothing behind on the server (no consumer outlives the call).
     fn read(
         &self,
         stream: &str,

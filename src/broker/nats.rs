@@ -6,8 +6,8 @@
 //! |---|---|
 //! | `ensure_stream` | stream create with allow-direct, deny-delete, deny-purge, duplicate window, max age, replicas |
 //! | `append` | JetStream publish with `Nats-Expected-Last-Subject-Sequence` and `Nats-Msg-Id` |
-//! | `last` | direct get `last_by_subj` (any replica answers; may trail the leader by a moment) |
-//! | `read` | an ordered consumer filtered on the subject from a start sequence, stopped at pending 0 |
+//! | `last`, `next` | [`ReadFrom::AnyReplica`]: direct get (any replica answers; may trail the leader by a moment); [`ReadFrom::Leader`]: `STREAM.MSG.GET` |
+//! | `read`, `read_each`, `read_batch`, `kv_entries` | batched direct gets (server 2.11+): pages of up to 512 messages, no consumer; a read with thousands of messages left after its first page continues with an ordered consumer that is deleted when the read ends |
 //! | `publish` / `subscribe` / `request` | core NATS |
 //! | `kv_*` | a KV bucket (history 1; the bucket's max age is the TTL) |
 //!
@@ -31,8 +31,9 @@ use futures::StreamExt;
 use super::memory::{check_user_headers, wire_size};
 use super::subject::{validate_kv_key, validate_pattern, validate_subject};
 use super::{
-    AppendAck, AppendOptions, Broker, BrokerError, Headers, KvConfig, KvEntry, KvOperation,
-    KvWatch, Message, StorageKind, StoredMessage, StreamConfig, Subscription,
+    AppendAck, AppendOptions, Broker, BrokerError, BrokerLimit, Headers, KvConfig, KvEntry,
+    KvOperation, KvWatch, Message, ReadFrom, StorageKind, StoredMessage, StreamConfig,
+    Subscription, SubscriptionSource,
 };
 
 /// The oldest nats-server release aether runs against, as (major, minor).
@@ -247,6 +248,8 @@ pub enum NatsConnectError {
 pub struct NatsBroker {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// The JetStream API subject prefix the context uses (`$JS.API`).
+    api_prefix: String,
     request_timeout: Duration,
     buckets: Arc<Mutex<BTreeMap<String, kv::Store>>>,
 }
@@ -368,6 +371,7 @@ impl NatsBroker {
         Ok(Self {
             client,
             js,
+            api_prefix: JS_API_PREFIX.to_owned(),
             request_timeout: options.request_timeout,
             buckets: Arc::new(Mutex::new(BTreeMap::new())),
         })
@@ -405,23 +409,180 @@ impl NatsBroker {
         self.buckets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads `filter` of `stream` with an ordered consumer until nothing is pending.
+    /// Hands `sink` the messages of `stream` matching `filter` from `from_sequence` on, in
+    /// stream order, until the end of the stream or until `sink` returns `false`.
     ///
-    /// The consumer's `num_pending` at creation says whether there is anything to read; each
-    /// delivered message says how many are still pending, and the read stops at 0. If the
-    /// consumer goes quiet while messages should still be pending (they expired meanwhile, or
-    /// the stream changed leader), it is recreated from the next sequence, whose fresh
-    /// `num_pending` tells the truth.
-    /// Runs an ordered consumer over `filter` and hands every message to `sink` as it arrives,
-    /// until nothing is pending or `sink` returns `false`. A consumer that stalls is recreated after the last delivered
-    /// sequence (start-sequence policies) or from the start (other policies: `sink` then sees
-    /// messages again and must be idempotent).
-    async fn consume<F: FnMut(jetstream::Message) -> bool + Send>(
+    /// Pages come from batched direct gets, which create nothing on the server. A read that
+    /// still has more than [`CONSUMER_READ_MIN`] messages to go after a page continues with an
+    /// ordered consumer (flow-controlled, faster for long reads), deleted when the read ends.
+    async fn read_pages<F: FnMut(StoredMessage) -> bool + Send>(
         &self,
         op: &Op<'_>,
         stream: &str,
         filter: &str,
-        deliver_policy: consumer::DeliverPolicy,
+        from_sequence: u64,
+        mut sink: F,
+    ) -> Result<(), BrokerError> {
+        let mut from = from_sequence.max(1);
+        // A short first page: most reads (an actor's history) end within it, and a long read
+        // learns its length from it cheaply before moving on to a consumer.
+        let mut batch = DIRECT_FIRST_BATCH_MAX;
+        loop {
+            let page = self
+                .direct_page(op, stream, filter, from, batch, &mut sink)
+                .await?;
+            batch = DIRECT_BATCH_MAX;
+            if page.unanswered {
+                // No replica takes direct gets right now: read from the leader instead.
+                return self.consume(op, stream, filter, from, sink).await;
+            }
+            let Some(last) = page.last_sequence else {
+                return Ok(());
+            };
+            if page.stopped || page.pending == 0 {
+                return Ok(());
+            }
+            from = last + 1;
+            if page.pending > CONSUMER_READ_MIN {
+                return self.consume(op, stream, filter, from, sink).await;
+            }
+        }
+    }
+
+    /// One batched direct get: up to `batch` messages of `filter` from `from_sequence`,
+    /// answered by any replica, handed to `sink` as they arrive.
+    async fn direct_page<F: FnMut(StoredMessage) -> bool + Send>(
+        &self,
+        op: &Op<'_>,
+        stream: &str,
+        filter: &str,
+        from_sequence: u64,
+        batch: usize,
+        sink: &mut F,
+    ) -> Result<DirectPage, BrokerError> {
+        let inbox = self.client.new_inbox();
+        let mut replies = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| map_error(op, &e))?;
+        let request = serde_json::json!({
+            "seq": from_sequence,
+            "next_by_subj": filter,
+            "batch": batch,
+            "max_bytes": DIRECT_BATCH_BYTES_MAX,
+        });
+        self.client
+            .publish_with_reply(
+                format!("{}.DIRECT.GET.{stream}", self.api_prefix),
+                inbox,
+                Bytes::from(request.to_string()),
+            )
+            .await
+            .map_err(|e| map_error(op, &e))?;
+        let mut page = DirectPage::default();
+        loop {
+            let reply = match tokio::time::timeout(self.request_timeout, replies.next()).await {
+                Ok(Some(reply)) => reply,
+                Ok(None) => {
+                    return Err(BrokerError::Unavailable {
+                        reason: format!("connection closed while {op}"),
+                    });
+                }
+                Err(_) => {
+                    return Err(BrokerError::Timeout {
+                        operation: op.to_string(),
+                    });
+                }
+            };
+            match reply.status.map(|s| s.as_u16()) {
+                None => {
+                    let message =
+                        jetstream::message::StreamMessage::try_from(reply).map_err(|e| {
+                            BrokerError::Other {
+                                reason: format!("malformed direct get reply while {op}: {e}"),
+                            }
+                        })?;
+                    page.last_sequence = Some(message.sequence);
+                    let stored = StoredMessage {
+                        subject: message.subject.to_string(),
+                        sequence: message.sequence,
+                        headers: from_header_map(Some(&message.headers)),
+                        payload: message.payload,
+                        time: SystemTime::from(message.time),
+                    };
+                    if !sink(stored) {
+                        page.stopped = true;
+                        return Ok(page);
+                    }
+                }
+                // End of batch: how many matching messages follow.
+                Some(204) => {
+                    page.pending = reply
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(HEADER_NUM_PENDING))
+                        .and_then(|v| v.as_str().parse().ok())
+                        .unwrap_or(0);
+                    return Ok(page);
+                }
+                // Nothing at or after `from_sequence`.
+                Some(404) => return Ok(page),
+                // Nobody answers direct gets for this stream: it does not exist, or no replica
+                // serves direct gets right now (seen on a 3-node cluster for seconds at a time
+                // on one connection while the others were answered).
+                Some(503) => {
+                    return match self.missing_stream(op, stream).await {
+                        error @ BrokerError::NotFound { .. } => Err(error),
+                        error => {
+                            tracing::debug!(stream, %error, "direct get unanswered");
+                            page.unanswered = true;
+                            Ok(page)
+                        }
+                    };
+                }
+                Some(status) => {
+                    return Err(BrokerError::Other {
+                        reason: format!(
+                            "direct get on {stream} answered {status} {} while {op}",
+                            reply.description.unwrap_or_default()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Why `stream` did not answer: `NotFound` when the server says it does not exist,
+    /// `Unavailable` when that cannot be told (e.g. no stream or meta leader right now).
+    async fn missing_stream(&self, op: &Op<'_>, stream: &str) -> BrokerError {
+        match self.js.get_stream(stream).await {
+            Err(e) if matches!(map_error(op, &e), BrokerError::NotFound { .. }) => {
+                BrokerError::not_found(format!("stream {stream:?}"))
+            }
+            Err(e) => BrokerError::Unavailable {
+                reason: format!("stream {stream:?} did not answer: {e}"),
+            },
+            Ok(_) => BrokerError::Unavailable {
+                reason: format!("no replica of stream {stream:?} answered"),
+            },
+        }
+    }
+
+    /// Reads `filter` of `stream` from `from_sequence` with an ordered consumer until nothing is
+    /// pending or `sink` returns `false`, then deletes the consumer.
+    ///
+    /// The consumer's `num_pending` at creation says whether there is anything to read; each
+    /// delivered message says how many are still pending, and the read stops at 0. If the
+    /// consumer goes quiet while messages should still be pending (they expired meanwhile, or
+    /// the stream changed leader), it is replaced by one starting after the last delivered
+    /// sequence, whose fresh `num_pending` tells the truth.
+    async fn consume<F: FnMut(StoredMessage) -> bool + Send>(
+        &self,
+        op: &Op<'_>,
+        stream: &str,
+        filter: &str,
+        from_sequence: u64,
         mut sink: F,
     ) -> Result<(), BrokerError> {
         let handle = self
@@ -429,61 +590,108 @@ impl NatsBroker {
             .get_stream_no_info(stream)
             .await
             .map_err(|e| map_error(op, &e))?;
-        let restartable = matches!(
-            deliver_policy,
-            consumer::DeliverPolicy::ByStartSequence { .. } | consumer::DeliverPolicy::All
-        );
-        let mut policy = deliver_policy;
-        let mut last_delivered: Option<u64> = None;
+        let mut from = from_sequence;
         let mut stalls = 0u32;
         loop {
             let ordered = handle
                 .create_consumer(consumer::pull::OrderedConfig {
                     filter_subject: filter.to_owned(),
-                    deliver_policy: policy,
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: from,
+                    },
                     ..Default::default()
                 })
                 .await
                 .map_err(|e| map_error(op, &e))?;
-            if ordered.cached_info().num_pending == 0 {
-                return Ok(());
+            let name = ordered.cached_info().name.clone();
+            let result = self.drain_consumer(op, ordered, &mut from, &mut sink).await;
+            // Best effort: a consumer the delete misses (the process died, the connection broke)
+            // expires by async-nats' 30 s inactive threshold.
+            if let Err(error) = handle.delete_consumer(&name).await {
+                tracing::debug!(stream, consumer = name, %error, "read consumer not deleted");
             }
-            let mut messages = ordered.messages().await.map_err(|e| map_error(op, &e))?;
-            loop {
-                let next = tokio::time::timeout(CONSUMER_IDLE_MAX, messages.next()).await;
-                let message = match next {
-                    Ok(Some(Ok(m))) => m,
-                    Ok(Some(Err(e))) => return Err(map_error(op, &e)),
-                    Ok(None) | Err(_) => break,
-                };
-                let (sequence, left) = message
-                    .info()
-                    .map(|i| (Some(i.stream_sequence), i.pending))
-                    .unwrap_or((None, 0));
-                last_delivered = sequence.or(last_delivered);
-                let more = sink(message);
-                stalls = 0;
-                if left == 0 || !more {
-                    return Ok(());
+            match result? {
+                ConsumerEnd::Done => return Ok(()),
+                ConsumerEnd::Stalled => {
+                    stalls += 1;
+                    if stalls * CONSUMER_IDLE_MAX.as_millis() as u32
+                        > self.request_timeout.as_millis() as u32
+                    {
+                        return Err(BrokerError::Timeout {
+                            operation: op.to_string(),
+                        });
+                    }
                 }
             }
-            stalls += 1;
-            if stalls * CONSUMER_IDLE_MAX.as_millis() as u32
-                > self.request_timeout.as_millis() as u32
-            {
-                return Err(BrokerError::Timeout {
-                    operation: op.to_string(),
-                });
-            }
-            policy = match last_delivered {
-                Some(sequence) if restartable => consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: sequence + 1,
-                },
-                _ => deliver_policy,
+        }
+    }
+
+    /// Hands the messages of one ordered consumer to `sink`; `from` follows the last delivered
+    /// sequence, so that a replacement consumer can carry on after a stall.
+    async fn drain_consumer<F: FnMut(StoredMessage) -> bool + Send>(
+        &self,
+        op: &Op<'_>,
+        ordered: consumer::Consumer<consumer::pull::OrderedConfig>,
+        from: &mut u64,
+        sink: &mut F,
+    ) -> Result<ConsumerEnd, BrokerError> {
+        if ordered.cached_info().num_pending == 0 {
+            return Ok(ConsumerEnd::Done);
+        }
+        let mut messages = ordered.messages().await.map_err(|e| map_error(op, &e))?;
+        loop {
+            let next = tokio::time::timeout(CONSUMER_IDLE_MAX, messages.next()).await;
+            let message = match next {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(map_error(op, &e)),
+                Ok(None) | Err(_) => return Ok(ConsumerEnd::Stalled),
             };
+            let Some(stored) = stored_message(&message) else {
+                continue;
+            };
+            let left = message.info().map(|i| i.pending).unwrap_or(0);
+            *from = stored.sequence + 1;
+            if !sink(stored) || left == 0 {
+                return Ok(ConsumerEnd::Done);
+            }
         }
     }
 }
+
+/// How a batched direct get ended.
+#[derive(Debug, Default)]
+struct DirectPage {
+    /// Sequence of the last message delivered, if any.
+    last_sequence: Option<u64>,
+    /// Matching messages after the page, as the server counted them at its end.
+    pending: u64,
+    /// The sink asked to stop.
+    stopped: bool,
+    /// No replica answered (the stream exists): nothing was delivered.
+    unanswered: bool,
+}
+
+/// How one ordered consumer ended.
+enum ConsumerEnd {
+    /// Nothing pending, or the sink asked to stop.
+    Done,
+    /// It went quiet while messages should be pending.
+    Stalled,
+}
+
+/// The JetStream API prefix of the default domain.
+const JS_API_PREFIX: &str = "$JS.API";
+/// Header of a direct get's end-of-batch status: matching messages not sent.
+const HEADER_NUM_PENDING: &str = "Nats-Num-Pending";
+/// Messages in the first batched direct get of a read.
+const DIRECT_FIRST_BATCH_MAX: usize = 128;
+/// Messages per later batched direct get.
+const DIRECT_BATCH_MAX: usize = 512;
+/// Bytes per batched direct get (well under the server's slow-consumer limit).
+const DIRECT_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// A read with more messages than this left after a page switches to an ordered consumer,
+/// whose flow-controlled delivery is about twice as fast for long reads.
+const CONSUMER_READ_MIN: u64 = 2_048;
 
 /// Whether an I/O error's text is rustls refusing the TLS handshake.
 fn is_tls_failure(reason: &str) -> bool {
@@ -585,6 +793,13 @@ mod code {
     pub const TEMPORARILY_UNAVAILABLE: u64 = 10163;
     pub const IN_FLIGHT_WRITE: u64 = 10164;
     pub const KV_NOT_FOUND: u64 = 10059;
+    pub const ACCOUNT_RESOURCES_EXCEEDED: u64 = 10002;
+    pub const MAXIMUM_CONSUMERS: u64 = 10026;
+    pub const MAXIMUM_STREAMS: u64 = 10027;
+    pub const MEMORY_RESOURCES_EXCEEDED: u64 = 10028;
+    pub const STORAGE_RESOURCES_EXCEEDED: u64 = 10047;
+    pub const STREAM_BYTES_EXCEEDS_ACCOUNT: u64 = 10122;
+    pub const TOO_MANY_REQUESTS: u64 = 10167;
 }
 
 /// Parses the actual sequence out of "wrong last sequence: 42 (code 400, error code 10071)".
@@ -649,6 +864,7 @@ fn map_error(op: &Op<'_>, error: &(dyn std::error::Error + 'static)) -> BrokerEr
     };
     let unavailable = || BrokerError::Unavailable { reason: reason() };
     let too_large = |size: usize, max: usize| BrokerError::PayloadTooLarge { size, max };
+    let limit = |limit: BrokerLimit, reason: String| BrokerError::LimitReached { limit, reason };
     let no_responders = || match op {
         Op::Request { subject, .. } => BrokerError::NoResponders {
             subject: (*subject).to_owned(),
@@ -717,11 +933,18 @@ fn map_error(op: &Op<'_>, error: &(dyn std::error::Error + 'static)) -> BrokerEr
                 | code::CLUSTER_NOT_LEADER => BrokerError::Unavailable {
                     reason: description,
                 },
-                code::INSUFFICIENT_RESOURCES | code::NO_SUITABLE_PEERS => {
-                    BrokerError::InvalidArgument {
-                        reason: description,
-                    }
+                code::NO_SUITABLE_PEERS => BrokerError::InvalidArgument {
+                    reason: description,
+                },
+                code::MAXIMUM_CONSUMERS => limit(BrokerLimit::Consumers, description),
+                code::MAXIMUM_STREAMS => limit(BrokerLimit::Streams, description),
+                code::INSUFFICIENT_RESOURCES
+                | code::MEMORY_RESOURCES_EXCEEDED
+                | code::STORAGE_RESOURCES_EXCEEDED => limit(BrokerLimit::Storage, description),
+                code::ACCOUNT_RESOURCES_EXCEEDED | code::STREAM_BYTES_EXCEEDS_ACCOUNT => {
+                    limit(BrokerLimit::Account, description)
                 }
+                code::TOO_MANY_REQUESTS => limit(BrokerLimit::Requests, description),
                 // 503 without an err_code: JetStream has no leader at the moment.
                 _ if api.code() == 503 => BrokerError::Unavailable {
                     reason: description,
@@ -877,6 +1100,50 @@ fn stored_message(message: &jetstream::Message) -> Option<StoredMessage> {
     })
 }
 
+fn stream_message(m: jetstream::message::StreamMessage) -> StoredMessage {
+    StoredMessage {
+        subject: m.subject.to_string(),
+        sequence: m.sequence,
+        headers: from_header_map(Some(&m.headers)),
+        payload: m.payload,
+        time: SystemTime::from(m.time),
+    }
+}
+
+/// Whether a direct get found nobody to answer it (status 503): the stream is missing, or no
+/// replica serves direct gets right now; the leader read that follows tells which.
+fn is_unanswered(error: &stream::DirectGetError) -> bool {
+    matches!(error.kind(), stream::DirectGetErrorKind::ErrorResponse(status, _) if status.as_u16() == 503)
+}
+
+/// The header a KV bucket's stream marks deletions with (`DEL`, `PURGE`).
+const HEADER_KV_OPERATION: &str = "KV-Operation";
+
+/// A core subscription; draining is async-nats' drain (UNSUB, then what is in flight).
+struct NatsSubscription(async_nats::Subscriber);
+
+impl futures::Stream for NatsSubscription {
+    type Item = Message;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Message>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|m| m.map(core_message))
+    }
+}
+
+impl SubscriptionSource for NatsSubscription {
+    fn drain(&mut self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(error) = self.0.drain().await {
+                tracing::debug!(%error, "drain of a subscription failed");
+            }
+        })
+    }
+}
+
 fn storage(kind: StorageKind) -> stream::StorageType {
     match kind {
         StorageKind::File => stream::StorageType::File,
@@ -989,11 +1256,19 @@ impl Broker for NatsBroker {
                 BrokerError::NotFound { what } => {
                     // No responders: either no stream captures the subject (definite), or the
                     // stream exists and is between leaders (transient; nothing was stored).
+                    // Only the server's definite "no stream captures it" is NotFound; a lookup
+                    // that itself fails (the meta leader is moving too) leaves it transient.
+                    use jetstream::context::GetStreamByNameErrorKind as K;
                     match self.js.stream_by_subject(subject.to_owned()).await {
+                        Err(e) if e.kind() == K::NotFound => Err(BrokerError::NotFound { what }),
                         Ok(_) => Err(BrokerError::Unavailable {
                             reason: format!("stream for subject {subject:?} has no leader"),
                         }),
-                        Err(_) => Err(BrokerError::NotFound { what }),
+                        Err(e) => Err(BrokerError::Unavailable {
+                            reason: format!(
+                                "no answer for subject {subject:?}, and the stream lookup failed: {e}"
+                            ),
+                        }),
                     }
                 }
                 BrokerError::PayloadTooLarge { size, max: 0 } => {
@@ -1016,6 +1291,7 @@ impl Broker for NatsBroker {
         &self,
         stream: &str,
         subject: &str,
+        from: ReadFrom,
     ) -> Result<Option<StoredMessage>, BrokerError> {
         validate_subject(subject)?;
         let op = Op::Last { stream };
@@ -1024,15 +1300,54 @@ impl Broker for NatsBroker {
             .get_stream_no_info(stream)
             .await
             .map_err(|e| map_error(&op, &e))?;
-        match handle.direct_get_last_for_subject(subject).await {
-            Ok(m) => Ok(Some(StoredMessage {
-                subject: m.subject.to_string(),
-                sequence: m.sequence,
-                headers: from_header_map(Some(&m.headers)),
-                payload: m.payload,
-                time: SystemTime::from(m.time),
-            })),
-            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+        if from == ReadFrom::AnyReplica {
+            match handle.direct_get_last_for_subject(subject).await {
+                Ok(m) => return Ok(Some(stream_message(m))),
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(None),
+                // No replica serves direct gets right now: ask the leader.
+                Err(e) if is_unanswered(&e) => {}
+                Err(e) => return Err(map_error(&op, &e)),
+            }
+        }
+        match handle.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Ok(Some(stream_message(m))),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(map_error(&op, &e)),
+        }
+    }
+
+    async fn next(
+        &self,
+        stream: &str,
+        subject: &str,
+        from_sequence: u64,
+        from: ReadFrom,
+    ) -> Result<Option<StoredMessage>, BrokerError> {
+        validate_subject(subject)?;
+        let op = Op::Last { stream };
+        let handle = self
+            .js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| map_error(&op, &e))?;
+        let from_sequence = from_sequence.max(1);
+        if from == ReadFrom::AnyReplica {
+            match handle
+                .direct_get_next_for_subject(subject, Some(from_sequence))
+                .await
+            {
+                Ok(m) => return Ok(Some(stream_message(m))),
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(None),
+                Err(e) if is_unanswered(&e) => {}
+                Err(e) => return Err(map_error(&op, &e)),
+            }
+        }
+        match handle
+            .get_first_raw_message_by_subject(subject, from_sequence)
+            .await
+        {
+            Ok(m) => Ok(Some(stream_message(m))),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(map_error(&op, &e)),
         }
     }
@@ -1058,20 +1373,10 @@ impl Broker for NatsBroker {
     ) -> Result<(), BrokerError> {
         validate_pattern(subject)?;
         let op = Op::Read { stream };
-        self.consume(
-            &op,
-            stream,
-            subject,
-            consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from_sequence.max(1),
-            },
-            |message| {
-                if let Some(stored) = stored_message(&message) {
-                    visit(stored);
-                }
-                true
-            },
-        )
+        self.read_pages(&op, stream, subject, from_sequence, |m| {
+            visit(m);
+            true
+        })
         .await
     }
 
@@ -1083,26 +1388,39 @@ impl Broker for NatsBroker {
         max: usize,
     ) -> Result<Vec<StoredMessage>, BrokerError> {
         validate_pattern(filter)?;
-        let mut out = Vec::new();
-        if max == 0 {
-            return Ok(out);
-        }
         let op = Op::Read { stream };
-        self.consume(
-            &op,
-            stream,
-            filter,
-            consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from_sequence.max(1),
-            },
-            |message| {
-                if let Some(stored) = stored_message(&message) {
-                    out.push(stored);
-                }
-                out.len() < max
-            },
-        )
-        .await?;
+        let mut out = Vec::new();
+        let mut from = from_sequence.max(1);
+        while out.len() < max {
+            let page = self
+                .direct_page(
+                    &op,
+                    stream,
+                    filter,
+                    from,
+                    (max - out.len()).min(DIRECT_BATCH_MAX),
+                    &mut |m| {
+                        out.push(m);
+                        true
+                    },
+                )
+                .await?;
+            if page.unanswered {
+                let wanted = max - out.len();
+                let mut taken = 0;
+                self.consume(&op, stream, filter, from, |m| {
+                    out.push(m);
+                    taken += 1;
+                    taken < wanted
+                })
+                .await?;
+                break;
+            }
+            match page.last_sequence {
+                Some(last) if page.pending > 0 => from = last + 1,
+                _ => break,
+            }
+        }
         Ok(out)
     }
 
@@ -1136,7 +1454,7 @@ impl Broker for NatsBroker {
             .subscribe(pattern.to_owned())
             .await
             .map_err(|e| map_error(&Op::Subscribe, &e))?;
-        Ok(Subscription::new(subscriber.map(core_message)))
+        Ok(Subscription::from_source(NatsSubscription(subscriber)))
     }
 
     async fn request(
@@ -1258,44 +1576,40 @@ impl Broker for NatsBroker {
         self.bucket(bucket).await?;
         let op = Op::KvRead { bucket };
         let prefix = format!("$KV.{bucket}.");
-        let mut messages = Vec::new();
-        self.consume(
+        // Buckets keep one message per key (history 1): reading the bucket's stream from the
+        // start gives each key's latest entry, tombstones included — with batched direct gets,
+        // so a poll leaves nothing behind on the server.
+        let mut entries: BTreeMap<String, KvEntry> = BTreeMap::new();
+        self.read_pages(
             &op,
             &format!("KV_{bucket}"),
             &format!("{prefix}>"),
-            consumer::DeliverPolicy::LastPerSubject,
-            |m| {
-                messages.push(m);
+            1,
+            |message| {
+                if let Some(key) = message.subject.strip_prefix(&prefix) {
+                    let deleted = message
+                        .headers
+                        .get(HEADER_KV_OPERATION)
+                        .is_some_and(|v| v == "DEL" || v == "PURGE");
+                    if deleted {
+                        entries.remove(key);
+                    } else {
+                        entries.insert(
+                            key.to_owned(),
+                            KvEntry {
+                                bucket: bucket.to_owned(),
+                                key: key.to_owned(),
+                                value: message.payload,
+                                revision: message.sequence,
+                                operation: KvOperation::Put,
+                            },
+                        );
+                    }
+                }
                 true
             },
         )
         .await?;
-        let mut entries: BTreeMap<String, KvEntry> = BTreeMap::new();
-        for message in &messages {
-            let Some(key) = message.subject.as_str().strip_prefix(&prefix) else {
-                continue;
-            };
-            let deleted = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|v| v.as_str() == "DEL" || v.as_str() == "PURGE");
-            if deleted {
-                entries.remove(key);
-                continue;
-            }
-            let Ok(info) = message.info() else { continue };
-            entries.insert(
-                key.to_owned(),
-                KvEntry {
-                    bucket: bucket.to_owned(),
-                    key: key.to_owned(),
-                    value: message.payload.clone(),
-                    revision: info.stream_sequence,
-                    operation: KvOperation::Put,
-                },
-            );
-        }
         Ok(entries.into_values().collect())
     }
 

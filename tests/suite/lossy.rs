@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aether::broker::{
     AppendAck, AppendOptions, Broker, BrokerError, Headers, KvConfig, KvEntry, KvWatch, Message,
-    StoredMessage, StreamConfig, Subscription,
+    ReadFrom, StoredMessage, StreamConfig, Subscription,
 };
 use bytes::Bytes;
 
@@ -77,8 +77,19 @@ impl<B: Broker> Broker for LossyBroker<B> {
         &self,
         stream: &str,
         subject: &str,
+        from: ReadFrom,
     ) -> Result<Option<StoredMessage>, BrokerError> {
-        self.inner.last(stream, subject).await
+        self.inner.last(stream, subject, from).await
+    }
+
+    async fn next(
+        &self,
+        stream: &str,
+        subject: &str,
+        from_sequence: u64,
+        from: ReadFrom,
+    ) -> Result<Option<StoredMessage>, BrokerError> {
+        self.inner.next(stream, subject, from_sequence, from).await
     }
 
     async fn read(

@@ -327,6 +327,292 @@ async fn plant_raw_record<B: Broker>(
         .sequence
 }
 
+/// Plants a record with the given headers and payload on `actor`'s subject, as something other
+/// than the store would write it.
+async fn plant_record<B: Broker>(
+    broker: &B,
+    ns: &str,
+    actor: &str,
+    headers: &[(&str, &str)],
+    payload: Vec<u8>,
+) -> u64 {
+    let subject = format!("aether.ev.{ns}.{}", encode_actor_id(actor).unwrap());
+    let headers: Headers = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    broker
+        .append(
+            &subject,
+            headers,
+            Bytes::from(payload),
+            AppendOptions::default(),
+        )
+        .await
+        .expect("raw append")
+        .sequence
+}
+
+/// A well-formed commit of `actor` holding one event at `version`, as JSON bytes.
+fn forged_commit(commit_id: &str, actor: &str, version: u64) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "format": 1,
+        "commit_id": commit_id,
+        "actor_id": actor,
+        "events": [{
+            "id": format!("{commit_id}-e"),
+            "event_type": "Forged",
+            "version": version,
+            "timestamp": 0,
+            "data": {},
+            "metadata": {},
+        }],
+    }))
+    .unwrap()
+}
+
+/// Checks, on a fresh handle and on one that knew the actor, that a damaged last record of
+/// `a` (whose valid history is version 1) decides nothing: the version stays 1, the next append
+/// is acknowledged at 2, and replay returns exactly [1, 2] plus the damaged record.
+async fn damaged_tail_decides_nothing<B: Broker>(broker: &B, ns: &str, damaged_sequence: u64) {
+    let fresh = open(broker.clone(), ns).await;
+    assert_eq!(fresh.latest_version("a").await.unwrap(), 1);
+    let outcome = fresh
+        .append("a", ExpectedVersion::Any, vec![ev("A", 2)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.first_version(), outcome.last_version()),
+        (2, 2),
+        "acknowledged at the version after the last valid one"
+    );
+    for store in [fresh, open(broker.clone(), ns).await] {
+        let replay = store.events_with_errors("a", 1).await.unwrap();
+        assert_eq!(
+            replay.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+            vec![1, 2],
+            "every acknowledged event is readable"
+        );
+        assert_eq!(
+            replay.errors.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            vec![damaged_sequence]
+        );
+        assert_eq!(store.latest_version("a").await.unwrap(), 2);
+    }
+}
+
+/// A truncated body under intact headers claiming version 2: the headers are not trusted.
+pub async fn a_truncated_commit_with_good_headers_decides_no_version<B: Broker>(
+    broker: B,
+    ns: String,
+) {
+    let store = open(broker.clone(), &ns).await;
+    store
+        .append("a", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap();
+    let mut body = forged_commit("c-2", "a", 2);
+    body.truncate(body.len() / 2);
+    let sequence = plant_record(
+        &broker,
+        &ns,
+        "a",
+        &[
+            ("Aether-Commit-Id", "c-2"),
+            ("Aether-First-Version", "2"),
+            ("Aether-Last-Version", "2"),
+            ("Aether-Format", "1"),
+        ],
+        body,
+    )
+    .await;
+    // The handle that wrote version 1 reads past the damaged record too.
+    assert_eq!(store.latest_version("a").await.unwrap(), 1);
+    damaged_tail_decides_nothing(&broker, &ns, sequence).await;
+}
+
+/// Headers claiming the largest version: no wrap-around, no acknowledged event at version 0.
+pub async fn headers_claiming_a_huge_version_decide_no_version<B: Broker>(broker: B, ns: String) {
+    let store = open(broker.clone(), &ns).await;
+    store
+        .append("a", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap();
+    let max = u64::MAX.to_string();
+    let sequence = plant_record(
+        &broker,
+        &ns,
+        "a",
+        &[
+            ("Aether-Commit-Id", "c-max"),
+            ("Aether-First-Version", &max),
+            ("Aether-Last-Version", &max),
+            ("Aether-Format", "1"),
+        ],
+        b"garbage".to_vec(),
+    )
+    .await;
+    damaged_tail_decides_nothing(&broker, &ns, sequence).await;
+    // A well-formed commit at the largest version is damage too: nothing can follow it.
+    let store = open(broker.clone(), &ns).await;
+    let sequence = plant_record(
+        &broker,
+        &ns,
+        "a",
+        &[
+            ("Aether-Commit-Id", "c-top"),
+            ("Aether-First-Version", &max),
+            ("Aether-Last-Version", &max),
+            ("Aether-Format", "1"),
+        ],
+        forged_commit("c-top", "a", u64::MAX),
+    )
+    .await;
+    assert_eq!(store.latest_version("a").await.unwrap(), 2);
+    let next = store
+        .append("a", ExpectedVersion::Any, vec![ev("A", 3)])
+        .await
+        .unwrap();
+    assert_eq!(next.last_version(), 3);
+    let replay = store.events_with_errors("a", 1).await.unwrap();
+    assert_eq!(replay.events.len(), 3);
+    assert!(replay.errors.iter().any(|e| e.sequence == sequence));
+}
+
+/// Headers that disagree with a valid body: the record is damaged, whichever side is right.
+pub async fn headers_disagreeing_with_the_body_mark_the_record_damaged<B: Broker>(
+    broker: B,
+    ns: String,
+) {
+    let store = open(broker.clone(), &ns).await;
+    store
+        .append("a", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap();
+    let sequence = plant_record(
+        &broker,
+        &ns,
+        "a",
+        &[
+            ("Aether-Commit-Id", "c-2"),
+            ("Aether-First-Version", "5"),
+            ("Aether-Last-Version", "5"),
+            ("Aether-Format", "1"),
+        ],
+        forged_commit("c-2", "a", 2),
+    )
+    .await;
+    let replay = store.events_with_errors("a", 1).await.unwrap();
+    assert!(matches!(
+        replay.errors[0].cause,
+        ReplayErrorCause::HeaderMismatch {
+            header: "Aether-First-Version",
+            ..
+        }
+    ));
+    damaged_tail_decides_nothing(&broker, &ns, sequence).await;
+}
+
+/// Well-formed commits that do not belong at the tail — a version gap, another actor's commit,
+/// a second copy of an earlier commit — never define the next version.
+pub async fn plausible_commits_out_of_place_decide_no_version<B: Broker>(broker: B, ns: String) {
+    let store = open(broker.clone(), &ns).await;
+    let first = store
+        .append("a", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap();
+    let headers = |id: &'static str, version: &'static str| {
+        [
+            ("Aether-Commit-Id", id),
+            ("Aether-First-Version", version),
+            ("Aether-Last-Version", version),
+            ("Aether-Format", "1"),
+        ]
+    };
+    // A gap: version 7 after version 1.
+    let sequence = plant_record(
+        &broker,
+        &ns,
+        "a",
+        &headers("c-gap", "7"),
+        forged_commit("c-gap", "a", 7),
+    )
+    .await;
+    assert_eq!(store.latest_version("a").await.unwrap(), 1);
+    let replay = store.events_with_errors("a", 1).await.unwrap();
+    assert_eq!(
+        replay.errors[0].cause,
+        ReplayErrorCause::VersionGap {
+            expected: 2,
+            found: 7
+        }
+    );
+    damaged_tail_decides_nothing(&broker, &ns, sequence).await;
+
+    // Another actor's commit on this actor's subject.
+    store
+        .append("b", ExpectedVersion::NoStream, vec![ev("B", 1)])
+        .await
+        .unwrap();
+    let foreign = plant_record(
+        &broker,
+        &ns,
+        "b",
+        &headers("c-foreign", "2"),
+        forged_commit("c-foreign", "a", 2),
+    )
+    .await;
+    assert_eq!(store.latest_version("b").await.unwrap(), 1);
+    let fresh = open(broker.clone(), &ns).await;
+    assert_eq!(fresh.latest_version("b").await.unwrap(), 1);
+    let replay = fresh.events_with_errors("b", 1).await.unwrap();
+    assert_eq!(replay.errors[0].sequence, foreign);
+    assert!(matches!(
+        replay.errors[0].cause,
+        ReplayErrorCause::WrongActor { .. }
+    ));
+
+    // A second copy of `a`'s first commit: the same id and versions, stored again.
+    let subject = format!("aether.ev.{ns}.{}", encode_actor_id("a").unwrap());
+    let original = broker
+        .next(
+            &format!("AETHER_EV_{ns}"),
+            &subject,
+            1,
+            aether::broker::ReadFrom::Leader,
+        )
+        .await
+        .unwrap()
+        .expect("a's first commit");
+    assert_eq!(
+        original.headers.get("Aether-Commit-Id"),
+        Some(&first.commit_id)
+    );
+    let copy = broker
+        .append(
+            &subject,
+            original.headers.clone(),
+            original.payload.clone(),
+            AppendOptions::default(),
+        )
+        .await
+        .unwrap()
+        .sequence;
+    for store in [store, open(broker.clone(), &ns).await] {
+        assert_eq!(store.latest_version("a").await.unwrap(), 2);
+        let replay = store.events_with_errors("a", 1).await.unwrap();
+        assert_eq!(
+            replay.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let damage = replay.errors.iter().find(|e| e.sequence == copy).unwrap();
+        assert!(
+            matches!(&damage.cause, ReplayErrorCause::DuplicateCommit(id) if *id == first.commit_id),
+            "{damage:?}"
+        );
+    }
+}
+
 pub async fn damaged_record_is_reported_not_skipped<B: Broker>(broker: B, ns: String) {
     let store = open(broker.clone(), &ns).await;
     store

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use aether::broker::{
     AppendOptions, Broker, BrokerError, DEFAULT_MAX_PAYLOAD, Headers, KvConfig, KvOperation,
-    StreamConfig,
+    ReadFrom, StreamConfig,
 };
 use bytes::Bytes;
 
@@ -33,7 +33,9 @@ macro_rules! conformance_bodies {
             expected_sequence_zero_means_the_subject_is_empty,
             a_repeated_message_id_is_acknowledged_as_duplicate_and_stored_once,
             last_returns_the_newest_message_of_a_subject_or_none,
+            next_returns_the_first_message_of_a_subject_from_a_sequence,
             read_returns_one_subject_in_stream_order_from_a_sequence,
+            reads_page_through_thousands_of_messages_and_wildcards,
             headers_round_trip_and_nats_headers_are_reserved,
             append_to_a_subject_no_stream_captures_is_not_found,
             ensure_stream_is_idempotent_and_refuses_overlaps_and_bad_names,
@@ -41,9 +43,12 @@ macro_rules! conformance_bodies {
             stream_messages_expire_after_max_age,
             subscriptions_match_wildcards_by_nats_rules,
             request_gets_a_reply_or_no_responders_or_a_timeout,
+            a_late_reply_never_answers_a_later_request,
+            a_drained_subscription_delivers_what_was_sent_then_ends,
             kv_create_refuses_a_live_key_but_not_a_deleted_one,
             kv_update_succeeds_only_at_the_latest_revision,
             kv_revisions_grow_across_keys_and_entries_list_live_keys_by_key,
+            kv_entries_list_more_keys_than_one_page,
             kv_watch_delivers_current_entries_then_every_put_and_delete,
             kv_entries_expire_after_the_bucket_ttl,
             kv_on_a_missing_bucket_is_not_found,
@@ -268,10 +273,15 @@ pub async fn a_repeated_message_id_is_acknowledged_as_duplicate_and_stored_once(
 /// payload; `None` for an empty subject; `NotFound` for an unknown stream.
 pub async fn last_returns_the_newest_message_of_a_subject_or_none(broker: impl Broker) {
     stream(&broker, "CONF_LAST", &["conf.last.*"]).await;
-    assert_eq!(
-        broker.last("CONF_LAST", "conf.last.a").await.expect("last"),
-        None
-    );
+    for from in [ReadFrom::AnyReplica, ReadFrom::Leader] {
+        assert_eq!(
+            broker
+                .last("CONF_LAST", "conf.last.a", from)
+                .await
+                .expect("last"),
+            None
+        );
+    }
     let mut headers = Headers::new();
     headers.insert("Aether-Test".into(), "one".into());
     broker
@@ -287,28 +297,153 @@ pub async fn last_returns_the_newest_message_of_a_subject_or_none(broker: impl B
         .append("conf.last.a", headers.clone(), bytes("a2"), expect(1))
         .await
         .expect("a2");
-    let last = broker
-        .last("CONF_LAST", "conf.last.a")
+    for from in [ReadFrom::AnyReplica, ReadFrom::Leader] {
+        let last = broker
+            .last("CONF_LAST", "conf.last.a", from)
+            .await
+            .expect("last")
+            .expect("a has messages");
+        assert_eq!(last.subject, "conf.last.a");
+        assert_eq!(last.sequence, 3);
+        assert_eq!(last.payload, bytes("a2"));
+        assert_eq!(last.headers, headers, "{from:?}");
+        assert!(last.time > std::time::UNIX_EPOCH);
+        let b = broker
+            .last("CONF_LAST", "conf.last.b", from)
+            .await
+            .expect("last")
+            .expect("b has a message");
+        assert_eq!((b.sequence, b.payload), (2, bytes("b1")));
+        assert!(b.headers.is_empty(), "no headers: {:?}", b.headers);
+        let err = broker
+            .last("CONF_NO_SUCH_STREAM", "conf.last.a", from)
+            .await
+            .expect_err("unknown stream");
+        assert!(matches!(err, BrokerError::NotFound { .. }), "{err:?}");
+    }
+}
+
+/// `next` is the first message of exactly that subject at or after a sequence, with its
+/// headers; `None` past the end; the same from the leader and from any replica.
+pub async fn next_returns_the_first_message_of_a_subject_from_a_sequence(broker: impl Broker) {
+    stream(&broker, "CONF_NEXT", &["conf.next.*"]).await;
+    let mut headers = Headers::new();
+    headers.insert("Aether-Test".into(), "x".into());
+    for (i, subject) in ["conf.next.a", "conf.next.b", "conf.next.b", "conf.next.a"]
+        .iter()
+        .enumerate()
+    {
+        broker
+            .append(
+                subject,
+                headers.clone(),
+                bytes(&i.to_string()),
+                AppendOptions::default(),
+            )
+            .await
+            .expect("append");
+    }
+    // a: sequences 1 and 4; b: 2 and 3.
+    for from in [ReadFrom::AnyReplica, ReadFrom::Leader] {
+        let at = |seq: u64| {
+            let broker = broker.clone();
+            async move {
+                broker
+                    .next("CONF_NEXT", "conf.next.a", seq, from)
+                    .await
+                    .expect("next")
+                    .map(|m| (m.sequence, m.payload, m.headers))
+            }
+        };
+        assert_eq!(
+            at(0).await,
+            Some((1, bytes("0"), headers.clone())),
+            "{from:?}"
+        );
+        assert_eq!(at(1).await, Some((1, bytes("0"), headers.clone())));
+        assert_eq!(at(2).await, Some((4, bytes("3"), headers.clone())));
+        assert_eq!(at(4).await, Some((4, bytes("3"), headers.clone())));
+        assert_eq!(at(5).await, None);
+        assert_eq!(
+            broker
+                .next("CONF_NEXT", "conf.next.c", 1, from)
+                .await
+                .expect("next"),
+            None
+        );
+        let err = broker
+            .next("CONF_NO_SUCH_STREAM", "conf.next.a", 1, from)
+            .await
+            .expect_err("unknown stream");
+        assert!(matches!(err, BrokerError::NotFound { .. }), "{err:?}");
+    }
+}
+
+/// Reads of thousands of messages come back whole and in order whichever way the broker pages
+/// them: one subject from any sequence, a wildcard over several subjects, `read_batch` across
+/// page boundaries, `read_each` as `read` does.
+pub async fn reads_page_through_thousands_of_messages_and_wildcards(broker: impl Broker) {
+    stream(&broker, "CONF_LONG", &["conf.long.*"]).await;
+    let total = 3_000u64;
+    for i in 0..total {
+        let subject = if i % 5 == 0 {
+            "conf.long.b"
+        } else {
+            "conf.long.a"
+        };
+        broker
+            .append(
+                subject,
+                Headers::new(),
+                bytes(&i.to_string()),
+                AppendOptions::default(),
+            )
+            .await
+            .expect("append");
+    }
+    let a_sequences: Vec<u64> = (1..=total).filter(|s| (s - 1) % 5 != 0).collect();
+    assert_eq!(
+        sequences(&broker, "CONF_LONG", "conf.long.a", 1).await,
+        a_sequences
+    );
+    let from = 777;
+    assert_eq!(
+        sequences(&broker, "CONF_LONG", "conf.long.a", from).await,
+        a_sequences
+            .iter()
+            .copied()
+            .filter(|s| *s >= from)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sequences(&broker, "CONF_LONG", "conf.long.*", 2).await,
+        (2..=total).collect::<Vec<_>>()
+    );
+    let mut visited = Vec::new();
+    broker
+        .read_each("CONF_LONG", "conf.long.b", 1, |m| {
+            visited.push((m.sequence, m.payload))
+        })
         .await
-        .expect("last")
-        .expect("a has messages");
-    assert_eq!(last.subject, "conf.last.a");
-    assert_eq!(last.sequence, 3);
-    assert_eq!(last.payload, bytes("a2"));
-    assert_eq!(last.headers, headers);
-    assert!(last.time > std::time::UNIX_EPOCH);
-    let b = broker
-        .last("CONF_LAST", "conf.last.b")
-        .await
-        .expect("last")
-        .expect("b has a message");
-    assert_eq!((b.sequence, b.payload), (2, bytes("b1")));
-    assert!(b.headers.is_empty(), "no headers: {:?}", b.headers);
-    let err = broker
-        .last("CONF_NO_SUCH_STREAM", "conf.last.a")
-        .await
-        .expect_err("unknown stream");
-    assert!(matches!(err, BrokerError::NotFound { .. }), "{err:?}");
+        .expect("read_each");
+    assert_eq!(visited.len(), 600);
+    assert!(
+        visited
+            .iter()
+            .all(|(seq, payload)| *payload == bytes(&(seq - 1).to_string()))
+    );
+    for (from, max) in [(1, 1), (10, 700), (2_500, 1_000), (3_001, 5)] {
+        let page = broker
+            .read_batch("CONF_LONG", "conf.long.*", from, max)
+            .await
+            .expect("read_batch");
+        let expected: Vec<u64> = (from..=total).take(max).collect();
+        assert_eq!(
+            page.iter().map(|m| m.sequence).collect::<Vec<_>>(),
+            expected,
+            "read_batch from {from}, max {max}"
+        );
+    }
 }
 
 /// `read` returns only the subject's messages, in stream order, from the given sequence on.
@@ -401,12 +536,14 @@ pub async fn headers_round_trip_and_nats_headers_are_reserved(broker: impl Broke
         read[0].headers, headers,
         "the broker's own headers are not shown"
     );
-    let last = broker
-        .last("CONF_HDR", "conf.hdr.a")
-        .await
-        .expect("last")
-        .expect("present");
-    assert_eq!(last.headers, headers);
+    for from in [ReadFrom::AnyReplica, ReadFrom::Leader] {
+        let last = broker
+            .last("CONF_HDR", "conf.hdr.a", from)
+            .await
+            .expect("last")
+            .expect("present");
+        assert_eq!(last.headers, headers);
+    }
     let mut reserved = Headers::new();
     reserved.insert("Nats-Msg-Id".into(), "sneaky".into());
     let err = broker
@@ -521,7 +658,7 @@ pub async fn stream_messages_expire_after_max_age(broker: impl Broker) {
             .expect("read")
             .is_empty()
             && broker
-                .last("CONF_AGE", "conf.age.a")
+                .last("CONF_AGE", "conf.age.a", ReadFrom::AnyReplica)
                 .await
                 .expect("last")
                 .is_none()
@@ -647,6 +784,96 @@ pub async fn request_gets_a_reply_or_no_responders_or_a_timeout(broker: impl Bro
     task.abort();
 }
 
+/// A reply that arrives after its request gave up is never taken as the answer to a later
+/// request: every request has an inbox of its own.
+pub async fn a_late_reply_never_answers_a_later_request(broker: impl Broker) {
+    let mut slow = broker.subscribe("conf.late.slow").await.expect("subscribe");
+    let mut fast = broker.subscribe("conf.late.fast").await.expect("subscribe");
+    let err = broker
+        .request(
+            "conf.late.slow",
+            Headers::new(),
+            bytes("first"),
+            Duration::from_millis(200),
+        )
+        .await
+        .expect_err("the slow service does not answer in time");
+    assert!(matches!(err, BrokerError::Timeout { .. }), "{err:?}");
+    let stale = slow.next().await.expect("the slow service got the request");
+    let stale_inbox = stale.reply.expect("requests carry an inbox");
+    let responder = broker.clone();
+    let task = tokio::spawn(async move {
+        let request = fast.next().await.expect("the second request");
+        let inbox = request.reply.expect("requests carry an inbox");
+        assert_ne!(inbox, stale_inbox, "two requests shared an inbox");
+        // The late answer to the first request goes out first...
+        responder
+            .publish(
+                &stale_inbox,
+                Headers::new(),
+                bytes("late answer to the first"),
+            )
+            .await
+            .expect("late reply");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ...and only then the right one.
+        responder
+            .publish(&inbox, Headers::new(), bytes("answer to the second"))
+            .await
+            .expect("reply");
+    });
+    let reply = broker
+        .request(
+            "conf.late.fast",
+            Headers::new(),
+            bytes("second"),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("reply");
+    assert_eq!(reply.payload, bytes("answer to the second"));
+    task.await.expect("responder");
+}
+
+/// Draining a subscription keeps what was published to it before, then ends it; nothing
+/// published afterwards arrives.
+pub async fn a_drained_subscription_delivers_what_was_sent_then_ends(broker: impl Broker) {
+    let mut subscription = broker.subscribe("conf.drain.*").await.expect("subscribe");
+    for i in 0..50 {
+        broker
+            .publish("conf.drain.x", Headers::new(), bytes(&i.to_string()))
+            .await
+            .expect("publish");
+    }
+    // A NATS publish returns once written to the socket: a request to anyone makes sure the
+    // server has processed the publishes before the drain.
+    let _ = broker
+        .request(
+            "conf.flush.nobody",
+            Headers::new(),
+            bytes(""),
+            Duration::from_millis(100),
+        )
+        .await;
+    subscription.drain().await;
+    broker
+        .publish("conf.drain.x", Headers::new(), bytes("after"))
+        .await
+        .expect("publish after the drain");
+    let mut received = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), subscription.next()).await {
+            Ok(Some(m)) => received.push(m.payload),
+            Ok(None) => break,
+            Err(_) => panic!("a drained subscription did not end; got {}", received.len()),
+        }
+    }
+    assert_eq!(
+        received,
+        (0..50).map(|i| bytes(&i.to_string())).collect::<Vec<_>>()
+    );
+}
+
 async fn bucket(broker: &impl Broker, name: &str, ttl: Option<Duration>) {
     let mut config = KvConfig::new(name);
     config.ttl = ttl;
@@ -734,6 +961,52 @@ pub async fn kv_update_succeeds_only_at_the_latest_revision(broker: impl Broker)
         .await
         .expect_err("no longer absent");
     assert!(matches!(err, BrokerError::WrongRevision { .. }), "{err:?}");
+}
+
+/// `kv_entries` lists every live key of a bucket with more keys than one read page holds, with
+/// its latest value and revision; deleted keys are left out.
+pub async fn kv_entries_list_more_keys_than_one_page(broker: impl Broker) {
+    bucket(&broker, "conf-kv-many", None).await;
+    let keys = 1_200;
+    let mut revisions = std::collections::BTreeMap::new();
+    for i in 0..keys {
+        let key = format!("k{i:05}");
+        let revision = broker
+            .kv_put("conf-kv-many", &key, bytes(&format!("v{i}")))
+            .await
+            .expect("put");
+        revisions.insert(key, revision);
+    }
+    for i in (0..keys).step_by(7) {
+        let key = format!("k{i:05}");
+        let revision = broker
+            .kv_put("conf-kv-many", &key, bytes(&format!("w{i}")))
+            .await
+            .expect("overwrite");
+        revisions.insert(key, revision);
+    }
+    for i in (0..keys).step_by(11) {
+        let key = format!("k{i:05}");
+        broker
+            .kv_delete("conf-kv-many", &key)
+            .await
+            .expect("delete");
+        revisions.remove(&key);
+    }
+    let entries = broker.kv_entries("conf-kv-many").await.expect("entries");
+    assert_eq!(entries.len(), revisions.len());
+    for (entry, (key, revision)) in entries.iter().zip(&revisions) {
+        assert_eq!(&entry.key, key);
+        assert_eq!(entry.revision, *revision, "{key}");
+        let i: usize = key[1..].parse().expect("numbered key");
+        let expected = if i.is_multiple_of(7) {
+            format!("w{i}")
+        } else {
+            format!("v{i}")
+        };
+        assert_eq!(entry.value, bytes(&expected), "{key}");
+        assert_eq!(entry.operation, KvOperation::Put);
+    }
 }
 
 /// Revisions are bucket-wide and only grow; `kv_entries` lists live keys ordered by key.

@@ -243,6 +243,16 @@ impl NatsServer {
         Some((status, body))
     }
 
+    /// How many consumers the server holds across all streams (`/jsz`).
+    pub fn consumer_count(&self) -> u64 {
+        let (status, body) = self.monitor("/jsz").expect("the monitoring port answers");
+        assert_eq!(status, 200, "/jsz: {body}");
+        let jsz: serde_json::Value = serde_json::from_str(&body).expect("/jsz is JSON");
+        jsz["consumers"]
+            .as_u64()
+            .expect("/jsz reports a consumer count")
+    }
+
     /// Waits for `/healthz` to answer 200.
     pub fn wait_healthy(&self, within: Duration) {
         let deadline = Instant::now() + within;

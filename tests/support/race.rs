@@ -138,7 +138,12 @@ pub fn worker_main() {
                         tip = Some(v);
                         break;
                     }
-                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    other => {
+                        if std::env::var("AETHER_RACE_DEBUG").is_ok() {
+                            eprintln!("worker {worker}: {other:?}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
                 }
             }
             assert_eq!(
