@@ -38,7 +38,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::broker::{
     AppendAck, AppendOptions, Broker, BrokerError, BrokerState, DEFAULT_MAX_PAYLOAD, Headers,
-    KvConfig, KvEntry, KvWatch, Message, Now, StoredMessage, StreamConfig, Subscription,
+    KvConfig, KvEntry, KvWatch, Message, Now, ReadFrom, StoredMessage, StreamConfig, Subscription,
+    SubscriptionSource,
 };
 use crate::clock::{Clock, SharedRng};
 
@@ -74,6 +75,13 @@ enum Request {
     Last {
         stream: String,
         subject: String,
+        from: ReadFrom,
+    },
+    Next {
+        stream: String,
+        subject: String,
+        from_sequence: u64,
+        from: ReadFrom,
     },
     Read {
         stream: String,
@@ -143,6 +151,7 @@ impl Request {
             Request::EnsureStream(_) => "ensure_stream",
             Request::Append { .. } => "append",
             Request::Last { .. } => "last",
+            Request::Next { .. } => "next",
             Request::Read { .. } => "read",
             Request::Publish { .. } => "publish",
             Request::Subscribe { .. } => "subscribe",
@@ -433,6 +442,7 @@ impl BrokerHost {
             tx,
             subs: BTreeMap::new(),
             node: None,
+            flush_before_reply: None,
         };
         loop {
             let frame = tokio::select! {
@@ -459,6 +469,9 @@ impl BrokerHost {
             }
             let is_write = body.is_write();
             let response = self.handle(&mut conn, body);
+            if let Some(forwarder) = conn.flush_before_reply.take() {
+                let _ = forwarder.await;
+            }
             if is_write && !matches!(response, Response::Error(_)) {
                 let per_mille = lock(&self.shared.faults).reply_loss_per_mille;
                 if per_mille > 0 && self.shared.rng.next_u64() % 1000 < u64::from(per_mille) {
@@ -502,7 +515,7 @@ impl BrokerHost {
     fn forward_messages(
         tx: &mpsc::Sender<Frame>,
         sid: u64,
-    ) -> (mpsc::Sender<Message>, tokio::task::AbortHandle) {
+    ) -> (mpsc::Sender<Message>, tokio::task::JoinHandle<()>) {
         let (sender, mut receiver) = mpsc::channel::<Message>(PUSH_QUEUE_MAX);
         let tx = tx.clone();
         let task = tokio::task::spawn_local(async move {
@@ -512,7 +525,7 @@ impl BrokerHost {
                 }
             }
         });
-        (sender, task.abort_handle())
+        (sender, task)
     }
 
     fn handle(&self, conn: &mut HostConn, body: Request) -> Response {
@@ -532,9 +545,20 @@ impl BrokerHost {
                     sequence: ack.sequence,
                     duplicate: ack.duplicate,
                 }),
-            Request::Last { stream, subject } => {
-                state.last(&stream, &subject, now).map(Response::Stored)
-            }
+            // One linearizable server: the leader and any replica are the same copy.
+            Request::Last {
+                stream,
+                subject,
+                from: ReadFrom::AnyReplica | ReadFrom::Leader,
+            } => state.last(&stream, &subject, now).map(Response::Stored),
+            Request::Next {
+                stream,
+                subject,
+                from_sequence,
+                from: ReadFrom::AnyReplica | ReadFrom::Leader,
+            } => state
+                .next(&stream, &subject, from_sequence, now)
+                .map(Response::Stored),
             Request::Read {
                 stream,
                 subject,
@@ -577,11 +601,17 @@ impl BrokerHost {
                     }
                 }
             }
+            // Stop new deliveries; what the subscription already holds is still pushed before
+            // the answer, as a NATS server delivers what it sent before the UNSUB arrived.
             Request::Unsubscribe { sid } => {
                 if let Some(sub) = conn.subs.remove(&sid) {
-                    drop(state);
-                    self.drop_sub(sub);
-                    return Response::Unit;
+                    match sub.state_id {
+                        Some(id) => {
+                            state.unsubscribe(id);
+                            conn.flush_before_reply = Some(sub.forwarder);
+                        }
+                        None => sub.forwarder.abort(),
+                    }
                 }
                 Ok(Response::Unit)
             }
@@ -663,8 +693,7 @@ impl BrokerHost {
                                     break;
                                 }
                             }
-                        })
-                        .abort_handle();
+                        });
                         // A watcher has no unsubscribe: dropping the receiver retires it.
                         if let Some(old) = conn.subs.insert(
                             sid,
@@ -692,13 +721,16 @@ impl BrokerHost {
 
 struct HostSub {
     state_id: Option<u64>,
-    forwarder: tokio::task::AbortHandle,
+    forwarder: tokio::task::JoinHandle<()>,
 }
 
 struct HostConn {
     tx: mpsc::Sender<Frame>,
     subs: BTreeMap<u64, HostSub>,
     node: Option<(String, u64)>,
+    /// A forwarder that must push what it holds before the current request is answered: an
+    /// unsubscribed subscription's messages already on their way (NATS delivers those).
+    flush_before_reply: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -721,16 +753,22 @@ pub struct SimBrokerConfig {
     pub op_timeout: Duration,
     /// How often to ping while subscriptions or watches exist.
     pub ping_interval: Duration,
+    /// Prefix of this client's request inboxes: unique per client, as the NUID prefix of a NATS
+    /// client is, so that a late reply to an earlier client of the same node (a previous
+    /// incarnation) can never answer this one's request.
+    pub inbox_prefix: String,
 }
 
 impl SimBrokerConfig {
-    /// Defaults for `node`: 1 s operation timeout, 1 s ping interval.
-    pub fn new(node: impl Into<String>, session_base: u64) -> Self {
+    /// Defaults for `node`: 1 s operation timeout, 1 s ping interval, an inbox prefix drawn
+    /// from `rng`.
+    pub fn new(node: impl Into<String>, session_base: u64, rng: &SharedRng) -> Self {
         Self {
             node: node.into(),
             session_base,
             op_timeout: Duration::from_secs(1),
             ping_interval: Duration::from_secs(1),
+            inbox_prefix: format!("_INBOX.{:016X}", rng.next_u64()),
         }
     }
 }
@@ -980,6 +1018,13 @@ impl SimBroker {
         }
     }
 
+    /// Unsubscribes `sid` and waits for the host to push what it already held for it, then
+    /// forgets it (its stream ends once the queued messages are read).
+    async fn drain_sub(&self, sid: u64) {
+        let _ = self.call(Request::Unsubscribe { sid }).await;
+        lock(&self.inner.subs).remove(&sid);
+    }
+
     fn forget_sub(&self, sid: u64) {
         lock(&self.inner.subs).remove(&sid);
         if let Some(conn) = self.current() {
@@ -1059,6 +1104,30 @@ fn dispatch(conn: &Conn, client: &Weak<ClientInner>, frame: Frame) {
     }
 }
 
+/// A core subscription of a [`SimBroker`]; draining unsubscribes on the host and takes what it
+/// still held.
+struct SimSubscription {
+    messages: ReceiverStream<Message>,
+    client: SimBroker,
+    sid: u64,
+}
+
+impl futures::Stream for SimSubscription {
+    type Item = Message;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Message>> {
+        std::pin::Pin::new(&mut self.messages).poll_next(cx)
+    }
+}
+
+impl SubscriptionSource for SimSubscription {
+    fn drain(&mut self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(self.client.drain_sub(self.sid))
+    }
+}
+
 impl Broker for SimBroker {
     async fn ensure_stream(&self, config: StreamConfig) -> Result<(), BrokerError> {
         match self.call(Request::EnsureStream(config)).await? {
@@ -1096,10 +1165,31 @@ impl Broker for SimBroker {
         &self,
         stream: &str,
         subject: &str,
+        from: ReadFrom,
     ) -> Result<Option<StoredMessage>, BrokerError> {
         let request = Request::Last {
             stream: stream.to_owned(),
             subject: subject.to_owned(),
+            from,
+        };
+        match self.call(request).await? {
+            Response::Stored(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn next(
+        &self,
+        stream: &str,
+        subject: &str,
+        from_sequence: u64,
+        from: ReadFrom,
+    ) -> Result<Option<StoredMessage>, BrokerError> {
+        let request = Request::Next {
+            stream: stream.to_owned(),
+            subject: subject.to_owned(),
+            from_sequence,
+            from,
         };
         match self.call(request).await? {
             Response::Stored(m) => Ok(m),
@@ -1158,7 +1248,11 @@ impl Broker for SimBroker {
         match self.call(request).await {
             Ok(_) => {
                 self.start_pinger();
-                Ok(Subscription::new(ReceiverStream::new(receiver)))
+                Ok(Subscription::from_source(SimSubscription {
+                    messages: ReceiverStream::new(receiver),
+                    client: self.clone(),
+                    sid,
+                }))
             }
             Err(e) => {
                 self.forget_sub(sid);
@@ -1175,7 +1269,7 @@ impl Broker for SimBroker {
         timeout: Duration,
     ) -> Result<Message, BrokerError> {
         let sid = self.inner.next_sid.fetch_add(1, Ordering::SeqCst);
-        let inbox = format!("_INBOX.{}.{sid}", self.inner.config.node);
+        let inbox = format!("{}.{sid}", self.inner.config.inbox_prefix);
         let (sender, mut receiver) = mpsc::channel(1);
         lock(&self.inner.subs).insert(sid, ClientSub::Inbox { sender });
         let request = Request::Ask {

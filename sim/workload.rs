@@ -124,7 +124,7 @@ impl NodeContext {
         let number = self.incarnations.fetch_add(1, Ordering::SeqCst) + 1;
         let rng = SharedRng::from_seed(self.seed ^ number.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let broker = SimBroker::new(
-            SimBrokerConfig::new(self.name.clone(), number << 32),
+            SimBrokerConfig::new(self.name.clone(), number << 32, &rng),
             self.clock.clone(),
             self.wire.clone(),
         );

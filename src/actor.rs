@@ -49,11 +49,22 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'sta
 pub trait Router: Send + Sync + 'static {
     /// The node owning `actor_id` in this node's current view, if any.
     fn owner_of(&self, actor_id: &str) -> Option<String>;
+
+    /// Takes this node out of routing: afterwards it owns nothing and other nodes stop sending
+    /// it commands (the cluster stops the node, so its shards move). Called by
+    /// [`ActorHost::leave`] before it drains. Idempotent; the default does nothing.
+    fn leave(&self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 impl<R: Router + ?Sized> Router for Arc<R> {
     fn owner_of(&self, actor_id: &str) -> Option<String> {
         (**self).owner_of(actor_id)
+    }
+
+    fn leave(&self) -> impl std::future::Future<Output = ()> + Send {
+        (**self).leave()
     }
 }
 
@@ -165,18 +176,39 @@ pub enum CommandError<R: std::fmt::Debug> {
     Broker(#[from] BrokerError),
 }
 
+/// A command sent to its owner. `request_id` is fresh for every attempt, so that a reply can be
+/// matched to exactly the request it answers.
 #[derive(Serialize, Deserialize)]
 struct Request<C> {
+    request_id: String,
     actor_id: String,
     command: C,
 }
 
+/// The owner's answer, naming the request and the actor it answers: a reply for anything else
+/// (a broker that crossed replies) is discarded, never taken as this command's outcome.
 #[derive(Serialize, Deserialize)]
-enum Reply<R> {
+struct Reply<R> {
+    request_id: String,
+    actor_id: String,
+    answer: Answer<R>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Answer<R> {
     Done(CommandOutcome),
     Rejected(R),
     NotOwner(Option<String>),
     Failed(String),
+}
+
+/// An actor's state and version, as [`ActorHost::state`] reads them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActorState<A> {
+    /// The state folded from every event.
+    pub state: A,
+    /// The version of the last event folded (0: no events).
+    pub version: u64,
 }
 
 struct Slot<A> {
@@ -198,22 +230,32 @@ struct Inner<A, B, C, R> {
 
 /// The task serving remote commands. Shared by the handles the application holds (not by the
 /// tasks answering commands), so that dropping the last of them stops serving even while
-/// commands keep arriving.
+/// commands keep arriving — by asking the task to drain, as [`ActorHost::stop_serving`] does.
 #[derive(Default)]
 struct ServeGuard {
-    task: StdMutex<Option<tokio::task::JoinHandle<()>>>,
+    serving: StdMutex<Option<Serving>>,
+}
+
+/// A running serve task and the switch that tells it to drain and stop.
+struct Serving {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl ServeGuard {
-    fn take(&self) -> Option<tokio::task::JoinHandle<()>> {
-        self.task.lock().unwrap_or_else(|e| e.into_inner()).take()
+    fn take(&self) -> Option<Serving> {
+        self.serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }
 
 impl Drop for ServeGuard {
     fn drop(&mut self) {
-        if let Some(task) = self.take() {
-            task.abort();
+        if let Some(serving) = self.take() {
+            // The task drains on its own: every request already received is still answered.
+            let _ = serving.stop.send(true);
         }
     }
 }
@@ -262,6 +304,38 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
     /// How many actors are in memory.
     pub fn active_actors(&self) -> usize {
         self.lock_slots().len()
+    }
+
+    /// The actor's current state and version, read from the store: from the actor in memory
+    /// when it is current (one round trip to check), else by loading it (its latest snapshot
+    /// plus later events). Works on any node; it changes nothing and does not activate the
+    /// actor.
+    ///
+    /// # Errors
+    /// `Read` or `Snapshot` when loading fails.
+    pub async fn state(&self, actor_id: &str) -> Result<ActorState<A>, CommandError<A::Rejection>> {
+        let active = self.lock_slots().get(actor_id).cloned();
+        if let Some(slot) = active {
+            let slot = slot.lock().await;
+            if slot.loaded && self.inner.store.latest_version(actor_id).await? == slot.version {
+                return Ok(ActorState {
+                    state: clone_state(&slot.state),
+                    version: slot.version,
+                });
+            }
+        }
+        let mut slot = Slot {
+            state: A::default(),
+            version: 0,
+            snapshot_version: 0,
+            loaded: false,
+            last_used: Duration::ZERO,
+        };
+        self.load(actor_id, &mut slot).await?;
+        Ok(ActorState {
+            state: slot.state,
+            version: slot.version,
+        })
     }
 
     fn lock_slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Mutex<Slot<A>>>>> {
@@ -511,15 +585,15 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         actor_id: &str,
         command: &A::Command,
     ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
+        let rt = self.inner.store.runtime();
+        let request_id = rt.rng().uuid().to_string();
         let payload = serde_json::to_vec(&Request {
+            request_id: request_id.clone(),
             actor_id: actor_id.to_owned(),
             command,
         })
         .expect("commands serialise");
-        let reply = self
-            .inner
-            .store
-            .runtime()
+        let reply = rt
             .broker()
             .request(
                 &command_subject(self.inner.store.namespace(), owner),
@@ -528,22 +602,47 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 self.inner.config.request_timeout,
             )
             .await?;
-        match serde_json::from_slice::<Reply<A::Rejection>>(&reply.payload) {
-            Ok(Reply::Done(outcome)) => Ok(outcome),
-            Ok(Reply::Rejected(r)) => Err(CommandError::Rejected(r)),
-            Ok(Reply::NotOwner(owner)) => Err(CommandError::NotOwner {
+        let reply = match serde_json::from_slice::<Reply<A::Rejection>>(&reply.payload) {
+            Ok(reply) => reply,
+            Err(e) => return Err(CommandError::Remote(format!("undecodable reply: {e}"))),
+        };
+        if reply.request_id != request_id || reply.actor_id != actor_id {
+            // Never someone else's outcome as ours. What became of our command is unknown.
+            tracing::warn!(
+                actor = actor_id,
+                request = %request_id,
+                reply_actor = %reply.actor_id,
+                reply_request = %reply.request_id,
+                owner,
+                "discarded a reply that answers another command"
+            );
+            return Err(CommandError::Timeout {
+                owner: owner.to_owned(),
+            });
+        }
+        match reply.answer {
+            Answer::Done(outcome) => {
+                assert_eq!(outcome.actor_id, actor_id, "an outcome of the actor asked");
+                Ok(outcome)
+            }
+            Answer::Rejected(r) => Err(CommandError::Rejected(r)),
+            Answer::NotOwner(owner) => Err(CommandError::NotOwner {
                 actor: actor_id.to_owned(),
                 owner,
             }),
-            Ok(Reply::Failed(message)) => Err(CommandError::Remote(message)),
-            Err(e) => Err(CommandError::Remote(format!("undecodable reply: {e}"))),
+            Answer::Failed(message) => Err(CommandError::Remote(message)),
         }
     }
 
     /// Serves commands sent to this node by other nodes' [`ActorHost::send`], on a task of the
-    /// caller's runtime, until [`ActorHost::stop_serving`] or until the application drops its
-    /// last handle to the host (commands in flight then still finish). At most `inflight_max`
-    /// commands run at once. Calling it twice does nothing the second time.
+    /// caller's runtime, until [`ActorHost::stop_serving`] or [`ActorHost::leave`], or until the
+    /// application drops its last handle to the host. At most `inflight_max` commands run at
+    /// once. Calling it twice does nothing the second time.
+    ///
+    /// Stopping never drops a request this node was already sent: commands being executed
+    /// finish and are answered, and requests that arrived but had not started are answered
+    /// "not the owner", so that their senders re-route at once instead of waiting out a
+    /// timeout.
     ///
     /// Exactly one host may serve a node id at a time: commands are addressed to the node id,
     /// and a second host answering "not the owner" would make the sender try again while the
@@ -554,7 +653,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
     pub async fn serve(&self) -> Result<(), BrokerError> {
         let already = self
             .serving
-            .task
+            .serving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some();
@@ -562,78 +661,183 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             return Ok(());
         }
         let subject = command_subject(self.inner.store.namespace(), &self.inner.config.node_id);
-        let mut serving = self
+        let subscription = self
             .inner
             .store
             .runtime()
             .broker()
             .subscribe(&subject)
             .await?;
-        let inner = self.inner.clone();
-        let permits = Arc::new(Semaphore::new(self.inner.config.inflight_max.max(1)));
-        let task = tokio::spawn(async move {
-            while let Some(message) = serving.next().await {
-                let Some(reply_to) = message.reply.clone() else {
-                    continue;
-                };
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
-                // A handle without the serve guard: answering must not keep serving alive.
-                let host = ActorHost {
-                    inner: inner.clone(),
-                    serving: Arc::new(ServeGuard::default()),
-                };
-                tokio::spawn(async move {
-                    let reply = host.answer(&message.payload).await;
-                    let payload = serde_json::to_vec(&reply).expect("replies serialise");
-                    if let Err(error) = host
-                        .inner
-                        .store
-                        .runtime()
-                        .broker()
-                        .publish(&reply_to, Headers::new(), Bytes::from(payload))
-                        .await
-                    {
-                        tracing::warn!(%error, "command reply not sent");
-                    }
-                    drop(permit);
-                });
-            }
-        });
-        let mut slot = self.serving.task.lock().unwrap_or_else(|e| e.into_inner());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // A handle without the serve guard: serving must not keep serving alive.
+        let host = ActorHost {
+            inner: self.inner.clone(),
+            serving: Arc::new(ServeGuard::default()),
+        };
+        let task = tokio::spawn(host.serve_loop(subscription, stopped));
+        let mut slot = self
+            .serving
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if slot.is_some() {
             task.abort();
         } else {
-            *slot = Some(task);
+            *slot = Some(Serving { stop, task });
         }
         Ok(())
     }
 
-    /// Stops serving remote commands: when this returns, the subscription is gone (commands
-    /// already being executed still finish and are answered). Serving can be started again.
+    async fn serve_loop(
+        self,
+        mut subscription: crate::broker::Subscription,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let permits = Arc::new(Semaphore::new(self.inner.config.inflight_max.max(1)));
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            let message = tokio::select! {
+                biased;
+                _ = until_stopped(&mut stopped) => break,
+                message = subscription.next() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+            };
+            // Reap finished answers so the set stays bounded by what runs.
+            while running.try_join_next().is_some() {}
+            let Some(reply_to) = message.reply.clone() else {
+                continue;
+            };
+            let permit = tokio::select! {
+                biased;
+                _ = until_stopped(&mut stopped) => {
+                    self.refuse(&message.payload, &reply_to).await;
+                    break;
+                }
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let host = self.clone();
+            running.spawn(async move {
+                let reply = host.answer(&message.payload).await;
+                let payload = serde_json::to_vec(&reply).expect("replies serialise");
+                host.publish_reply(&reply_to, payload).await;
+                drop(permit);
+            });
+        }
+        // Leave without dropping anything already sent here: no new deliveries; what is in
+        // flight is refused (its sender re-routes); what runs finishes and is answered.
+        subscription.drain().await;
+        while let Some(message) = subscription.next().await {
+            if let Some(reply_to) = &message.reply {
+                self.refuse(&message.payload, reply_to).await;
+            }
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Answers a request "not the owner" without running it.
+    async fn refuse(&self, payload: &[u8], reply_to: &str) {
+        let Ok(request) = serde_json::from_slice::<Request<serde::de::IgnoredAny>>(payload) else {
+            return;
+        };
+        let reply: Reply<A::Rejection> = Reply {
+            request_id: request.request_id,
+            answer: Answer::NotOwner(self.inner.router.owner_of(&request.actor_id)),
+            actor_id: request.actor_id,
+        };
+        let payload = serde_json::to_vec(&reply).expect("replies serialise");
+        self.publish_reply(reply_to, payload).await;
+    }
+
+    async fn publish_reply(&self, reply_to: &str, payload: Vec<u8>) {
+        if let Err(error) = self
+            .inner
+            .store
+            .runtime()
+            .broker()
+            .publish(reply_to, Headers::new(), Bytes::from(payload))
+            .await
+        {
+            tracing::warn!(%error, "command reply not sent");
+        }
+    }
+
+    /// Stops serving remote commands. When this returns, the subscription is gone, every
+    /// request this node had received is answered (run, or refused as not the owner), and no
+    /// command is running on its behalf. Serving can be started again.
     ///
     /// # Cancel safety
-    /// Cancel safe: serving is stopped either way; only the wait for it is cut short.
+    /// Cancel safe: the drain goes on without the caller; only the wait for it is cut short.
     pub async fn stop_serving(&self) {
-        if let Some(task) = self.serving.take() {
-            task.abort();
-            let _ = task.await;
+        if let Some(serving) = self.serving.take() {
+            let _ = serving.stop.send(true);
+            let _ = serving.task.await;
         }
+    }
+
+    /// Leaves cleanly, in one call: takes this node out of routing ([`Router::leave`] — the
+    /// cluster stops the node, so its shards move to the others), then stops serving as
+    /// [`stop_serving`](Self::stop_serving) does. Commands that reach this node meanwhile are
+    /// answered "not the owner" and re-routed by their senders; none is left unanswered.
+    ///
+    /// # Cancel safety
+    /// As [`stop_serving`](Self::stop_serving).
+    pub async fn leave(&self) {
+        self.inner.router.leave().await;
+        self.stop_serving().await;
     }
 
     async fn answer(&self, payload: &[u8]) -> Reply<A::Rejection> {
         let request: Request<A::Command> = match serde_json::from_slice(payload) {
             Ok(r) => r,
-            Err(e) => return Reply::Failed(format!("undecodable command: {e}")),
+            Err(e) => {
+                // Still name the request if its envelope is readable.
+                let envelope = serde_json::from_slice::<Request<serde::de::IgnoredAny>>(payload);
+                let (request_id, actor_id) = envelope
+                    .map(|r| (r.request_id, r.actor_id))
+                    .unwrap_or_default();
+                return Reply {
+                    request_id,
+                    actor_id,
+                    answer: Answer::Failed(format!("undecodable command: {e}")),
+                };
+            }
         };
-        match self.execute(&request.actor_id, &request.command).await {
-            Ok(outcome) => Reply::Done(outcome),
-            Err(CommandError::Rejected(r)) => Reply::Rejected(r),
-            Err(CommandError::NotOwner { owner, .. }) => Reply::NotOwner(owner),
-            Err(e) => Reply::Failed(e.to_string()),
+        let answer = match self.execute(&request.actor_id, &request.command).await {
+            Ok(outcome) => Answer::Done(outcome),
+            Err(CommandError::Rejected(r)) => Answer::Rejected(r),
+            Err(CommandError::NotOwner { owner, .. }) => Answer::NotOwner(owner),
+            Err(e) => Answer::Failed(e.to_string()),
+        };
+        Reply {
+            request_id: request.request_id,
+            actor_id: request.actor_id,
+            answer,
         }
     }
+}
+
+/// Returns once `stop` is switched on (or its sender is gone).
+async fn until_stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A copy of an aggregate's state through its serialised form (aggregates need not be
+/// `Clone`; they are always `Serialize + DeserializeOwned`).
+fn clone_state<A: Aggregate>(state: &A) -> A {
+    serde_json::from_value(serde_json::to_value(state).expect("aggregate state serialises"))
+        .expect("aggregate state deserialises from its own serialisation")
 }
 
 fn command_events<A: Aggregate>(

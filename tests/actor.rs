@@ -365,3 +365,147 @@ async fn a_stopped_host_no_longer_answers_so_a_restarted_node_executes_each_comm
         Err(CommandError::Unroutable { .. })
     ));
 }
+
+/// Owner of every actor: node-b until node-b leaves, node-a afterwards (a cluster's view after
+/// the leaving node's shards moved).
+#[derive(Clone, Default)]
+struct HandOver {
+    left: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Router for HandOver {
+    fn owner_of(&self, _actor_id: &str) -> Option<String> {
+        let left = self.left.load(Ordering::SeqCst);
+        Some(if left { "node-a" } else { "node-b" }.to_owned())
+    }
+
+    async fn leave(&self) {
+        self.left.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_answers_every_command_the_node_was_sent() {
+    let broker = MemoryBroker::new();
+    let router = HandOver::default();
+    let mut config = ActorConfig::new("node-a");
+    config.route_retry_delay = Duration::from_millis(1);
+    config.request_timeout = Duration::from_secs(3);
+    let a = ActorHost::<Account, _, _, _>::new(store(&broker).await, router.clone(), config);
+    let mut config = ActorConfig::new("node-b");
+    // One command at a time: the others wait in b's subscription when it leaves.
+    config.inflight_max = 1;
+    let b = ActorHost::<Account, _, _, _>::new(store(&broker).await, router.clone(), config);
+    b.serve().await.unwrap();
+    let commands = 200;
+    let sends: Vec<_> = (0..commands)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move { a.send(&format!("x-{i}"), &AccountCommand::Open).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    b.leave().await;
+    let (mut on_a, mut on_b) = (0, 0);
+    for send in sends {
+        match send.await.unwrap() {
+            Ok(done) if done.node_id == "node-a" => on_a += 1,
+            Ok(_) => on_b += 1,
+            Err(e) => panic!("a command sent before the leave was not answered: {e}"),
+        }
+    }
+    println!("answered by b before it left: {on_b}, re-routed to a: {on_a}");
+    assert_eq!(on_a + on_b, commands);
+    assert!(
+        on_a > 0,
+        "the leave happened while commands were queued at b"
+    );
+    for i in 0..commands {
+        assert_eq!(
+            a.store().latest_version(&format!("x-{i}")).await.unwrap(),
+            1,
+            "x-{i} opened exactly once"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reply_naming_another_command_is_never_taken_as_the_answer() {
+    let broker = MemoryBroker::new();
+    let view = Table::default();
+    view.set("x", "node-b");
+    let mut config = ActorConfig::new("node-a");
+    config.route_retry_max = 0;
+    let a = ActorHost::<Account, _, _, _>::new(store(&broker).await, view, config);
+    // A broken node-b that answers with the outcome of some other command.
+    use aether::broker::{Broker, Headers};
+    let mut inbox = broker
+        .subscribe(&command_subject("bank", "node-b"))
+        .await
+        .unwrap();
+    let responder = broker.clone();
+    let forged = tokio::spawn(async move {
+        for wrong in [
+            json!({ "request_id": "someone-else", "actor_id": "x" }),
+            json!({ "request_id": null, "actor_id": "y" }),
+        ] {
+            let request = inbox.next().await.unwrap();
+            let sent: serde_json::Value = serde_json::from_slice(&request.payload).unwrap();
+            let mut reply = wrong.clone();
+            if reply["request_id"].is_null() {
+                // The right request id, but another actor.
+                reply["request_id"] = sent["request_id"].clone();
+            }
+            reply["answer"] = json!({ "Done": {
+                "actor_id": reply["actor_id"], "version": 7, "events": [], "node_id": "node-b"
+            }});
+            responder
+                .publish(
+                    &request.reply.unwrap(),
+                    Headers::new(),
+                    serde_json::to_vec(&reply).unwrap().into(),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    for _ in 0..2 {
+        match a.send("x", &AccountCommand::Open).await {
+            Err(CommandError::Timeout { owner }) => assert_eq!(owner, "node-b"),
+            other => panic!("a misdirected reply must not answer the command: {other:?}"),
+        }
+    }
+    forged.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_host_reads_an_actors_state_and_version() {
+    let broker = MemoryBroker::new();
+    let host = single(&broker, ActorConfig::new("n1")).await;
+    let fresh = host.state("acc").await.unwrap();
+    assert_eq!((fresh.state, fresh.version), (Account::default(), 0));
+    host.execute("acc", &AccountCommand::Open).await.unwrap();
+    host.execute("acc", &AccountCommand::Deposit(30))
+        .await
+        .unwrap();
+    let read = host.state("acc").await.unwrap();
+    assert_eq!(read.version, 2);
+    assert_eq!(read.state.balance, 30);
+    // A write from elsewhere is seen, and reading changes nothing.
+    store(&broker)
+        .await
+        .append(
+            "acc",
+            ExpectedVersion::Exact(2),
+            vec![NewEvent::new("Deposited", json!(12))],
+        )
+        .await
+        .unwrap();
+    let read = host.state("acc").await.unwrap();
+    assert_eq!((read.version, read.state.balance), (3, 42));
+    // Another node's host reads it too (loading, not activating).
+    let other = single(&broker, ActorConfig::new("n2")).await;
+    assert_eq!(other.state("acc").await.unwrap().version, 3);
+    assert_eq!(other.active_actors(), 0);
+    assert_eq!(host.store().latest_version("acc").await.unwrap(), 3);
+}

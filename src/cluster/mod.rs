@@ -542,4 +542,9 @@ impl<B: Broker, C: Clock> crate::actor::Router for Cluster<B, C> {
     fn owner_of(&self, actor_id: &str) -> Option<String> {
         Cluster::owner_of(self, actor_id).map(String::from)
     }
+
+    /// Stops this node (see [`Cluster::stop`]): its shards move to the others.
+    fn leave(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.stop()
+    }
 }
