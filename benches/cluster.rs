@@ -33,11 +33,9 @@ fn per_op(iterations: u64, mut f: impl FnMut(u64)) -> Duration {
 }
 
 fn config(replication_factor: usize) -> ShardConfig {
-    ShardConfig {
-        shard_count: SHARDS,
-        replication_factor,
-        virtual_nodes: VIRTUAL_NODES,
-    }
+    ShardConfig::with_shard_count(SHARDS)
+        .replication_factor(replication_factor)
+        .virtual_nodes(VIRTUAL_NODES)
 }
 
 fn max_over_mean(loads: &[usize]) -> f64 {

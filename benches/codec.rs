@@ -4,7 +4,7 @@
 //! `cargo bench --bench codec`. Figures are rates measured in this run (best of 5); the ratio
 //! compares the store's replay with the raw read measured in the same run.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aether::broker::Broker;
 use aether::codec::{Commit, decode_commit, encode_commit};
@@ -34,14 +34,16 @@ fn main() {
             encode_commit(&Commit {
                 commit_id: format!("commit-{i:08}"),
                 actor_id: "acc-1".into(),
-                events: vec![Event {
-                    id: format!("event-{i:08}"),
-                    event_type: "Deposited".into(),
-                    actor_id: "acc-1".into(),
-                    version: i + 1,
-                    data: json!({ "account": "acc-1", "amount": i, "currency": "EUR" }),
-                    timestamp: SystemTime::UNIX_EPOCH,
-                    metadata: metadata.clone(),
+                events: vec![{
+                    let mut e = Event::new(
+                        format!("event-{i:08}"),
+                        "Deposited",
+                        "acc-1",
+                        i + 1,
+                        json!({ "account": "acc-1", "amount": i, "currency": "EUR" }),
+                    );
+                    e.metadata = metadata.clone();
+                    e
                 }],
             })
         })

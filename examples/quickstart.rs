@@ -12,9 +12,8 @@ use serde_json::json;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let broker = MemoryBroker::new();
-    let rt = Runtime::system(broker.clone());
-    let bus = EventBus::new(broker, BusConfig::new("node-1"));
+    let rt = Runtime::system(MemoryBroker::new());
+    let bus = EventBus::new(&rt, BusConfig::new());
     let mut notifications = bus.subscribe("bank", Filter::all().event_types([EVENT_STORED]))?;
     let store = EventStore::open(rt, StoreConfig::new("bank"))
         .await?
@@ -80,12 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // 4. Snapshot the folded state, then read it back.
-    let snapshot = Snapshot {
-        actor_id: "account-42".into(),
-        version: 3,
-        state: json!({ "balance": balance }),
-        timestamp: store.runtime().clock_wall(),
-    };
+    let snapshot = Snapshot::new("account-42", 3, json!({ "balance": balance }));
     store.save_snapshot(&snapshot).await?;
     let latest = store
         .latest_snapshot("account-42")

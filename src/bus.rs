@@ -15,21 +15,18 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::broker::{Broker, BrokerError, Headers};
+use crate::clock::Clock;
 use crate::codec::{InvalidName, validate_namespace};
 use crate::event::Event;
+use crate::names::{bus_namespace, bus_pattern, bus_subject};
+use crate::node::NodeId;
+use crate::runtime::Runtime;
 
-/// Default capacity of a subscriber's queue.
-pub const SUBSCRIBER_QUEUE_MAX: usize = 1024;
+/// Default capacity of a bus subscriber's queue.
+pub const BUS_SUBSCRIBER_QUEUE_MAX: usize = 1024;
 
 /// Header naming the node that published a bus message.
 pub const HEADER_ORIGIN: &str = "Aether-Origin";
-
-const SUBJECT_PREFIX: &str = "aether.bus";
-
-/// The subject bus messages of `namespace` travel on between nodes.
-pub fn bus_subject(namespace: &str) -> String {
-    format!("{SUBJECT_PREFIX}.{namespace}")
-}
 
 /// Which namespaces a subscription covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +103,7 @@ impl Filter {
 
 /// Bus counters since the bus was created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BusStats {
     /// Events published through this bus handle (locally).
     pub published: u64,
@@ -119,6 +117,7 @@ pub struct BusStats {
 
 /// Why [`BusSubscription::recv`] returned no event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecvError {
     /// The subscriber's queue overflowed and this many events were dropped for it. The next call
     /// continues with the events still queued.
@@ -129,22 +128,32 @@ pub enum RecvError {
     Closed,
 }
 
-/// Bus configuration.
+/// Bus configuration. The node's id comes from the [`Runtime`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct BusConfig {
-    /// This node's id; bus messages carrying it are recognised as our own.
-    pub node_id: String,
     /// Capacity of each subscriber's queue.
     pub subscriber_queue_max: usize,
 }
 
-impl BusConfig {
-    /// Defaults for node `node_id`.
-    pub fn new(node_id: impl Into<String>) -> Self {
+impl Default for BusConfig {
+    fn default() -> Self {
         Self {
-            node_id: node_id.into(),
-            subscriber_queue_max: SUBSCRIBER_QUEUE_MAX,
+            subscriber_queue_max: BUS_SUBSCRIBER_QUEUE_MAX,
         }
+    }
+}
+
+impl BusConfig {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the capacity of each subscriber's queue.
+    pub fn subscriber_queue_max(mut self, max: usize) -> Self {
+        self.subscriber_queue_max = max;
+        self
     }
 }
 
@@ -165,6 +174,8 @@ struct Counters {
 
 struct Inner<B> {
     broker: B,
+    /// This node: bus messages carrying it are recognised as our own.
+    node: NodeId,
     config: BusConfig,
     subscribers: Mutex<BTreeMap<u64, LocalSubscriber>>,
     next_id: AtomicU64,
@@ -196,7 +207,7 @@ impl<B> Clone for EventBus<B> {
 impl<B> std::fmt::Debug for EventBus<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventBus")
-            .field("node_id", &self.inner.config.node_id)
+            .field("node", &self.inner.node)
             .finish()
     }
 }
@@ -204,10 +215,11 @@ impl<B> std::fmt::Debug for EventBus<B> {
 impl<B: Broker> EventBus<B> {
     /// A bus that serves local subscribers only. Call [`EventBus::connect`] to also exchange
     /// events with other nodes.
-    pub fn new(broker: B, config: BusConfig) -> Self {
+    pub fn new<C: Clock>(rt: &Runtime<B, C>, config: BusConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
-                broker,
+                broker: rt.broker().clone(),
+                node: rt.node_id().clone(),
                 config,
                 subscribers: Mutex::new(BTreeMap::new()),
                 next_id: AtomicU64::new(0),
@@ -221,8 +233,11 @@ impl<B: Broker> EventBus<B> {
     ///
     /// # Errors
     /// A [`BrokerError`] if the broker subscription fails.
-    pub async fn connected(broker: B, config: BusConfig) -> Result<Self, BrokerError> {
-        let bus = Self::new(broker, config);
+    pub async fn connected<C: Clock>(
+        rt: &Runtime<B, C>,
+        config: BusConfig,
+    ) -> Result<Self, BrokerError> {
+        let bus = Self::new(rt, config);
         bus.connect().await?;
         Ok(bus)
     }
@@ -237,11 +252,7 @@ impl<B: Broker> EventBus<B> {
         if self.lock_remote().is_some() {
             return Ok(());
         }
-        let mut subscription = self
-            .inner
-            .broker
-            .subscribe(&format!("{SUBJECT_PREFIX}.>"))
-            .await?;
+        let mut subscription = self.inner.broker.subscribe(&bus_pattern()).await?;
         let weak: Weak<Inner<B>> = Arc::downgrade(&self.inner);
         let task = tokio::spawn(async move {
             while let Some(message) = subscription.next().await {
@@ -264,10 +275,10 @@ impl<B: Broker> EventBus<B> {
     }
 
     fn receive_remote(&self, subject: &str, headers: &Headers, payload: &Bytes) {
-        if headers.get(HEADER_ORIGIN) == Some(&self.inner.config.node_id) {
+        if headers.get(HEADER_ORIGIN).map(String::as_str) == Some(self.inner.node.as_str()) {
             return; // our own publication, already delivered locally
         }
-        let Some(namespace) = subject.strip_prefix("aether.bus.") else {
+        let Some(namespace) = bus_namespace(subject) else {
             return;
         };
         match serde_json::from_slice::<Vec<Event>>(payload) {
@@ -323,7 +334,7 @@ impl<B: Broker> EventBus<B> {
         if self.lock_remote().is_some() {
             let payload = serde_json::to_vec(events).expect("events always serialise");
             let mut headers = Headers::new();
-            headers.insert(HEADER_ORIGIN.to_owned(), self.inner.config.node_id.clone());
+            headers.insert(HEADER_ORIGIN.to_owned(), self.inner.node.to_string());
             self.inner
                 .broker
                 .publish(&bus_subject(namespace), headers, Bytes::from(payload))
@@ -369,8 +380,8 @@ impl<B: Broker> EventBus<B> {
     }
 
     /// This node's id.
-    pub fn node_id(&self) -> &str {
-        &self.inner.config.node_id
+    pub fn node_id(&self) -> &NodeId {
+        &self.inner.node
     }
 
     fn lock_subscribers(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, LocalSubscriber>> {
@@ -383,6 +394,7 @@ impl<B: Broker> EventBus<B> {
 
 /// Why a bus publication failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// The namespace is invalid.
     #[error(transparent)]

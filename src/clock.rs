@@ -1,7 +1,8 @@
 //! Time and randomness, injected.
 //!
 //! Library code never reads the OS clock or the OS random generator: it asks the [`Clock`] carried
-//! by the [`Runtime`] bundle, and draws randomness from the bundle's seeded [`SharedRng`]. In
+//! by the [`Runtime`](crate::Runtime) bundle, and draws randomness from the bundle's seeded
+//! [`SharedRng`]. In
 //! production the clock is [`SystemClock`]; in the simulation every node gets its own clock built
 //! on turmoil's virtual time, with skew and drift. `clippy.toml` forbids `Instant::now`,
 //! `SystemTime::now` and `rand::rng` everywhere except inside [`SystemClock`].
@@ -130,73 +131,6 @@ impl SharedRng {
     fn lock(&self) -> std::sync::MutexGuard<'_, ChaCha8Rng> {
         // A poisoned RNG is still a valid RNG: a panic elsewhere must not stop id generation.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The bundle every component is built from: a broker, a clock and a seeded random generator.
-///
-/// Pass one `Runtime` to [`EventStore`](crate::store::EventStore),
-/// [`EventBus`](crate::bus::EventBus) and the cluster instead of three separate handles; the
-/// simulation builds one per simulated node.
-#[derive(Clone, Debug)]
-pub struct Runtime<B, C = SystemClock> {
-    broker: B,
-    clock: C,
-    rng: SharedRng,
-    #[cfg(feature = "sim")]
-    planted_bugs: crate::planted::PlantedBugs,
-}
-
-impl<B: crate::broker::Broker> Runtime<B, SystemClock> {
-    /// A production bundle: the given broker, the system clock and an OS-seeded generator.
-    pub fn system(broker: B) -> Self {
-        Self::new(broker, SystemClock::new(), SharedRng::from_os())
-    }
-}
-
-impl<B: crate::broker::Broker, C: Clock> Runtime<B, C> {
-    /// A bundle from its three parts.
-    pub fn new(broker: B, clock: C, rng: SharedRng) -> Self {
-        Self {
-            broker,
-            clock,
-            rng,
-            #[cfg(feature = "sim")]
-            planted_bugs: crate::planted::PlantedBugs::default(),
-        }
-    }
-
-    /// Switches planted bugs on (simulation only; see [`crate::planted`]).
-    #[cfg(feature = "sim")]
-    pub fn with_planted_bugs(mut self, bugs: crate::planted::PlantedBugs) -> Self {
-        self.planted_bugs = bugs;
-        self
-    }
-
-    /// The planted bugs switched on for this runtime.
-    #[cfg(feature = "sim")]
-    pub fn planted_bugs(&self) -> &crate::planted::PlantedBugs {
-        &self.planted_bugs
-    }
-
-    /// The broker.
-    pub fn broker(&self) -> &B {
-        &self.broker
-    }
-
-    /// The clock.
-    pub fn clock(&self) -> &C {
-        &self.clock
-    }
-
-    /// The random generator.
-    pub fn rng(&self) -> &SharedRng {
-        &self.rng
-    }
-
-    /// The clock's wall time (shorthand for `clock().wall()`).
-    pub fn clock_wall(&self) -> SystemTime {
-        self.clock.wall()
     }
 }
 

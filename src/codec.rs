@@ -201,6 +201,7 @@ struct WireEvent {
 
 /// Why a stored record is not a valid commit.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// Not JSON of the commit shape.
     #[error("not a commit record: {0}")]

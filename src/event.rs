@@ -93,6 +93,7 @@ impl FromIterator<(String, String)> for Metadata {
 
 /// A stored event: one fact in an actor's history, at a fixed version.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Event {
     /// Unique id of the event (a UUID unless the caller chose one).
     pub id: String,
@@ -111,9 +112,44 @@ pub struct Event {
     pub metadata: Metadata,
 }
 
+impl Event {
+    /// An event of `actor_id` at `version` (the store builds the events it stores; this is for
+    /// tools and tests that make one by hand). Timestamp: the Unix epoch; no metadata.
+    pub fn new(
+        id: impl Into<String>,
+        event_type: impl Into<String>,
+        actor_id: impl Into<String>,
+        version: u64,
+        data: Value,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            event_type: event_type.into(),
+            actor_id: actor_id.into(),
+            version,
+            data,
+            timestamp: SystemTime::UNIX_EPOCH,
+            metadata: Metadata::new(),
+        }
+    }
+
+    /// Sets the timestamp.
+    pub fn with_timestamp(mut self, timestamp: SystemTime) -> Self {
+        self.timestamp = timestamp;
+        self
+    }
+
+    /// Adds one metadata entry.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key, value);
+        self
+    }
+}
+
 /// An event as a caller appends it: the store assigns version and actor, and fills in id and
 /// timestamp when they are not given.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct NewEvent {
     /// Id to store the event under; `None` draws a UUID from the runtime's RNG.
     pub id: Option<String>,
@@ -173,6 +209,7 @@ impl From<Event> for NewEvent {
 
 /// A snapshot of an actor's state, covering every event up to and including `version`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The actor the snapshot belongs to.
     pub actor_id: String,
@@ -180,9 +217,21 @@ pub struct Snapshot {
     pub version: u64,
     /// The folded state.
     pub state: Value,
-    /// When the snapshot was taken.
+    /// When the snapshot was saved: set by the store from its clock when it saves it.
     #[serde(with = "timestamp_nanos")]
     pub timestamp: SystemTime,
+}
+
+impl Snapshot {
+    /// A snapshot of `actor_id`'s `state` after `version`. The store stamps it when it saves it.
+    pub fn new(actor_id: impl Into<String>, version: u64, state: Value) -> Self {
+        Self {
+            actor_id: actor_id.into(),
+            version,
+            state,
+            timestamp: SystemTime::UNIX_EPOCH,
+        }
+    }
 }
 
 /// What the caller believes the actor's current version to be when appending.

@@ -7,11 +7,17 @@
 //!   reports damaged records.
 //! - [`bus`]: live fan-out of events by namespace, in-process and across nodes, bounded, with lag
 //!   reporting.
+//! - [`cluster`]: membership, leader election with fencing tokens, shards and the leader's
+//!   balanced assignment, all through broker KV operations.
+//! - [`actor`]: aggregates activated on their shard's owner, commands routed to it.
+//! - [`projection`]: checkpointed, fenced consumers of a namespace's commits.
 //! - [`broker`]: the seam to NATS. [`broker::MemoryBroker`] is the embedded default;
-//!   `NatsBroker` (feature `nats`) is production; the simulation (feature `sim`) runs a
-//!   simulated broker under turmoil. Store and bus are written once against it.
-//! - [`clock`]: the seam to time and randomness, and the [`Runtime`] bundle that carries broker,
-//!   clock and a seeded RNG into every component.
+//!   `NatsBroker` (feature `nats`) is production; the `aether-sim` crate runs a simulated broker
+//!   under turmoil. Everything above is written once against it.
+//! - [`clock`]: the seam to time and randomness; [`Runtime`] bundles broker, clock, a seeded RNG
+//!   and the node's [`NodeId`] into every component.
+//!
+//! Semantics, invariants and seams are described in `docs/design.md` in the repository.
 //!
 //! ```
 //! use aether::{EventStore, ExpectedVersion, MemoryBroker, NewEvent, Runtime, StoreConfig};
@@ -42,13 +48,16 @@ pub mod clock;
 pub mod cluster;
 pub mod codec;
 pub mod event;
-pub mod planted;
-pub mod projection;
-pub mod store;
-
+pub mod names;
+pub mod node;
 #[cfg(feature = "sim")]
-#[path = "../sim/mod.rs"]
-pub mod sim;
+pub mod planted;
+#[cfg(not(feature = "sim"))]
+mod planted;
+pub mod projection;
+pub mod retry;
+pub mod runtime;
+pub mod store;
 
 pub use actor::{
     ActorConfig, ActorHost, ActorState, Aggregate, CommandError, CommandOutcome, Router, SingleNode,
@@ -57,9 +66,11 @@ pub use broker::{Broker, BrokerError, MemoryBroker};
 #[cfg(feature = "nats")]
 pub use broker::{NatsBroker, NatsOptions};
 pub use bus::{BusConfig, BusSubscription, EventBus, Filter, RecvError};
-pub use clock::{Clock, Runtime, SharedRng, SystemClock};
+pub use clock::{Clock, SharedRng, SystemClock};
 pub use codec::{DecodeError, InvalidName};
 pub use event::{Event, ExpectedVersion, Metadata, NewEvent, Snapshot};
+pub use node::{InvalidNodeId, NodeId};
+pub use runtime::Runtime;
 pub use store::{
     AppendError, AppendOutcome, ConflictError, EVENT_STORED, EventStore, EventStored, OpenError,
     Page, ReadError, ReplayError, ReplayErrorCause, ReplayResult, SnapshotError, SnapshotStore,

@@ -1,9 +1,10 @@
-//! Planted bugs: deliberate defects that the simulation must catch (feature `sim` only).
+//! Planted bugs: deliberate defects the simulation must catch.
 //!
 //! They prove the simulation has teeth: each switch re-introduces a classic distributed-systems
-//! mistake, and `tests/sim.rs` asserts that the checkers find every one within the CI seed
-//! budget. The switches travel in the [`Runtime`](crate::Runtime) bundle — no global state — and
-//! without the `sim` feature the [`planted!`](crate::planted) checks compile to `false`.
+//! mistake, and the `aether-sim` crate's tests assert that the checkers find every one. The
+//! switches travel in the [`Runtime`](crate::Runtime) — no global state. They exist only with the
+//! internal `sim` feature, which only `aether-sim` (a dev-dependency) turns on: without it the
+//! `planted!` checks compile to `false` and this module is private.
 
 /// Which planted bugs are switched on. All off by default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,8 +24,6 @@ pub struct PlantedBugs {
 
 /// `planted!(runtime, field)`: whether planted bug `field` is on. Always `false` without the
 /// `sim` feature, so production code pays nothing.
-#[macro_export]
-#[doc(hidden)]
 macro_rules! planted {
     ($rt:expr, $bug:ident) => {{
         #[cfg(feature = "sim")]
@@ -38,3 +37,4 @@ macro_rules! planted {
         }
     }};
 }
+pub(crate) use planted;

@@ -11,7 +11,7 @@
 //!    projection cannot both advance it (the second gets [`ProjectionError::Fenced`]).
 //!
 //! A crash between 2 and 3 hands the same page to the handler again: handlers must be
-//! idempotent (or deduplicate on [`StoredCommit::position`]). Damaged records are handed over in
+//! idempotent (or deduplicate on [`StoredCommit::position`](crate::store::StoredCommit::position)). Damaged records are handed over in
 //! [`Page::errors`], never skipped silently.
 
 use std::future::Future;
@@ -28,6 +28,7 @@ pub const PAGE_MAX: usize = 256;
 
 /// Why a projection step failed. The checkpoint did not move.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProjectionError<E: std::fmt::Debug + std::fmt::Display> {
     /// The projection name is not a valid KV key.
     #[error(transparent)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aether::actor::{AggregateTest, command_subject};
 use aether::{
     ActorConfig, ActorHost, Aggregate, CommandError, Event, EventStore, ExpectedVersion,
-    MemoryBroker, NewEvent, Router, Runtime, SingleNode, StoreConfig,
+    MemoryBroker, NewEvent, NodeId, Router, Runtime, SingleNode, StoreConfig,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -63,18 +63,27 @@ impl Aggregate for Account {
     }
 }
 
-async fn store(broker: &MemoryBroker) -> EventStore<MemoryBroker> {
-    EventStore::open(Runtime::system(broker.clone()), StoreConfig::new("bank"))
-        .await
-        .unwrap()
+fn nid(id: &str) -> NodeId {
+    NodeId::new(id).unwrap()
 }
 
-async fn single(broker: &MemoryBroker, config: ActorConfig) -> ActorHost<Account, MemoryBroker> {
-    ActorHost::new(
-        store(broker).await,
-        SingleNode(config.node_id.clone()),
-        config,
+/// The bank store as node `node` sees it.
+async fn store(broker: &MemoryBroker, node: &str) -> EventStore<MemoryBroker> {
+    EventStore::open(
+        Runtime::system(broker.clone()).with_node(nid(node)),
+        StoreConfig::new("bank"),
     )
+    .await
+    .unwrap()
+}
+
+/// A host on node `node` that owns every actor.
+async fn single(
+    broker: &MemoryBroker,
+    node: &str,
+    config: ActorConfig,
+) -> ActorHost<Account, MemoryBroker> {
+    ActorHost::new(store(broker, node).await, SingleNode(nid(node)), config)
 }
 
 #[test]
@@ -104,7 +113,7 @@ fn given_when_then_decides_without_a_store() {
 #[tokio::test]
 async fn commands_append_events_and_rejections_store_nothing() {
     let broker = MemoryBroker::new();
-    let host = single(&broker, ActorConfig::new("n1")).await;
+    let host = single(&broker, "n1", ActorConfig::new()).await;
     assert_eq!(
         host.execute("acc", &AccountCommand::Open)
             .await
@@ -140,10 +149,10 @@ async fn commands_append_events_and_rejections_store_nothing() {
 #[tokio::test]
 async fn a_foreign_write_is_absorbed_by_reloading_on_conflict() {
     let broker = MemoryBroker::new();
-    let host = single(&broker, ActorConfig::new("n1")).await;
+    let host = single(&broker, "n1", ActorConfig::new()).await;
     host.execute("acc", &AccountCommand::Open).await.unwrap();
     // Another writer (a stale owner, another process) appends behind the host's back.
-    store(&broker)
+    store(&broker, "n1")
         .await
         .append(
             "acc",
@@ -169,9 +178,9 @@ async fn a_foreign_write_is_absorbed_by_reloading_on_conflict() {
 #[tokio::test]
 async fn snapshots_are_taken_every_n_events_and_used_on_load() {
     let broker = MemoryBroker::new();
-    let mut config = ActorConfig::new("n1");
+    let mut config = ActorConfig::new();
     config.snapshot_every = 3;
-    let host = single(&broker, config.clone()).await;
+    let host = single(&broker, "n1", config.clone()).await;
     host.execute("acc", &AccountCommand::Open).await.unwrap();
     for _ in 0..6 {
         host.execute("acc", &AccountCommand::Deposit(10))
@@ -182,7 +191,7 @@ async fn snapshots_are_taken_every_n_events_and_used_on_load() {
     assert_eq!(snapshot.version, 6);
     assert_eq!(snapshot.state, json!({"open": true, "balance": 50}));
     // A fresh host (a restart) loads snapshot + the one later event.
-    let fresh = single(&broker, config).await;
+    let fresh = single(&broker, "n1", config).await;
     let rejected = fresh.execute("acc", &AccountCommand::Withdraw(61)).await;
     assert!(matches!(
         rejected,
@@ -195,10 +204,10 @@ async fn snapshots_are_taken_every_n_events_and_used_on_load() {
 #[tokio::test(start_paused = true)]
 async fn idle_actors_are_passivated_and_reloaded_on_demand() {
     let broker = MemoryBroker::new();
-    let mut config = ActorConfig::new("n1");
+    let mut config = ActorConfig::new();
     config.idle_timeout = Duration::from_secs(60);
     config.actors_max = 2;
-    let host = single(&broker, config).await;
+    let host = single(&broker, "n1", config).await;
     for actor in ["a", "b", "c"] {
         host.execute(actor, &AccountCommand::Open).await.unwrap();
     }
@@ -225,8 +234,8 @@ impl Table {
 }
 
 impl Router for Table {
-    fn owner_of(&self, actor_id: &str) -> Option<String> {
-        self.0.lock().unwrap().get(actor_id).cloned()
+    fn owner_of(&self, actor_id: &str) -> Option<NodeId> {
+        self.0.lock().unwrap().get(actor_id).map(|n| nid(n))
     }
 }
 
@@ -237,21 +246,21 @@ async fn commands_are_routed_to_the_owner_over_the_broker() {
     view.set("x", "node-b");
     view.set("y", "node-a");
     let a = ActorHost::<Account, _, _, _>::new(
-        store(&broker).await,
+        store(&broker, "node-a").await,
         view.clone(),
-        ActorConfig::new("node-a"),
+        ActorConfig::new(),
     );
     let b = ActorHost::<Account, _, _, _>::new(
-        store(&broker).await,
+        store(&broker, "node-b").await,
         view.clone(),
-        ActorConfig::new("node-b"),
+        ActorConfig::new(),
     );
     a.serve().await.unwrap();
     b.serve().await.unwrap();
     let remote = a.send("x", &AccountCommand::Open).await.unwrap();
     assert_eq!((remote.node_id.as_str(), remote.version), ("node-b", 1));
     let local = a.send("y", &AccountCommand::Open).await.unwrap();
-    assert_eq!(local.node_id, "node-a");
+    assert_eq!(local.node_id.as_str(), "node-a");
     match a.send("x", &AccountCommand::Withdraw(1)).await {
         Err(CommandError::Rejected(Refusal::Insufficient { balance: 0 })) => {}
         other => panic!("the remote rejection comes back typed, got {other:?}"),
@@ -269,9 +278,9 @@ struct Moving {
 }
 
 impl Router for Moving {
-    fn owner_of(&self, _actor_id: &str) -> Option<String> {
+    fn owner_of(&self, _actor_id: &str) -> Option<NodeId> {
         let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
-        Some(if first { "node-b" } else { "node-a" }.to_owned())
+        Some(nid(if first { "node-b" } else { "node-a" }))
     }
 }
 
@@ -279,21 +288,22 @@ impl Router for Moving {
 async fn a_command_sent_to_a_former_owner_is_rerouted() {
     let broker = MemoryBroker::new();
     let a = ActorHost::<Account, _, _, _>::new(
-        store(&broker).await,
+        store(&broker, "node-a").await,
         Moving {
             calls: AtomicU32::new(0),
         },
-        ActorConfig::new("node-a"),
+        ActorConfig::new(),
     );
     let b = ActorHost::<Account, _, _, _>::new(
-        store(&broker).await,
-        SingleNode("node-a".into()),
-        ActorConfig::new("node-b"),
+        store(&broker, "node-b").await,
+        SingleNode(nid("node-a")),
+        ActorConfig::new(),
     );
     b.serve().await.unwrap();
     let done = a.send("x", &AccountCommand::Open).await.unwrap();
     assert_eq!(
-        done.node_id, "node-a",
+        done.node_id.as_str(),
+        "node-a",
         "b refused (not owner), a re-routed to itself"
     );
     assert_eq!(b.active_actors(), 0);
@@ -304,16 +314,16 @@ async fn an_unreachable_owner_makes_the_command_unroutable() {
     let broker = MemoryBroker::new();
     let view = Table::default();
     view.set("x", "node-gone");
-    let mut config = ActorConfig::new("node-a");
+    let mut config = ActorConfig::new();
     config.route_retry_max = 2;
     config.route_retry_delay = Duration::from_millis(1);
-    let a = ActorHost::<Account, _, _, _>::new(store(&broker).await, view, config);
+    let a = ActorHost::<Account, _, _, _>::new(store(&broker, "node-a").await, view, config);
     match a.send("x", &AccountCommand::Open).await {
         Err(CommandError::Unroutable { attempts: 3, .. }) => {}
         other => panic!("expected Unroutable after 3 attempts, got {other:?}"),
     }
     assert_eq!(
-        command_subject("bank", "node-gone"),
+        command_subject("bank", &nid("node-gone")),
         "aether.cmd.bank.node-gone"
     );
 }
@@ -323,20 +333,23 @@ async fn a_stopped_host_no_longer_answers_so_a_restarted_node_executes_each_comm
     let broker = MemoryBroker::new();
     let view = Table::default();
     view.set("x", "node-b");
-    let sender =
-        ActorHost::<Account, _, _, _>::new(store(&broker).await, view, ActorConfig::new("node-a"));
+    let sender = ActorHost::<Account, _, _, _>::new(
+        store(&broker, "node-a").await,
+        view,
+        ActorConfig::new(),
+    );
     // The old incarnation of node-b: its (frozen) view says another node owns x.
     let old = ActorHost::<Account, _, _, _>::new(
-        store(&broker).await,
-        SingleNode("node-c".into()),
-        ActorConfig::new("node-b"),
+        store(&broker, "node-b").await,
+        SingleNode(nid("node-c")),
+        ActorConfig::new(),
     );
     old.serve().await.unwrap();
     old.stop_serving().await;
     let new = ActorHost::<Account, _, _, _>::new(
-        store(&broker).await,
-        SingleNode("node-b".into()),
-        ActorConfig::new("node-b"),
+        store(&broker, "node-b").await,
+        SingleNode(nid("node-b")),
+        ActorConfig::new(),
     );
     new.serve().await.unwrap();
     sender.send("x", &AccountCommand::Open).await.unwrap();
@@ -354,12 +367,13 @@ async fn a_stopped_host_no_longer_answers_so_a_restarted_node_executes_each_comm
     // Dropping every handle of a host stops it serving too, even with commands in flight.
     drop(new);
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let mut config = ActorConfig::new("node-a");
+    let mut config = ActorConfig::new();
     config.route_retry_max = 1;
     config.route_retry_delay = Duration::from_millis(1);
     let view = Table::default();
     view.set("x", "node-b");
-    let impatient = ActorHost::<Account, _, _, _>::new(store(&broker).await, view, config);
+    let impatient =
+        ActorHost::<Account, _, _, _>::new(store(&broker, "node-a").await, view, config);
     assert!(matches!(
         impatient.send("x", &AccountCommand::Deposit(1)).await,
         Err(CommandError::Unroutable { .. })
@@ -374,9 +388,9 @@ struct HandOver {
 }
 
 impl Router for HandOver {
-    fn owner_of(&self, _actor_id: &str) -> Option<String> {
+    fn owner_of(&self, _actor_id: &str) -> Option<NodeId> {
         let left = self.left.load(Ordering::SeqCst);
-        Some(if left { "node-a" } else { "node-b" }.to_owned())
+        Some(nid(if left { "node-a" } else { "node-b" }))
     }
 
     async fn leave(&self) {
@@ -388,14 +402,16 @@ impl Router for HandOver {
 async fn leaving_answers_every_command_the_node_was_sent() {
     let broker = MemoryBroker::new();
     let router = HandOver::default();
-    let mut config = ActorConfig::new("node-a");
+    let mut config = ActorConfig::new();
     config.route_retry_delay = Duration::from_millis(1);
     config.request_timeout = Duration::from_secs(3);
-    let a = ActorHost::<Account, _, _, _>::new(store(&broker).await, router.clone(), config);
-    let mut config = ActorConfig::new("node-b");
+    let a =
+        ActorHost::<Account, _, _, _>::new(store(&broker, "node-a").await, router.clone(), config);
+    let mut config = ActorConfig::new();
     // One command at a time: the others wait in b's subscription when it leaves.
     config.inflight_max = 1;
-    let b = ActorHost::<Account, _, _, _>::new(store(&broker).await, router.clone(), config);
+    let b =
+        ActorHost::<Account, _, _, _>::new(store(&broker, "node-b").await, router.clone(), config);
     b.serve().await.unwrap();
     let commands = 200;
     let sends: Vec<_> = (0..commands)
@@ -409,7 +425,7 @@ async fn leaving_answers_every_command_the_node_was_sent() {
     let (mut on_a, mut on_b) = (0, 0);
     for send in sends {
         match send.await.unwrap() {
-            Ok(done) if done.node_id == "node-a" => on_a += 1,
+            Ok(done) if done.node_id.as_str() == "node-a" => on_a += 1,
             Ok(_) => on_b += 1,
             Err(e) => panic!("a command sent before the leave was not answered: {e}"),
         }
@@ -434,13 +450,13 @@ async fn a_reply_naming_another_command_is_never_taken_as_the_answer() {
     let broker = MemoryBroker::new();
     let view = Table::default();
     view.set("x", "node-b");
-    let mut config = ActorConfig::new("node-a");
+    let mut config = ActorConfig::new();
     config.route_retry_max = 0;
-    let a = ActorHost::<Account, _, _, _>::new(store(&broker).await, view, config);
+    let a = ActorHost::<Account, _, _, _>::new(store(&broker, "node-a").await, view, config);
     // A broken node-b that answers with the outcome of some other command.
     use aether::broker::{Broker, Headers};
     let mut inbox = broker
-        .subscribe(&command_subject("bank", "node-b"))
+        .subscribe(&command_subject("bank", &nid("node-b")))
         .await
         .unwrap();
     let responder = broker.clone();
@@ -471,7 +487,7 @@ async fn a_reply_naming_another_command_is_never_taken_as_the_answer() {
     });
     for _ in 0..2 {
         match a.send("x", &AccountCommand::Open).await {
-            Err(CommandError::Timeout { owner }) => assert_eq!(owner, "node-b"),
+            Err(CommandError::Timeout { owner }) => assert_eq!(owner.as_str(), "node-b"),
             other => panic!("a misdirected reply must not answer the command: {other:?}"),
         }
     }
@@ -481,7 +497,7 @@ async fn a_reply_naming_another_command_is_never_taken_as_the_answer() {
 #[tokio::test]
 async fn the_host_reads_an_actors_state_and_version() {
     let broker = MemoryBroker::new();
-    let host = single(&broker, ActorConfig::new("n1")).await;
+    let host = single(&broker, "n1", ActorConfig::new()).await;
     let fresh = host.state("acc").await.unwrap();
     assert_eq!((fresh.state, fresh.version), (Account::default(), 0));
     host.execute("acc", &AccountCommand::Open).await.unwrap();
@@ -492,7 +508,7 @@ async fn the_host_reads_an_actors_state_and_version() {
     assert_eq!(read.version, 2);
     assert_eq!(read.state.balance, 30);
     // A write from elsewhere is seen, and reading changes nothing.
-    store(&broker)
+    store(&broker, "n1")
         .await
         .append(
             "acc",
@@ -504,7 +520,7 @@ async fn the_host_reads_an_actors_state_and_version() {
     let read = host.state("acc").await.unwrap();
     assert_eq!((read.version, read.state.balance), (3, 42));
     // Another node's host reads it too (loading, not activating).
-    let other = single(&broker, ActorConfig::new("n2")).await;
+    let other = single(&broker, "n2", ActorConfig::new()).await;
     assert_eq!(other.state("acc").await.unwrap().version, 3);
     assert_eq!(other.active_actors(), 0);
     assert_eq!(host.store().latest_version("acc").await.unwrap(), 3);

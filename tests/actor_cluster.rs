@@ -2,7 +2,6 @@
 //! any node run on the owner of the actor's shard, and keep being answered when a node leaves
 //! and its shards move.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use aether::cluster::{Cluster, ClusterConfig, NodeId};
@@ -31,32 +30,29 @@ impl Aggregate for Counter {
     }
 }
 
-type Host = ActorHost<Counter, MemoryBroker, SystemClock, Arc<Cluster<MemoryBroker, SystemClock>>>;
+type Node = Cluster<MemoryBroker, SystemClock>;
+type Host = ActorHost<Counter, MemoryBroker, SystemClock, Node>;
 
-async fn node(
-    broker: &MemoryBroker,
-    id: &str,
-    seed: u64,
-) -> (Arc<Cluster<MemoryBroker, SystemClock>>, Host) {
+/// One node: its id is configured once, in the runtime every component takes.
+async fn node(broker: &MemoryBroker, id: &str, seed: u64) -> (Node, Host) {
     let rt = Runtime::new(
         broker.clone(),
         SystemClock::new(),
         SharedRng::from_seed(seed),
-    );
-    let cluster = Arc::new(
-        Cluster::start(rt.clone(), ClusterConfig::new(NodeId::new(id).unwrap()))
-            .await
-            .unwrap(),
-    );
+    )
+    .with_node(NodeId::new(id).unwrap());
+    let cluster = Cluster::start(rt.clone(), ClusterConfig::new())
+        .await
+        .unwrap();
     let store = EventStore::open(rt, StoreConfig::new("counters"))
         .await
         .unwrap();
-    let host = ActorHost::new(store, cluster.clone(), ActorConfig::new(id));
+    let host = ActorHost::new(store, cluster.clone(), ActorConfig::new());
     host.serve().await.unwrap();
     (cluster, host)
 }
 
-async fn converge(nodes: &[&Arc<Cluster<MemoryBroker, SystemClock>>]) {
+async fn converge(nodes: &[&Node]) {
     for _ in 0..400 {
         let epochs: Vec<Option<u64>> = nodes.iter().map(|n| n.view().epoch()).collect();
         let members_ok = nodes.iter().all(|n| n.view().members.len() == nodes.len());
@@ -82,22 +78,22 @@ async fn commands_run_on_the_shard_owner_and_survive_a_node_leaving() {
         let sender = [&h1, &h2, &h3][i % 3];
         let outcome = sender.send(actor, &1).await.unwrap();
         let owner = c1.owner_of(actor).unwrap();
-        assert_eq!(
-            outcome.node_id,
-            owner.as_str(),
-            "ran on the owner of {actor}"
-        );
+        assert_eq!(outcome.node_id, owner, "ran on the owner of {actor}");
         ran_on.insert(outcome.node_id);
     }
     assert_eq!(ran_on.len(), 3, "30 actors spread over all three nodes");
 
-    // n3 leaves cleanly; its shards move to n1 and n2, and commands keep being answered.
-    c3.stop().await;
-    drop(h3);
+    // n3 leaves cleanly in one call; its shards move to n1 and n2, and commands keep being
+    // answered.
+    h3.leave().await;
+    assert!(
+        c3.route("counter-1").is_none(),
+        "a node that left routes nothing"
+    );
     converge(&[&c1, &c2]).await;
     for actor in &actors {
         let outcome = h1.send(actor, &1).await.unwrap();
-        assert_ne!(outcome.node_id, "n3");
+        assert_ne!(outcome.node_id.as_str(), "n3");
         assert_eq!(
             outcome.version, 2,
             "{actor}: second command, second version"

@@ -2,10 +2,10 @@
 //! time only advances when every task waits, so lease TTLs and failovers take no wall time and
 //! every run is the same. The scenario bodies are shared with `tests/cluster_nats.rs`.
 
-mod cluster_scenarios;
+mod support;
 
 use aether::{MemoryBroker, SystemClock};
-use cluster_scenarios::*;
+use support::cluster_scenarios::*;
 
 fn memory_env(name: &str) -> Env<MemoryBroker> {
     let broker = MemoryBroker::with_clock(SystemClock::new());
@@ -85,8 +85,9 @@ mod planted {
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
         let rt = Runtime::new(broker.clone(), SystemClock::new(), SharedRng::from_seed(1))
+            .with_node(NodeId::new("n").unwrap())
             .with_planted_bugs(bugs);
-        let config = ClusterConfig::new(NodeId::new("n").unwrap());
+        let config = ClusterConfig::new();
         let node =
             Cluster::start_with_observer(rt, config, move |e| sink.lock().unwrap().push(e.clone()))
                 .await
@@ -107,7 +108,7 @@ mod planted {
 
     #[tokio::test(start_paused = true)]
     async fn leader_ignores_lease_deadline_extends_acting_to_the_full_ttl() {
-        let config = ClusterConfig::new(NodeId::new("n").unwrap());
+        let config = ClusterConfig::new();
         let (good, good_log) = node(
             &MemoryBroker::with_clock(SystemClock::new()),
             PlantedBugs::default(),

@@ -248,11 +248,7 @@ async fn tls_with_a_trusted_root_works_and_an_untrusted_certificate_is_a_typed_t
         ..Default::default()
     });
     let url = format!("tls://127.0.0.1:{}", server.port);
-    let trusted = aether::broker::NatsTls {
-        required: true,
-        root_certificates: Some(ca),
-        ..Default::default()
-    };
+    let trusted = aether::broker::NatsTls::required().root_certificates(ca);
     let broker = NatsBroker::connect(NatsOptions::new(&url).tls(trusted))
         .await
         .expect("TLS with the CA as root");
@@ -260,10 +256,7 @@ async fn tls_with_a_trusted_root_works_and_an_untrusted_certificate_is_a_typed_t
         .kv_ensure(aether::broker::KvConfig::new("tls_ok"))
         .await
         .expect("JetStream usable over TLS");
-    let untrusted = aether::broker::NatsTls {
-        required: true,
-        ..Default::default()
-    };
+    let untrusted = aether::broker::NatsTls::required();
     let err = NatsBroker::connect(
         NatsOptions::new(&url)
             .tls(untrusted)

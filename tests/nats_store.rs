@@ -2,7 +2,6 @@
 //! broker (`tests/suite`), one fresh single-node server per test, plus what only a real server
 //! with several connections shows.
 
-mod suite;
 mod support;
 
 use std::time::Duration;
@@ -21,8 +20,8 @@ macro_rules! on_nats {
             async fn $body() {
                 let server = NatsServer::start();
                 let broker = server.broker().await;
-                let ns = suite::namespace_for(stringify!($body));
-                suite::$kind::$body(broker, ns).await;
+                let ns = support::bodies::namespace_for(stringify!($body));
+                support::bodies::$kind::$body(broker, ns).await;
             }
         )*
     };
@@ -38,6 +37,10 @@ mod bus {
     bus_bodies!(on_nats! { bus; });
 }
 
+fn on_node(broker: NatsBroker, node: &str) -> Runtime<NatsBroker> {
+    Runtime::system(broker).with_node(aether::NodeId::new(node).unwrap())
+}
+
 async fn connect(server: &NatsServer) -> NatsBroker {
     NatsBroker::connect(NatsOptions::new(server.url()).name("aether-test"))
         .await
@@ -47,10 +50,10 @@ async fn connect(server: &NatsServer) -> NatsBroker {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bus_nodes_on_separate_connections_see_each_others_events_once() {
     let server = NatsServer::start();
-    let a = EventBus::connected(connect(&server).await, BusConfig::new("node-a"))
+    let a = EventBus::connected(&on_node(connect(&server).await, "node-a"), BusConfig::new())
         .await
         .expect("bus a");
-    let b = EventBus::connected(connect(&server).await, BusConfig::new("node-b"))
+    let b = EventBus::connected(&on_node(connect(&server).await, "node-b"), BusConfig::new())
         .await
         .expect("bus b");
     let mut on_b = b.subscribe("orders", Filter::all()).expect("subscribe");
@@ -58,15 +61,13 @@ async fn bus_nodes_on_separate_connections_see_each_others_events_once() {
     let mut other_ns = b.subscribe("billing", Filter::all()).expect("subscribe");
     // The subscription of the other connection must have reached the server.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let event = aether::Event {
-        id: "e1".into(),
-        event_type: "Placed".into(),
-        actor_id: "order-1".into(),
-        version: 1,
-        data: serde_json::json!({"total": 3}),
-        timestamp: std::time::UNIX_EPOCH,
-        metadata: aether::Metadata::default(),
-    };
+    let event = aether::Event::new(
+        "e1",
+        "Placed",
+        "order-1",
+        1,
+        serde_json::json!({"total": 3}),
+    );
     a.publish("orders", std::slice::from_ref(&event))
         .await
         .expect("publish");

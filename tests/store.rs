@@ -1,6 +1,6 @@
 //! Store and snapshot behaviour on the in-process broker.
 
-mod suite;
+mod support;
 
 use aether::MemoryBroker;
 

@@ -22,10 +22,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{KvEntry, KvOperation};
-
+use super::node::NodeTask;
 use super::shard::NodeId;
-use super::view::LeaderInfo;
+use super::view::{ClusterEventKind, LeaderInfo, Leadership, StepDownReason};
+use crate::broker::{Broker, BrokerError, KvEntry, KvOperation};
+use crate::clock::Clock;
 
 /// The key of the lease in the leader bucket.
 pub(crate) const LEASE_KEY: &str = "leader";
@@ -101,4 +102,224 @@ pub(crate) struct OwnLease {
     pub revision: u64,
     pub deadline: Duration,
     pub renew_at: Duration,
+}
+
+impl<B: Broker, C: Clock> NodeTask<B, C> {
+    pub(super) fn observe_lease(&mut self, state: &LeaseState) {
+        let leader = state.leader().cloned();
+        if self.shared.set_leader(leader.clone()) {
+            self.emit(ClusterEventKind::LeaderObserved { leader });
+        }
+    }
+
+    /// The deadline for a lease write sent at `sent_at` and acknowledged at `acked_at`.
+    pub(super) fn deadline_for(&self, sent_at: Duration, acked_at: Duration) -> Duration {
+        if crate::planted::planted!(self.rt, leader_ignores_lease_deadline) {
+            // Planted bug: trust the server's TTL, counted from when the reply arrived.
+            acked_at + self.config.lease_ttl
+        } else {
+            sent_at + self.config.lease_step_down_after
+        }
+    }
+
+    pub(super) fn enforce_deadline(&mut self) {
+        if let Some(l) = self.lease
+            && self.now() >= l.deadline
+        {
+            self.step_down(StepDownReason::DeadlineReached, l.deadline);
+        }
+    }
+
+    pub(super) fn step_down(&mut self, reason: StepDownReason, acted_until: Duration) {
+        let Some(l) = self.lease.take() else {
+            return;
+        };
+        let acted_until = acted_until.min(l.deadline);
+        self.shared.update(|v| v.leadership = None);
+        tracing::info!(node = %self.me, token = l.token, ?reason, "stepped down");
+        self.emit(ClusterEventKind::LeadershipEnded {
+            token: l.token,
+            acted_until,
+            reason,
+        });
+    }
+
+    pub(super) async fn on_lease_entry(&mut self, entry: &KvEntry) {
+        let state = LeaseState::of(Some(entry));
+        self.observe_lease(&state);
+        if self.lease.is_none() {
+            self.try_acquire(state).await;
+        }
+    }
+
+    pub(super) async fn poll_lease(&mut self) {
+        if self.lease.is_some() {
+            return;
+        }
+        let bucket = self.config.buckets().leader;
+        let Ok(entry) = self
+            .op("read lease", self.rt.broker().kv_get(&bucket, LEASE_KEY))
+            .await
+        else {
+            return;
+        };
+        let state = LeaseState::of(entry.as_ref());
+        self.observe_lease(&state);
+        self.try_acquire(state).await;
+    }
+
+    pub(super) async fn try_acquire(&mut self, state: LeaseState) {
+        let bucket = self.config.buckets().leader;
+        let record = LeaseRecord {
+            holder: self.me.clone(),
+            incarnation: self.incarnation.clone(),
+            token: None,
+            released: false,
+        }
+        .encode();
+        let sent_at = self.now();
+        let result = match state {
+            LeaseState::Vacant => {
+                self.op(
+                    "create lease",
+                    self.rt.broker().kv_create(&bucket, LEASE_KEY, record),
+                )
+                .await
+            }
+            LeaseState::TakeOver { revision } => {
+                self.op(
+                    "take over lease",
+                    self.rt
+                        .broker()
+                        .kv_update(&bucket, LEASE_KEY, record, revision),
+                )
+                .await
+            }
+            // Our own lease from an earlier term (we stepped down on our clock, or a reply was
+            // lost): start a new term on it rather than wait for the TTL.
+            LeaseState::Held {
+                leader,
+                incarnation,
+                revision,
+            } if leader.node == self.me && incarnation == self.incarnation => {
+                self.op(
+                    "resume lease",
+                    self.rt
+                        .broker()
+                        .kv_update(&bucket, LEASE_KEY, record, revision),
+                )
+                .await
+            }
+            LeaseState::Held { .. } => return,
+        };
+        match result {
+            Ok(token) => {
+                let acked_at = self.now();
+                self.become_leader(token, sent_at, acked_at);
+            }
+            Err(e) => tracing::debug!(node = %self.me, error = %e, "lease not acquired"),
+        }
+    }
+
+    pub(super) fn become_leader(&mut self, token: u64, sent_at: Duration, acked_at: Duration) {
+        assert!(self.lease.is_none(), "acquired a lease while leading");
+        assert!(
+            token > self.last_own_token,
+            "fencing token did not grow: {token} after {}",
+            self.last_own_token
+        );
+        self.last_own_token = token;
+        let deadline = self.deadline_for(sent_at, acked_at);
+        if acked_at >= deadline {
+            // The reply took so long that the lease may already be someone else's: never act.
+            return;
+        }
+        let lease = OwnLease {
+            token,
+            revision: token,
+            deadline,
+            renew_at: sent_at + self.config.lease_renew_interval,
+        };
+        self.lease = Some(lease);
+        let leader = super::view::LeaderInfo {
+            node: self.me.clone(),
+            token,
+        };
+        self.shared.update(|v| {
+            v.leadership = Some(Leadership {
+                token,
+                since: acked_at,
+                deadline,
+            })
+        });
+        tracing::info!(node = %self.me, token, "became leader");
+        self.emit(ClusterEventKind::LeadershipAcquired { token, deadline });
+        if self.shared.set_leader(Some(leader.clone())) {
+            self.emit(ClusterEventKind::LeaderObserved {
+                leader: Some(leader),
+            });
+        }
+        self.members_dirty = true;
+    }
+
+    pub(super) async fn renew(&mut self) {
+        let Some(lease) = self.lease else {
+            return;
+        };
+        let bucket = self.config.buckets().leader;
+        let record = LeaseRecord {
+            holder: self.me.clone(),
+            incarnation: self.incarnation.clone(),
+            token: Some(lease.token),
+            released: false,
+        }
+        .encode();
+        let sent_at = self.now();
+        let result = self
+            .op(
+                "renew lease",
+                self.rt
+                    .broker()
+                    .kv_update(&bucket, LEASE_KEY, record, lease.revision),
+            )
+            .await;
+        let acked_at = self.now();
+        match result {
+            Ok(revision) => {
+                assert!(revision > lease.revision, "lease revision did not grow");
+                if acked_at >= lease.deadline {
+                    // We already stopped acting; a gap must not be papered over. The next poll
+                    // resumes the lease under a new token.
+                    self.step_down(StepDownReason::DeadlineReached, lease.deadline);
+                    return;
+                }
+                let deadline = self.deadline_for(sent_at, acked_at);
+                assert!(deadline >= lease.deadline, "lease deadline moved backwards");
+                self.lease = Some(OwnLease {
+                    revision,
+                    deadline,
+                    renew_at: sent_at + self.config.lease_renew_interval,
+                    ..lease
+                });
+                self.shared.update(|v| {
+                    if let Some(l) = v.leadership.as_mut() {
+                        l.deadline = deadline;
+                    }
+                });
+                self.emit(ClusterEventKind::LeaseRenewed {
+                    token: lease.token,
+                    deadline,
+                });
+            }
+            Err(BrokerError::WrongRevision { .. } | BrokerError::NotFound { .. }) => {
+                self.step_down(StepDownReason::LeaseLost, acked_at);
+            }
+            Err(e) => {
+                tracing::debug!(node = %self.me, error = %e, "lease renewal failed; retrying");
+                if let Some(l) = self.lease.as_mut() {
+                    l.renew_at = acked_at + self.config.lease_renew_interval / 4;
+                }
+            }
+        }
+    }
 }

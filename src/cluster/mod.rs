@@ -8,9 +8,11 @@
 //!   TTL can lapse. The lease's KV revision is the **fencing token**; tokens only grow.
 //! - **Shards** ([`shard`], [`ring`]): `shard_of(actor) = stable_hash(actor) mod shard_count`
 //!   ([`hash`]); a [`HashRing`] with virtual nodes places shards when no assignment exists.
-//! - **Assignment** ([`assignment`]): the leader publishes a balanced, minimal-move
-//!   [`Placement`] stamped with an epoch; nodes apply only newer epochs and stop hosting a shard
-//!   before they acknowledge the assignment that takes it away.
+//! - **Placement** ([`placement`]): balanced, minimal-move shard placement.
+//! - **Assignment** ([`assignment`]): the leader publishes a [`Placement`] stamped with an
+//!   epoch; nodes apply only newer epochs and stop hosting a shard before they acknowledge the
+//!   assignment that takes it away.
+//! - [`node`](self) runs all of it on one task per node: the loop, its timers and watches.
 //! - **Observation** ([`view`]): [`Cluster::view`] snapshots one node's knowledge;
 //!   [`ClusterEvent`]s, stamped with the node's clock, record every change.
 //!
@@ -21,11 +23,8 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let broker = MemoryBroker::new();
-//! let node = Cluster::start(
-//!     Runtime::system(broker.clone()),
-//!     ClusterConfig::new(NodeId::new("node-1")?),
-//! )
-//! .await?;
+//! let rt = Runtime::system(broker.clone()).with_node(NodeId::new("node-1")?);
+//! let node = Cluster::start(rt, ClusterConfig::new()).await?;
 //! // A single node elects itself and publishes the first assignment.
 //! while node.view().epoch().is_none() {
 //!     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -37,7 +36,7 @@
 //! # }
 //! ```
 //!
-//! All nodes of one cluster must share the [`ClusterConfig`] fields other than `node_id`
+//! A node's id is its [`Runtime`]'s. All nodes of one cluster must share the [`ClusterConfig`]
 //! (cluster name, shard config and timings): the buckets are created by the first node with its
 //! TTLs, and a node with another shard count ignores the assignment.
 
@@ -46,6 +45,7 @@ pub mod election;
 pub mod hash;
 pub mod membership;
 mod node;
+pub mod placement;
 pub mod ring;
 pub mod shard;
 pub mod view;
@@ -57,9 +57,11 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-pub use assignment::{Assignment, AssignmentDecodeError, Placement};
+pub use crate::node::NodeId;
+pub use assignment::{Assignment, AssignmentDecodeError};
+pub use placement::Placement;
 pub use ring::HashRing;
-pub use shard::{ClusterInputError, NodeId, ShardConfig, ShardId, shard_of};
+pub use shard::{ClusterInputError, ShardConfig, ShardId, shard_of};
 pub use view::{
     ClusterEvent, ClusterEventKind, ClusterEvents, ClusterView, EVENT_QUEUE_MAX, EventsError,
     LeaderInfo, Leadership, Observer, StepDownReason,
@@ -67,8 +69,9 @@ pub use view::{
 
 use crate::broker::subject::validate_name;
 use crate::broker::{Broker, BrokerError, KvConfig, StorageKind};
-use crate::clock::{Clock, Runtime};
-use membership::MemberRecord;
+use crate::clock::Clock;
+use crate::names::ClusterBuckets;
+use crate::runtime::Runtime;
 
 /// The key of the published assignment in the assignment bucket.
 pub const ASSIGNMENT_KEY: &str = "assignment";
@@ -81,11 +84,11 @@ pub fn ack_key(node: &NodeId) -> String {
 /// Default cluster name (prefix of the KV bucket names).
 pub const CLUSTER_NAME_DEFAULT: &str = "aether";
 
-/// Configuration of one node. Every field but `node_id` must be the same on all nodes.
+/// Configuration of the cluster, the same on every node (a node's id is its
+/// [`Runtime`]'s).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClusterConfig {
-    /// This node's id (unique, a valid KV key).
-    pub node_id: NodeId,
     /// Cluster name: the buckets are `<name>-members`, `<name>-leader`, `<name>-assignment`.
     pub name: String,
     /// Shard count, replication factor, virtual nodes.
@@ -115,10 +118,9 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// A configuration for `node_id` with the defaults.
-    pub fn new(node_id: NodeId) -> Self {
+    /// The defaults.
+    pub fn new() -> Self {
         Self {
-            node_id,
             name: CLUSTER_NAME_DEFAULT.to_owned(),
             shards: ShardConfig::default(),
             heartbeat_interval: Duration::from_millis(500),
@@ -174,23 +176,39 @@ impl ClusterConfig {
         Ok(())
     }
 
-    pub(crate) fn buckets(&self) -> Buckets {
-        Buckets {
-            members: format!("{}-members", self.name),
-            leader: format!("{}-leader", self.name),
-            assignment: format!("{}-assignment", self.name),
-        }
+    /// The cluster's KV buckets.
+    pub fn buckets(&self) -> ClusterBuckets {
+        ClusterBuckets::new(&self.name)
+    }
+
+    /// Sets the cluster name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the shard configuration.
+    pub fn shards(mut self, shards: ShardConfig) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// Sets the replicas of the cluster's KV buckets.
+    pub fn kv_replicas(mut self, replicas: usize) -> Self {
+        self.kv_replicas = replicas;
+        self
     }
 }
 
-pub(crate) struct Buckets {
-    pub members: String,
-    pub leader: String,
-    pub assignment: String,
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Why a node could not start.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The configuration is invalid.
     #[error(transparent)]
@@ -265,11 +283,16 @@ impl Shared {
     }
 }
 
-/// One running cluster node: its background task and a view of the cluster.
+/// One running cluster node: its background task and a view of the cluster. Cheap to clone;
+/// clones share the node.
 ///
-/// Dropping the handle without [`stop`](Self::stop) aborts the task without cleanup, like a
-/// crash: the node's membership and lease expire by TTL.
+/// Dropping the last handle without [`stop`](Self::stop) aborts the task without cleanup, like
+/// a crash: the node's membership and lease expire by TTL.
 pub struct Cluster<B: Broker, C: Clock> {
+    inner: Arc<ClusterInner<B, C>>,
+}
+
+struct ClusterInner<B: Broker, C: Clock> {
     rt: Runtime<B, C>,
     config: Arc<ClusterConfig>,
     shared: Arc<Shared>,
@@ -277,10 +300,18 @@ pub struct Cluster<B: Broker, C: Clock> {
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
+impl<B: Broker, C: Clock> Clone for Cluster<B, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
 impl<B: Broker, C: Clock> std::fmt::Debug for Cluster<B, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
-            .field("node", &self.config.node_id)
+            .field("node", self.inner.rt.node_id())
             .finish_non_exhaustive()
     }
 }
@@ -300,10 +331,13 @@ impl<B: Broker, C: Clock> Cluster<B, C> {
     }
 
     /// Like [`start`](Self::start), with `observer` called synchronously for every event of
-    /// this node, from the first one on (see [`view`] for what the events mean).
+    /// this node, from the first one on (see [`view`] for what the events mean). A hook for the
+    /// simulation and tests, which record events in their own time; applications subscribe to
+    /// [`events`](Self::events).
     ///
     /// # Errors
     /// As [`start`](Self::start).
+    #[cfg(feature = "sim")]
     pub async fn start_with_observer(
         rt: Runtime<B, C>,
         config: ClusterConfig,
@@ -335,11 +369,11 @@ impl<B: Broker, C: Clock> Cluster<B, C> {
         broker.kv_ensure(bucket(&buckets.assignment, None)).await?;
 
         let incarnation = rt.rng().uuid().to_string();
-        let member_revision = join(&rt, &config, &incarnation).await?;
+        let member_revision = membership::join(&rt, &config, &incarnation).await?;
 
         let (events, _) = broadcast::channel(EVENT_QUEUE_MAX);
         let shared = Arc::new(Shared {
-            view: Mutex::new(ClusterView::new(config.node_id.clone())),
+            view: Mutex::new(ClusterView::new(rt.node_id().clone())),
             ring: Mutex::new(None),
             events,
             observer,
@@ -355,11 +389,13 @@ impl<B: Broker, C: Clock> Cluster<B, C> {
         );
         let handle = tokio::spawn(task.run(shutdown_rx));
         Ok(Self {
-            rt,
-            config,
-            shared,
-            shutdown,
-            task: Mutex::new(Some(handle)),
+            inner: Arc::new(ClusterInner {
+                rt,
+                config,
+                shared,
+                shutdown,
+                task: Mutex::new(Some(handle)),
+            }),
         })
     }
 
@@ -369,8 +405,13 @@ impl<B: Broker, C: Clock> Cluster<B, C> {
     /// # Cancel safety
     /// Cancel safe: the task finishes its shutdown on its own.
     pub async fn stop(&self) {
-        let _ = self.shutdown.send(true);
-        let handle = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let _ = self.inner.shutdown.send(true);
+        let handle = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(handle) = handle {
             let _ = handle.await;
         }
@@ -378,50 +419,53 @@ impl<B: Broker, C: Clock> Cluster<B, C> {
 
     /// This node's id.
     pub fn node_id(&self) -> &NodeId {
-        &self.config.node_id
+        self.inner.rt.node_id()
     }
 
     /// The configuration.
     pub fn config(&self) -> &ClusterConfig {
-        &self.config
+        &self.inner.config
     }
 
     /// A snapshot of this node's view.
     pub fn view(&self) -> ClusterView {
-        self.shared.lock().clone()
+        self.inner.shared.lock().clone()
     }
 
     /// Whether this node may act as leader now (holds the lease and its deadline has not
     /// passed on its clock).
     pub fn is_leader(&self) -> bool {
-        self.shared.lock().is_leader_at(self.rt.clock().monotonic())
+        self.inner
+            .shared
+            .lock()
+            .is_leader_at(self.inner.rt.clock().monotonic())
     }
 
     /// The leader as last read from the lease key.
     pub fn leader(&self) -> Option<LeaderInfo> {
-        self.shared.lock().leader.clone()
+        self.inner.shared.lock().leader.clone()
     }
 
     /// The assignment this node applied.
     pub fn assignment(&self) -> Option<Arc<Assignment>> {
-        self.shared.lock().assignment.clone()
+        self.inner.shared.lock().assignment.clone()
     }
 
     /// The shard of `actor_id`.
     pub fn shard_of(&self, actor_id: &str) -> ShardId {
-        self.config.shards.shard_of(actor_id)
+        self.inner.config.shards.shard_of(actor_id)
     }
 
     /// Whether this node hosts `shard` (is its primary under the applied assignment).
     pub fn hosts(&self, shard: ShardId) -> bool {
-        self.shared.lock().hosted.contains(&shard)
+        self.inner.shared.lock().hosted.contains(&shard)
     }
 
     /// Where commands for `actor_id` go: the applied assignment's owners, or — before any
     /// assignment was seen — the hash ring over the current members. `None` when no member is
     /// known, and after [`stop`](Self::stop).
     pub fn route(&self, actor_id: &str) -> Option<Route> {
-        if *self.shutdown.borrow() {
+        if *self.inner.shutdown.borrow() {
             // A stopped node's view is frozen: routing by it would send commands to owners it
             // no longer tracks.
             return None;
@@ -435,13 +479,14 @@ impl<B: Broker, C: Clock> Cluster<B, C> {
             });
         }
         let ring = self
+            .inner
             .shared
             .ring
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()?;
         let owners: Vec<NodeId> = ring
-            .replicas_of(shard, self.config.shards.replication_factor)
+            .replicas_of(shard, self.inner.config.shards.replication_factor)
             .into_iter()
             .cloned()
             .collect();
@@ -460,7 +505,7 @@ impl<B: Broker, C: Clock> Cluster<B, C> {
     /// Subscribes to this node's events from now on (bounded by [`EVENT_QUEUE_MAX`]).
     pub fn events(&self) -> ClusterEvents {
         ClusterEvents {
-            inner: self.shared.events.subscribe(),
+            inner: self.inner.shared.events.subscribe(),
         }
     }
 
@@ -472,9 +517,10 @@ impl<B: Broker, C: Clock> Cluster<B, C> {
         &self,
     ) -> Result<std::collections::BTreeMap<NodeId, u64>, BrokerError> {
         let entries = self
+            .inner
             .rt
             .broker()
-            .kv_entries(&self.config.buckets().assignment)
+            .kv_entries(&self.inner.config.buckets().assignment)
             .await?;
         Ok(entries
             .into_iter()
@@ -487,7 +533,7 @@ impl<B: Broker, C: Clock> Cluster<B, C> {
     }
 }
 
-impl<B: Broker, C: Clock> Drop for Cluster<B, C> {
+impl<B: Broker, C: Clock> Drop for ClusterInner<B, C> {
     fn drop(&mut self) {
         if let Some(handle) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
             handle.abort();
@@ -495,52 +541,9 @@ impl<B: Broker, C: Clock> Drop for Cluster<B, C> {
     }
 }
 
-/// Writes this node's membership entry, refusing an id a live node heartbeats under.
-async fn join<B: Broker, C: Clock>(
-    rt: &Runtime<B, C>,
-    config: &ClusterConfig,
-    incarnation: &str,
-) -> Result<u64, StartError> {
-    let bucket = config.buckets().members;
-    let key = config.node_id.as_str();
-    let record = MemberRecord {
-        incarnation: incarnation.to_owned(),
-    }
-    .encode();
-    let broker = rt.broker();
-    match broker.kv_create(&bucket, key, record.clone()).await {
-        Ok(revision) => return Ok(revision),
-        Err(BrokerError::AlreadyExists { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    // An entry exists: a live node (it keeps heartbeating) or a crashed predecessor (it does
-    // not). Watch it for two heartbeats.
-    let before = broker.kv_get(&bucket, key).await?;
-    rt.clock().sleep(config.heartbeat_interval * 2).await;
-    let after = broker.kv_get(&bucket, key).await?;
-    let duplicate = || StartError::DuplicateNodeId {
-        node: config.node_id.clone(),
-    };
-    match (before, after) {
-        (_, None) => match broker.kv_create(&bucket, key, record).await {
-            Ok(revision) => Ok(revision),
-            Err(BrokerError::AlreadyExists { .. }) => Err(duplicate()),
-            Err(e) => Err(e.into()),
-        },
-        (Some(b), Some(a)) if a.revision == b.revision => {
-            match broker.kv_update(&bucket, key, record, a.revision).await {
-                Ok(revision) => Ok(revision),
-                Err(BrokerError::WrongRevision { .. }) => Err(duplicate()),
-                Err(e) => Err(e.into()),
-            }
-        }
-        _ => Err(duplicate()),
-    }
-}
-
 impl<B: Broker, C: Clock> crate::actor::Router for Cluster<B, C> {
-    fn owner_of(&self, actor_id: &str) -> Option<String> {
-        Cluster::owner_of(self, actor_id).map(String::from)
+    fn owner_of(&self, actor_id: &str) -> Option<NodeId> {
+        Cluster::owner_of(self, actor_id)
     }
 
     /// Stops this node (see [`Cluster::stop`]): its shards move to the others.

@@ -56,6 +56,7 @@ pub struct Leadership {
 
 /// A snapshot of one node's knowledge of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClusterView {
     /// This node.
     pub node: NodeId,
@@ -103,6 +104,7 @@ impl ClusterView {
 
 /// Why a node stopped acting as leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StepDownReason {
     /// Its own deadline passed before a renewal succeeded (the server-side TTL has not lapsed
     /// yet at that moment).
@@ -128,6 +130,7 @@ pub struct ClusterEvent {
 
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClusterEventKind {
     /// A node appeared in the membership bucket (also emitted for this node itself).
     MemberJoined {
@@ -214,6 +217,7 @@ pub type Observer = Arc<dyn Fn(&ClusterEvent) + Send + Sync>;
 
 /// Why [`ClusterEvents::recv`] returned no event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EventsError {
     /// The subscriber fell behind and this many events were dropped; the next call continues
     /// with the oldest retained event.

@@ -1,8 +1,18 @@
-//! Shared support for integration tests: the broker conformance bodies and real nats-server
-//! processes (feature `nats`).
-#![allow(dead_code)]
+//! Shared support for integration tests, included by each test file as `mod support;`:
+//!
+//! - `conformance`: the broker conformance bodies every broker runs (memory, NATS, simulated);
+//! - `bodies`: generic store and bus bodies, run against every broker (`store_bodies!`,
+//!   `bus_bodies!`);
+//! - `cluster_scenarios`: multi-node cluster scenarios, generic over the broker;
+//! - `lossy`: a broker wrapper that loses append replies on purpose;
+//! - `nats_server`: real nats-server processes (single node and 3-node cluster);
+//! - `race`: cross-process race workers.
+#![allow(dead_code)] // each test file uses a subset
 
+pub mod bodies;
+pub mod cluster_scenarios;
 pub mod conformance;
+pub mod lossy;
 #[cfg(feature = "nats")]
 pub mod nats_server;
 #[cfg(feature = "nats")]

@@ -1,0 +1,443 @@
+//! Fault schedules drawn from the seed, and their application to the turmoil world.
+//!
+//! A schedule covers the safety phase only: faults start and end inside it, and at its end
+//! [`heal_all`] repairs every link, releases held traffic, restarts crashed nodes, restores
+//! latency, stops drift and reply loss. The liveness phase that follows is fault-free.
+
+use std::fmt;
+use std::time::Duration;
+
+use turmoil::Sim;
+
+use super::broker::{BROKER_HOST, BrokerFaults, BrokerHost};
+use super::clock::ClockControl;
+use aether::clock::SharedRng;
+
+/// Which way a partition cuts the node ↔ broker link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Nothing passes.
+    Both,
+    /// The node's requests are lost; the broker's messages still arrive.
+    ToBroker,
+    /// The broker's replies and pushes are lost; the node's requests still arrive.
+    FromBroker,
+}
+
+/// One fault (or its end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Cut the node ↔ broker link.
+    Partition {
+        /// Node index.
+        node: usize,
+        /// Which way.
+        direction: Direction,
+    },
+    /// Heal the node ↔ broker link.
+    Repair {
+        /// Node index.
+        node: usize,
+    },
+    /// Hold all traffic on the link (delivered later, on release).
+    Hold {
+        /// Node index.
+        node: usize,
+    },
+    /// Release held traffic.
+    Release {
+        /// Node index.
+        node: usize,
+    },
+    /// Set the link's maximum latency.
+    Latency {
+        /// Node index.
+        node: usize,
+        /// Maximum one-way latency.
+        max: Duration,
+    },
+    /// Crash the node (its tasks vanish; the broker keeps its data).
+    Crash {
+        /// Node index.
+        node: usize,
+    },
+    /// Restart a crashed node.
+    Restart {
+        /// Node index.
+        node: usize,
+    },
+    /// Crash and immediately restart the broker host (data survives, connections do not).
+    BounceBroker,
+    /// Step the node's wall clock by this offset.
+    Skew {
+        /// Node index.
+        node: usize,
+        /// Offset in milliseconds (may be negative).
+        offset_ms: i64,
+    },
+    /// Run the node's clock at this rate (parts per million of true time).
+    Drift {
+        /// Node index.
+        node: usize,
+        /// Rate.
+        rate_ppm: u64,
+    },
+    /// Drop this share of committed-write replies at the broker.
+    ReplyLoss {
+        /// Per mille.
+        per_mille: u32,
+    },
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Partition { node, direction } => match direction {
+                Direction::Both => write!(f, "partition n{node} <-/-> broker"),
+                Direction::ToBroker => write!(f, "partition n{node} --/-> broker (one way)"),
+                Direction::FromBroker => write!(f, "partition n{node} <-/-- broker (one way)"),
+            },
+            Fault::Repair { node } => write!(f, "repair n{node} <-> broker"),
+            Fault::Hold { node } => write!(f, "hold n{node} <-> broker"),
+            Fault::Release { node } => write!(f, "release n{node} <-> broker"),
+            Fault::Latency { node, max } => {
+                write!(f, "latency n{node} <-> broker up to {} ms", max.as_millis())
+            }
+            Fault::Crash { node } => write!(f, "crash n{node}"),
+            Fault::Restart { node } => write!(f, "restart n{node}"),
+            Fault::BounceBroker => write!(f, "bounce broker"),
+            Fault::Skew { node, offset_ms } => {
+                write!(f, "skew n{node} wall clock by {offset_ms} ms")
+            }
+            Fault::Drift { node, rate_ppm } => {
+                write!(f, "drift n{node} clock rate {:.3}", *rate_ppm as f64 / 1e6)
+            }
+            Fault::ReplyLoss { per_mille } => {
+                write!(f, "broker drops {per_mille}/1000 committed-write replies")
+            }
+        }
+    }
+}
+
+/// How hard a schedule hits.
+#[derive(Clone, Copy, Debug)]
+pub struct FaultProfile {
+    /// Mean gap between fault starts.
+    pub gap_mean: Duration,
+    /// Longest a link fault or crash lasts.
+    pub fault_duration_max: Duration,
+    /// Largest clock drift, in ppm away from 1_000_000.
+    pub drift_max_ppm: u64,
+    /// Largest wall-clock skew.
+    pub skew_max_ms: i64,
+    /// Allow broker bounces.
+    pub broker_bounces: bool,
+    /// Largest share of dropped write replies (per mille).
+    pub reply_loss_max_per_mille: u32,
+    /// Also aim faults at whoever leads the cluster ([`ChurnPlan`]).
+    pub leader_churn: bool,
+}
+
+impl Default for FaultProfile {
+    fn default() -> Self {
+        Self {
+            gap_mean: Duration::from_millis(1500),
+            fault_duration_max: Duration::from_secs(4),
+            drift_max_ppm: 20_000,
+            skew_max_ms: 5_000,
+            broker_bounces: true,
+            reply_loss_max_per_mille: 250,
+            leader_churn: false,
+        }
+    }
+}
+
+/// Faults in time order.
+#[derive(Clone, Debug, Default)]
+pub struct FaultSchedule {
+    /// `(when, fault)`, sorted by time.
+    pub events: Vec<(Duration, Fault)>,
+}
+
+fn below(rng: &SharedRng, n: u64) -> u64 {
+    rng.next_u64() % n.max(1)
+}
+
+impl FaultSchedule {
+    /// A schedule for `nodes` nodes over `[start, safety_end)`.
+    pub fn generate(
+        rng: &SharedRng,
+        nodes: usize,
+        start: Duration,
+        safety_end: Duration,
+        profile: &FaultProfile,
+    ) -> Self {
+        let mut events = Vec::new();
+        // When each node's link (and liveness) is free of a fault again.
+        let mut link_free = vec![Duration::ZERO; nodes];
+        let mut up_again = vec![Duration::ZERO; nodes];
+        let mut t = start;
+        loop {
+            t += rng.duration_between(profile.gap_mean / 4, profile.gap_mean * 7 / 4);
+            if t >= safety_end {
+                break;
+            }
+            let node = below(rng, nodes as u64) as usize;
+            let span = rng.duration_between(Duration::from_millis(300), profile.fault_duration_max);
+            let end = (t + span).min(safety_end);
+            match below(rng, 100) {
+                0..=19 if link_free[node] <= t => {
+                    let direction = match below(rng, 3) {
+                        0 => Direction::Both,
+                        1 => Direction::ToBroker,
+                        _ => Direction::FromBroker,
+                    };
+                    events.push((t, Fault::Partition { node, direction }));
+                    events.push((end, Fault::Repair { node }));
+                    link_free[node] = end;
+                }
+                20..=34 if link_free[node] <= t => {
+                    events.push((t, Fault::Hold { node }));
+                    events.push((end, Fault::Release { node }));
+                    link_free[node] = end;
+                }
+                35..=44 => {
+                    let max =
+                        rng.duration_between(Duration::from_millis(50), Duration::from_millis(800));
+                    events.push((t, Fault::Latency { node, max }));
+                    events.push((
+                        end,
+                        Fault::Latency {
+                            node,
+                            max: BASE_LATENCY_MAX,
+                        },
+                    ));
+                }
+                45..=59 if up_again[node] <= t => {
+                    // Never crash every node at once: liveness needs someone, and a
+                    // fully-down cluster teaches nothing new.
+                    let down = (0..nodes).filter(|n| up_again[*n] > t).count();
+                    if down + 1 < nodes {
+                        events.push((t, Fault::Crash { node }));
+                        events.push((end, Fault::Restart { node }));
+                        up_again[node] = end;
+                    }
+                }
+                60..=66 if profile.broker_bounces => events.push((t, Fault::BounceBroker)),
+                67..=74 => {
+                    let max = profile.skew_max_ms.max(1);
+                    let offset_ms = below(rng, (2 * max + 1) as u64) as i64 - max;
+                    events.push((t, Fault::Skew { node, offset_ms }));
+                }
+                75..=84 => {
+                    let max = profile.drift_max_ppm.max(1);
+                    let rate_ppm = 1_000_000 - max + below(rng, 2 * max + 1);
+                    events.push((t, Fault::Drift { node, rate_ppm }));
+                }
+                85..=99 if profile.reply_loss_max_per_mille > 0 => {
+                    let per_mille =
+                        1 + below(rng, u64::from(profile.reply_loss_max_per_mille)) as u32;
+                    events.push((t, Fault::ReplyLoss { per_mille }));
+                    events.push((end, Fault::ReplyLoss { per_mille: 0 }));
+                }
+                _ => {}
+            }
+        }
+        events.sort_by_key(|(at, _)| *at);
+        Self { events }
+    }
+}
+
+/// A fault aimed at the current leader (resolved when it is due: the leader is whoever leads
+/// then).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Churn {
+    /// Crash the leader; restart it after `down_for`.
+    Crash {
+        /// Downtime.
+        down_for: Duration,
+    },
+    /// Partition the leader from the broker both ways for `cut_for`.
+    Partition {
+        /// How long.
+        cut_for: Duration,
+    },
+    /// Slow the leader's link (replies to its lease renewals arrive late), optionally slow its
+    /// clock too, then cut it off after `cut_after` for `cut_for`: the classic way for a leader
+    /// that trusts the server's TTL to overstay its lease.
+    SlowThenCut {
+        /// Link latency while slow.
+        latency: Duration,
+        /// Clock rate while slow (ppm), if changed.
+        rate_ppm: Option<u64>,
+        /// Delay before the cut.
+        cut_after: Duration,
+        /// How long the cut lasts.
+        cut_for: Duration,
+    },
+}
+
+/// Leader-aimed faults in time order.
+#[derive(Clone, Debug, Default)]
+pub struct ChurnPlan {
+    /// `(when, churn)`, sorted by time.
+    pub events: Vec<(Duration, Churn)>,
+}
+
+impl ChurnPlan {
+    /// A plan over `[start, safety_end)`: one leader fault every 2.5–5 s; half of them slow the
+    /// leader down before cutting it off (three in four of those also slow its clock).
+    pub fn generate(rng: &SharedRng, start: Duration, safety_end: Duration) -> Self {
+        let mut events = Vec::new();
+        let mut t = start;
+        loop {
+            t += rng.duration_between(Duration::from_millis(2500), Duration::from_secs(5));
+            if t + Duration::from_secs(1) >= safety_end {
+                break;
+            }
+            let churn = match below(rng, 4) {
+                0 => Churn::Crash {
+                    down_for: rng.duration_between(Duration::from_secs(1), Duration::from_secs(4)),
+                },
+                1 => Churn::Partition {
+                    cut_for: rng
+                        .duration_between(Duration::from_millis(1500), Duration::from_secs(5)),
+                },
+                _ => Churn::SlowThenCut {
+                    latency: rng
+                        .duration_between(Duration::from_millis(200), Duration::from_millis(800)),
+                    rate_ppm: (below(rng, 4) != 0).then(|| 980_000 + below(rng, 10_000)),
+                    cut_after: rng
+                        .duration_between(Duration::from_millis(500), Duration::from_secs(2)),
+                    cut_for: rng.duration_between(Duration::from_secs(2), Duration::from_secs(5)),
+                },
+            };
+            events.push((t, churn));
+        }
+        Self { events }
+    }
+
+    /// The concrete faults of `churn` aimed at `node` at `now`, with their times. A crash is
+    /// replaced by a partition when `may_crash` is false (too few other nodes running).
+    pub fn faults(
+        churn: &Churn,
+        node: usize,
+        now: Duration,
+        may_crash: bool,
+    ) -> Vec<(Duration, Fault)> {
+        match churn {
+            Churn::Crash { down_for } if may_crash => vec![
+                (now, Fault::Crash { node }),
+                (now + *down_for, Fault::Restart { node }),
+            ],
+            Churn::Crash { down_for: cut_for } | Churn::Partition { cut_for } => vec![
+                (
+                    now,
+                    Fault::Partition {
+                        node,
+                        direction: Direction::Both,
+                    },
+                ),
+                (now + *cut_for, Fault::Repair { node }),
+            ],
+            Churn::SlowThenCut {
+                latency,
+                rate_ppm,
+                cut_after,
+                cut_for,
+            } => {
+                let mut out = vec![(
+                    now,
+                    Fault::Latency {
+                        node,
+                        max: *latency,
+                    },
+                )];
+                if let Some(rate_ppm) = rate_ppm {
+                    out.push((
+                        now,
+                        Fault::Drift {
+                            node,
+                            rate_ppm: *rate_ppm,
+                        },
+                    ));
+                }
+                let cut = now + *cut_after;
+                out.push((
+                    cut,
+                    Fault::Partition {
+                        node,
+                        direction: Direction::Both,
+                    },
+                ));
+                out.push((cut + *cut_for, Fault::Repair { node }));
+                out.push((
+                    cut + *cut_for,
+                    Fault::Latency {
+                        node,
+                        max: BASE_LATENCY_MAX,
+                    },
+                ));
+                out
+            }
+        }
+    }
+}
+
+/// The latency links have outside faults.
+pub const BASE_LATENCY_MAX: Duration = Duration::from_millis(20);
+
+/// Handles the fault injector needs.
+pub struct World<'a> {
+    /// Node host names, by index.
+    pub nodes: &'a [String],
+    /// Their clocks.
+    pub clocks: &'a [ClockControl],
+    /// The broker host.
+    pub broker: &'a BrokerHost,
+}
+
+/// Applies one fault at true time `now`.
+pub fn apply(sim: &mut Sim<'_>, world: &World<'_>, now: Duration, fault: &Fault) {
+    let name = |n: usize| world.nodes[n].as_str();
+    match fault {
+        Fault::Partition { node, direction } => match direction {
+            Direction::Both => sim.partition(name(*node), BROKER_HOST),
+            Direction::ToBroker => sim.partition_oneway(name(*node), BROKER_HOST),
+            Direction::FromBroker => sim.partition_oneway(BROKER_HOST, name(*node)),
+        },
+        Fault::Repair { node } => sim.repair(name(*node), BROKER_HOST),
+        Fault::Hold { node } => sim.hold(name(*node), BROKER_HOST),
+        Fault::Release { node } => sim.release(name(*node), BROKER_HOST),
+        Fault::Latency { node, max } => {
+            sim.set_link_max_message_latency(name(*node), BROKER_HOST, *max);
+        }
+        Fault::Crash { node } => sim.crash(name(*node)),
+        // A node that is already up again (restarted by another fault) is left alone.
+        Fault::Restart { node } => {
+            if !sim.is_host_running(name(*node)) {
+                sim.bounce(name(*node));
+            }
+        }
+        Fault::BounceBroker => sim.bounce(BROKER_HOST),
+        Fault::Skew { node, offset_ms } => world.clocks[*node].set_skew(offset_ms * 1_000_000),
+        Fault::Drift { node, rate_ppm } => world.clocks[*node].set_drift(now, *rate_ppm),
+        Fault::ReplyLoss { per_mille } => world.broker.set_faults(BrokerFaults {
+            reply_loss_per_mille: *per_mille,
+        }),
+    }
+}
+
+/// Ends every fault: the start of the liveness phase.
+pub fn heal_all(sim: &mut Sim<'_>, world: &World<'_>, now: Duration) {
+    for (n, name) in world.nodes.iter().enumerate() {
+        sim.release(name.as_str(), BROKER_HOST);
+        sim.repair(name.as_str(), BROKER_HOST);
+        sim.set_link_max_message_latency(name.as_str(), BROKER_HOST, BASE_LATENCY_MAX);
+        if !sim.is_host_running(name.as_str()) {
+            sim.bounce(name.as_str());
+        }
+        world.clocks[n].set_drift(now, 1_000_000);
+    }
+    world.broker.set_faults(BrokerFaults::default());
+}

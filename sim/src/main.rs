@@ -1,0 +1,170 @@
+//! `aether-sim`: sweeps many seeds of a simulation scenario and reports throughput.
+//!
+//! ```text
+//! cargo run --profile sim --features sim --bin aether-sim -- --seeds 10000
+//! cargo run --profile sim --features sim --bin aether-sim -- --seed 1234 --trace
+//! ```
+//!
+//! `aether-sim --help` lists the options.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aether::planted::PlantedBugs;
+use aether_sim::runner::parse_planted;
+use aether_sim::{RunOptions, Scenario, run};
+use clap::Parser;
+
+/// Sweeps seeds of a simulation scenario: each seed is a full run (faults, then a fault-free
+/// liveness phase) checked against every invariant; failing seeds print the command that
+/// replays them.
+#[derive(Parser, Debug)]
+#[command(name = "aether-sim", version)]
+struct Cli {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// Run exactly this seed (overrides --first and --seeds).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The scenario.
+    #[arg(long, default_value = "store", value_parser = scenario_name)]
+    scenario: String,
+    /// Simulated seconds per seed: the safety phase is this minus the scenario's liveness phase.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Planted bugs to switch on, comma-separated.
+    #[arg(long, value_parser = parse_planted, default_value = "")]
+    planted: PlantedBugs,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// turmoil tick in milliseconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    tick_ms: u64,
+    /// Print the full trace of every seed (use with --seed).
+    #[arg(long)]
+    trace: bool,
+}
+
+fn scenario_name(name: &str) -> Result<String, String> {
+    Scenario::by_name(name)
+        .map(|_| name.to_owned())
+        .ok_or_else(|| {
+            let known: Vec<&str> = Scenario::all().iter().map(|s| s.name).collect();
+            format!("unknown scenario {name:?}; known: {}", known.join(", "))
+        })
+}
+
+struct Args {
+    first: u64,
+    count: u64,
+    scenario: Scenario,
+    options: RunOptions,
+    jobs: usize,
+}
+
+fn parse() -> Args {
+    let cli = Cli::parse();
+    let scenario = Scenario::by_name(&cli.scenario).expect("checked by the parser");
+    let safety = Duration::from_secs(cli.seconds).saturating_sub(scenario.liveness);
+    let (first, count) = match cli.seed {
+        Some(seed) => (seed, 1),
+        None => (cli.first, cli.seeds),
+    };
+    Args {
+        first,
+        count,
+        scenario: scenario.with_safety(safety),
+        options: RunOptions {
+            planted: cli.planted,
+            tick: Duration::from_millis(cli.tick_ms),
+            keep_trace: cli.trace,
+        },
+        jobs: cli
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1),
+    }
+}
+
+// Wall-clock time of the harness itself (throughput), never of simulated code.
+#[allow(clippy::disallowed_methods)]
+fn wall_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+fn main() {
+    let args = parse();
+    println!(
+        "aether-sim: scenario {} ({} nodes + broker, {:?} simulated per seed), seeds {}..{}, {} jobs",
+        args.scenario.name,
+        args.scenario.nodes,
+        args.scenario.duration(),
+        args.first,
+        args.first + args.count,
+        args.jobs
+    );
+    let started = wall_now();
+    let next = AtomicU64::new(args.first);
+    let end = args.first + args.count;
+    let simulated_nanos = AtomicU64::new(0);
+    let failures: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+    let done = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::SeqCst);
+                    if seed >= end {
+                        return;
+                    }
+                    let report = run(&args.scenario, seed, &args.options);
+                    simulated_nanos.fetch_add(report.simulated.as_nanos() as u64, Ordering::SeqCst);
+                    if let Some(trace) = &report.trace {
+                        for line in trace {
+                            println!("{line}");
+                        }
+                        println!("{}", report.summary());
+                    }
+                    if !report.passed() {
+                        println!("{report}");
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(seed);
+                    }
+                    let finished = done.fetch_add(1, Ordering::SeqCst) + 1;
+                    if finished.is_multiple_of(100) {
+                        let elapsed = started.elapsed().as_secs_f64();
+                        println!(
+                            "  {finished} seeds, {:.0} seeds/min",
+                            finished as f64 * 60.0 / elapsed
+                        );
+                    }
+                }
+            });
+        }
+    });
+    let real = started.elapsed().as_secs_f64();
+    let simulated = simulated_nanos.load(Ordering::SeqCst) as f64 / 1e9;
+    let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    failures.sort_unstable();
+    println!(
+        "{} seeds in {real:.1} s real: {:.0} seeds/min, simulated/real time {:.0}x ({:.0}x per core)",
+        args.count,
+        args.count as f64 * 60.0 / real,
+        simulated / real,
+        simulated / real / args.jobs as f64
+    );
+    if failures.is_empty() {
+        println!("all seeds passed");
+    } else {
+        println!("{} failing seeds: {failures:?}", failures.len());
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,466 @@
+//! Running one seed, many seeds, and reporting a failure so that it replays.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use super::broker::{BROKER_HOST, BrokerHost, BrokerStats};
+use super::checkers::{CheckInput, Violation, check_all};
+use super::clock::{SimClock, epoch};
+use super::faults::{self, BASE_LATENCY_MAX, ChurnPlan, Fault, FaultSchedule};
+use super::history::{ClusterObservation, History, OpKind, Outcome, format_time};
+use super::scenarios::Scenario;
+use super::workload::{NAMESPACE, NodeContext};
+use super::{derive_seed, rng_for};
+use aether::broker::Now;
+use aether::codec::encode_actor_id;
+use aether::planted::PlantedBugs;
+
+/// How to run a seed.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Planted bugs switched on in every node.
+    pub planted: PlantedBugs,
+    /// turmoil tick.
+    pub tick: Duration,
+    /// Keep the full trace in the report.
+    pub keep_trace: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            planted: PlantedBugs::default(),
+            tick: Duration::from_millis(10),
+            keep_trace: false,
+        }
+    }
+}
+
+/// Counts of operation outcomes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    /// Appends acknowledged.
+    pub appends_ok: u64,
+    /// Appends that definitely failed (conflicts mostly).
+    pub appends_failed: u64,
+    /// Appends with unknown outcome (indeterminate, or cut short by a crash).
+    pub appends_ambiguous: u64,
+    /// Reads that returned events.
+    pub reads_ok: u64,
+    /// Reads that reported damage.
+    pub reads_damaged: u64,
+    /// Reads that failed.
+    pub reads_failed: u64,
+    /// Cluster observations.
+    pub observations: u64,
+}
+
+/// Counts of actor command outcomes (kept out of [`RunReport::summary`], whose snapshot pins
+/// the store scenario).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommandCounts {
+    /// Commands answered with an outcome.
+    pub ok: u64,
+    /// Commands that definitely failed (rejected, not owner, unroutable, conflicts, reads).
+    pub failed: u64,
+    /// Commands with unknown outcome (timeout, indeterminate append, remote failure, or cut
+    /// short by a crash or a leave).
+    pub ambiguous: u64,
+}
+
+/// The result of one seed.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// The seed.
+    pub seed: u64,
+    /// The scenario's name.
+    pub scenario: &'static str,
+    /// The scenario's total simulated duration (safety plus liveness phase).
+    pub duration: Duration,
+    /// Planted bugs that were on.
+    pub planted: PlantedBugs,
+    /// Broken invariants (empty: the run passed).
+    pub violations: Vec<Violation>,
+    /// Hash of the trace (determinism).
+    pub trace_hash: u64,
+    /// Outcome counts.
+    pub counts: OpCounts,
+    /// Actor command outcome counts.
+    pub commands: CommandCounts,
+    /// Faults applied, with simulated time.
+    pub faults: Vec<(Duration, String)>,
+    /// Broker host counters.
+    pub broker: BrokerStats,
+    /// Final number of records per actor.
+    pub stream_lengths: BTreeMap<String, usize>,
+    /// Simulated time covered.
+    pub simulated: Duration,
+    /// The full trace, when asked for.
+    pub trace: Option<Vec<String>>,
+}
+
+impl RunReport {
+    /// Whether every invariant held.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The one-line command that replays this run with a full trace.
+    pub fn replay_command(&self) -> String {
+        let planted = planted_names(&self.planted);
+        let planted = if planted.is_empty() {
+            String::new()
+        } else {
+            format!("AETHER_SIM_PLANTED={} ", planted.join(","))
+        };
+        // A run of another length than the scenario's default is another run: say which.
+        let seconds = match Scenario::by_name(self.scenario) {
+            Some(default) if default.duration() == self.duration => String::new(),
+            _ => format!("AETHER_SIM_SECONDS={} ", self.duration.as_secs()),
+        };
+        format!(
+            "{planted}{seconds}AETHER_SIM_SCENARIO={} AETHER_SIM_SEED={} cargo test --features sim --test sim replay_seed_from_env -- --nocapture",
+            self.scenario, self.seed
+        )
+    }
+
+    /// A short, deterministic summary (for snapshots).
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "scenario: {}\nseed: {}\n",
+            self.scenario, self.seed
+        ));
+        out.push_str(&format!("trace_hash: {:016x}\n", self.trace_hash));
+        out.push_str(&format!("simulated: {}\n", format_time(self.simulated)));
+        out.push_str(&format!("counts: {:?}\n", self.counts));
+        out.push_str(&format!(
+            "broker: requests={} connections={} replies_dropped={}\n",
+            self.broker.requests, self.broker.connections, self.broker.replies_dropped
+        ));
+        out.push_str(&format!("streams: {:?}\n", self.stream_lengths));
+        out.push_str("faults:\n");
+        for (at, fault) in &self.faults {
+            out.push_str(&format!("  {:>9} {fault}\n", format_time(*at)));
+        }
+        out.push_str(&format!("violations: {}\n", self.violations.len()));
+        out
+    }
+}
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.passed() {
+            return write!(
+                f,
+                "seed {} ({}) passed: {:?} {:?}",
+                self.seed, self.scenario, self.counts, self.commands
+            );
+        }
+        writeln!(
+            f,
+            "SIMULATION FAILED: scenario {} seed {}",
+            self.scenario, self.seed
+        )?;
+        writeln!(f, "replay: {}", self.replay_command())?;
+        writeln!(f, "faults:")?;
+        for (at, fault) in &self.faults {
+            writeln!(f, "  {:>9} {fault}", format_time(*at))?;
+        }
+        writeln!(f, "violated ({}):", self.violations.len())?;
+        for v in self.violations.iter().take(8) {
+            writeln!(f, "  {v}")?;
+        }
+        if self.violations.len() > 8 {
+            writeln!(f, "  ... and {} more", self.violations.len() - 8)?;
+        }
+        Ok(())
+    }
+}
+
+/// Names of the planted bugs that are on.
+pub fn planted_names(bugs: &PlantedBugs) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if bugs.append_without_expected_sequence {
+        out.push("append_without_expected_sequence");
+    }
+    if bugs.retry_with_fresh_commit_id {
+        out.push("retry_with_fresh_commit_id");
+    }
+    if bugs.skip_damaged_records {
+        out.push("skip_damaged_records");
+    }
+    if bugs.leader_ignores_lease_deadline {
+        out.push("leader_ignores_lease_deadline");
+    }
+    if bugs.apply_assignment_out_of_order {
+        out.push("apply_assignment_out_of_order");
+    }
+    out
+}
+
+/// Parses a comma-separated list of planted bug names.
+///
+/// # Errors
+/// The first unknown name.
+pub fn parse_planted(list: &str) -> Result<PlantedBugs, String> {
+    let mut bugs = PlantedBugs::default();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match name {
+            "append_without_expected_sequence" => bugs.append_without_expected_sequence = true,
+            "retry_with_fresh_commit_id" => bugs.retry_with_fresh_commit_id = true,
+            "skip_damaged_records" => bugs.skip_damaged_records = true,
+            "leader_ignores_lease_deadline" => bugs.leader_ignores_lease_deadline = true,
+            "apply_assignment_out_of_order" => bugs.apply_assignment_out_of_order = true,
+            other => return Err(format!("unknown planted bug {other:?}")),
+        }
+    }
+    Ok(bugs)
+}
+
+/// Runs `scenario` with `seed`.
+pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
+    let history = History::new(options.keep_trace);
+    let broker = BrokerHost::new(rng_for(seed, 1));
+    let node_names: Vec<String> = (0..scenario.nodes).map(|i| format!("n{i}")).collect();
+    let mut clocks = Vec::new();
+    let mut controls = Vec::new();
+    for _ in 0..scenario.nodes {
+        let (clock, control) = SimClock::new();
+        clocks.push(clock);
+        controls.push(control);
+    }
+    let schedule = FaultSchedule::generate(
+        &rng_for(seed, 2),
+        scenario.nodes,
+        Duration::from_secs(1),
+        scenario.safety,
+        &scenario.profile,
+    );
+    let churn = if scenario.profile.leader_churn {
+        ChurnPlan::generate(&rng_for(seed, 3), Duration::from_secs(3), scenario.safety)
+    } else {
+        ChurnPlan::default()
+    };
+    let total = scenario.duration();
+    let mut violations = Vec::new();
+
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut sim = turmoil::Builder::new()
+            .rng_seed(derive_seed(seed, 0))
+            .epoch(epoch())
+            .tick_duration(options.tick)
+            .simulation_duration(total + Duration::from_secs(3600))
+            .min_message_latency(Duration::from_millis(1))
+            .max_message_latency(BASE_LATENCY_MAX)
+            .tcp_capacity(1 << 16)
+            .build();
+        let host = broker.clone();
+        sim.host(BROKER_HOST, move || host.clone().serve());
+        for (index, name) in node_names.iter().enumerate() {
+            let ctx = NodeContext {
+                index,
+                name: name.clone(),
+                seed: derive_seed(seed, 100 + index as u64),
+                incarnations: Arc::new(AtomicU64::new(0)),
+                clock: clocks[index].clone(),
+                history: history.clone(),
+                planted: options.planted,
+                wire: broker.wire(),
+            };
+            let scenario = scenario.clone();
+            sim.host(name.as_str(), move || scenario.node_software(ctx.clone()));
+        }
+        let world = faults::World {
+            nodes: &node_names,
+            clocks: &controls,
+            broker: &broker,
+        };
+        // Faults still to apply, by (time, order of scheduling).
+        let mut pending: BTreeMap<(Duration, usize), Fault> = schedule
+            .events
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, (at, fault))| ((at, i), fault))
+            .collect();
+        let mut scheduled = pending.len();
+        let mut churn = churn.events.iter().peekable();
+        let mut healed = false;
+        while sim.elapsed() < total {
+            let now = sim.elapsed();
+            while let Some((at, aimed)) = churn.peek() {
+                if *at > now {
+                    break;
+                }
+                churn.next();
+                let Some(leader) = history.current_leader() else {
+                    history.fault(now, "leader churn: no leader to aim at".to_owned());
+                    continue;
+                };
+                let Some(node) = node_names.iter().position(|n| *n == leader) else {
+                    continue;
+                };
+                let others_up = node_names
+                    .iter()
+                    .filter(|n| **n != leader && sim.is_host_running(n.as_str()))
+                    .count();
+                history.fault(now, format!("leader churn aimed at {leader}: {aimed:?}"));
+                for (at, fault) in ChurnPlan::faults(aimed, node, now, others_up >= 2) {
+                    // The healing at the end of the safety phase ends every fault.
+                    if at >= scenario.safety {
+                        continue;
+                    }
+                    pending.insert((at, scheduled), fault);
+                    scheduled += 1;
+                }
+            }
+            while let Some(entry) = pending.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let fault = entry.remove();
+                if scenario.is_cluster()
+                    && let Fault::Crash { node } = &fault
+                    && sim.is_host_running(node_names[*node].as_str())
+                {
+                    history.observe(now, &node_names[*node], ClusterObservation::Down);
+                }
+                faults::apply(&mut sim, &world, now, &fault);
+                history.fault(now, fault.to_string());
+            }
+            if !healed && now >= scenario.safety {
+                faults::heal_all(&mut sim, &world, now);
+                history.fault(now, "heal everything; liveness phase begins".to_owned());
+                healed = true;
+            }
+            if let Err(e) = sim.step() {
+                return Err(format!("a host failed at {}: {e}", format_time(now)));
+            }
+        }
+        Ok(sim.elapsed())
+    }));
+    let simulated = match outcome {
+        Ok(Ok(elapsed)) => elapsed,
+        Ok(Err(e)) => {
+            violations.push(Violation {
+                invariant: "simulation ran to the end",
+                detail: e,
+            });
+            total
+        }
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "non-string panic".to_owned());
+            violations.push(Violation {
+                invariant: "no panic",
+                detail: message,
+            });
+            total
+        }
+    };
+
+    // The broker's final state is the ground truth.
+    let now = Now {
+        monotonic: simulated,
+        wall: epoch() + simulated,
+    };
+    let stream = format!("AETHER_EV_{NAMESPACE}");
+    let mut raw = BTreeMap::new();
+    broker.with_state(|state| {
+        for actor in scenario.actors() {
+            let subject = format!(
+                "aether.ev.{NAMESPACE}.{}",
+                encode_actor_id(&actor).expect("scenario actor ids are valid")
+            );
+            let records = state.read(&stream, &subject, 1, now).unwrap_or_default();
+            raw.insert(actor, records);
+        }
+    });
+    let ops = history.take_ops();
+    let input = CheckInput {
+        ops: &ops,
+        streams: raw
+            .iter()
+            .map(|(actor, records)| (actor.clone(), CheckInput::decode(actor, records)))
+            .collect(),
+        damaged_actors: scenario.damaged_actors(),
+        nodes: &node_names,
+        safety_end: scenario.safety,
+        end: simulated,
+        liveness_bound: scenario.liveness_bound,
+        cluster: scenario.is_cluster(),
+        shard_count: scenario.shard_count(),
+    };
+    violations.extend(check_all(&input));
+
+    let mut counts = OpCounts::default();
+    let mut commands = CommandCounts::default();
+    for op in &ops {
+        match (&op.kind, &op.outcome) {
+            (OpKind::Append { .. }, Outcome::Appended { .. }) => counts.appends_ok += 1,
+            (OpKind::Append { .. }, Outcome::Failed(_)) => counts.appends_failed += 1,
+            (OpKind::Append { .. }, _) => counts.appends_ambiguous += 1,
+            (OpKind::Read { .. }, Outcome::Read { .. }) => counts.reads_ok += 1,
+            (OpKind::Read { .. }, Outcome::Damaged { .. }) => counts.reads_damaged += 1,
+            (OpKind::Read { .. }, _) => counts.reads_failed += 1,
+            (OpKind::Cluster(_), _) => counts.observations += 1,
+            (OpKind::Damage { .. }, _) => {}
+            (OpKind::Command { .. }, Outcome::Commanded { .. }) => commands.ok += 1,
+            (OpKind::Command { .. }, Outcome::Failed(_)) => commands.failed += 1,
+            (OpKind::Command { .. }, _) => commands.ambiguous += 1,
+        }
+    }
+    RunReport {
+        seed,
+        scenario: scenario.name,
+        duration: scenario.duration(),
+        planted: options.planted,
+        violations,
+        trace_hash: history.trace_hash(),
+        counts,
+        commands,
+        faults: history.faults(),
+        broker: broker.stats(),
+        stream_lengths: raw.iter().map(|(a, r)| (a.clone(), r.len())).collect(),
+        simulated,
+        trace: history.trace(),
+    }
+}
+
+/// `scenario` with the total simulated length from `AETHER_SIM_SECONDS`, if set (the safety
+/// phase is that minus the scenario's liveness phase, as `aether-sim --seconds` does).
+pub fn scenario_length_from_env(scenario: Scenario) -> Scenario {
+    match std::env::var("AETHER_SIM_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        Some(seconds) => {
+            let safety = Duration::from_secs(seconds).saturating_sub(scenario.liveness);
+            scenario.with_safety(safety)
+        }
+        None => scenario,
+    }
+}
+
+/// Seeds from the environment: `AETHER_SIM_SEED=<n>` (one), else `AETHER_SIM_SEEDS=<count>`
+/// (a sweep from `first`), else `default_count` seeds from `first`.
+pub fn seeds_from_env(first: u64, default_count: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("AETHER_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![seed];
+    }
+    let count = std::env::var("AETHER_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_count);
+    (first..first + count).collect()
+}

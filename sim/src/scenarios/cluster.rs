@@ -1,0 +1,484 @@
+//! The cluster scenario: every node runs the cluster layer (`src/cluster`: KV membership, lease
+//! election with fencing tokens, balanced assignment) on the simulated broker, plus an
+//! owner-based writer; the last node joins and leaves repeatedly during the safety phase; the
+//! fault injector adds leader churn (the current leader is crashed, partitioned, or slowed and
+//! then cut off, sometimes with a slow clock) on top of the usual faults.
+//!
+//! What the nodes report, through the cluster's synchronous observer, becomes
+//! [`ClusterObservation`]s in the history, stamped with true time (the node's own clock readings
+//! — deadlines, `acted_until` — converted back with [`SimClock::true_time_of`]):
+//!
+//! - `leadership` (invariant 6) checks that terms never overlap and tokens grow;
+//! - `ownership` (invariant 7) checks one owner per shard per epoch and epochs applied in order;
+//! - owner-based writers append only to actors whose shard their node hosts, with `Exact`
+//!   versions, so a stale owner's append can only fail as a conflict — `expected_version`
+//!   (invariant 4) fails the run on two successes at one version;
+//! - `liveness` (invariant 8) checks, on view snapshots taken every second of the liveness
+//!   phase, that after the bound there is exactly one leader everyone agrees on, one epoch on
+//!   every node, every shard hosted by exactly one live node;
+//! - every node also hosts a counter aggregate in an [`ActorHost`] routed by its cluster, serves
+//!   remote commands, and sends counter commands (`Command` operations) for a few actors through
+//!   `ActorHost::send`: `liveness` checks that every command sent once the cluster must have
+//!   converged is answered with an outcome within the bound, `commands` that an answered
+//!   command's event is in the final stream at the version it reported (and that a definite
+//!   failure stored nothing).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::NodeSoftware;
+use crate::broker::SimBroker;
+use crate::clock::{SimClock, sim_now};
+use crate::history::{ClusterObservation, EventDigest, OpKind, Outcome};
+use crate::workload::{Incarnation, NodeContext, below, open_store};
+use aether::actor::{ActorConfig, ActorHost, Aggregate, CommandError, Router};
+use aether::clock::{Clock, SharedRng};
+use aether::cluster::{
+    Cluster, ClusterConfig, ClusterEvent, ClusterEventKind, NodeId, ShardConfig,
+};
+use aether::event::{Event, ExpectedVersion, NewEvent};
+use aether::store::{AppendError, EventStore};
+
+/// A cluster node in the simulation.
+pub type SimCluster = Cluster<SimBroker, SimClock>;
+
+/// Cluster workload settings.
+#[derive(Clone, Debug)]
+pub struct ClusterWorkload {
+    /// Actors in the pool owner-based writers draw from.
+    pub actors: usize,
+    /// Shards of the simulated cluster (small, so that ownership moves are frequent and cheap
+    /// to check).
+    pub shard_count: u32,
+    /// Pause between a writer's appends.
+    pub think: (Duration, Duration),
+    /// Whether the last node joins and leaves during the safety phase (it starts outside).
+    pub joiner: bool,
+    /// How long the joiner stays a member each time.
+    pub member_span: (Duration, Duration),
+    /// How long it stays away.
+    pub away_span: (Duration, Duration),
+    /// Counter actors every node sends commands to through its `ActorHost`.
+    pub counters: usize,
+    /// Pause between a node's commands.
+    pub command_think: (Duration, Duration),
+}
+
+impl Default for ClusterWorkload {
+    fn default() -> Self {
+        Self {
+            actors: 64,
+            shard_count: 64,
+            think: (Duration::from_millis(30), Duration::from_millis(250)),
+            joiner: true,
+            member_span: (Duration::from_secs(2), Duration::from_secs(7)),
+            away_span: (Duration::from_secs(1), Duration::from_secs(4)),
+            counters: 6,
+            command_think: (Duration::from_millis(50), Duration::from_millis(300)),
+        }
+    }
+}
+
+impl ClusterWorkload {
+    /// Actors whose streams are checked.
+    pub fn actors(&self) -> Vec<String> {
+        (0..self.actors).map(|i| format!("acct-{i}")).collect()
+    }
+
+    /// Counter actors commands are sent to (hosted by `ActorHost`s).
+    pub fn counters(&self) -> Vec<String> {
+        (0..self.counters).map(|i| format!("ctr-{i}")).collect()
+    }
+
+    /// The cluster configuration (library defaults but the shard count); a node's id is its
+    /// runtime's.
+    pub fn config(&self) -> ClusterConfig {
+        ClusterConfig::new().shards(ShardConfig::with_shard_count(self.shard_count))
+    }
+}
+
+/// The node software.
+pub fn node(
+    ctx: NodeContext,
+    workload: ClusterWorkload,
+    nodes: usize,
+    safety: Duration,
+) -> NodeSoftware {
+    Box::pin(cluster_node(ctx, workload, nodes, safety))
+}
+
+/// Reports a node's cluster events to the history, in true time.
+fn observer(ctx: &NodeContext) -> impl Fn(&ClusterEvent) + Send + Sync + 'static {
+    let history = ctx.history.clone();
+    let clock = ctx.clock.clone();
+    let name = ctx.name.clone();
+    move |event: &ClusterEvent| {
+        let shards = |s: &[aether::cluster::ShardId]| s.iter().map(|s| s.0).collect::<Vec<_>>();
+        let observation = match &event.kind {
+            ClusterEventKind::LeadershipAcquired { token, deadline } => {
+                ClusterObservation::Leading {
+                    token: *token,
+                    deadline: clock.true_time_of(*deadline),
+                }
+            }
+            ClusterEventKind::LeaseRenewed { token, deadline } => ClusterObservation::Renewed {
+                token: *token,
+                deadline: clock.true_time_of(*deadline),
+            },
+            ClusterEventKind::LeadershipEnded {
+                token,
+                acted_until,
+                reason,
+            } => ClusterObservation::Stepped {
+                token: *token,
+                acted_until: clock.true_time_of(*acted_until),
+                reason: format!("{reason:?}"),
+            },
+            ClusterEventKind::AssignmentPublished { epoch, token, .. } => {
+                ClusterObservation::Published {
+                    epoch: *epoch,
+                    token: *token,
+                }
+            }
+            ClusterEventKind::AssignmentApplied {
+                epoch,
+                previous_epoch,
+                hosted,
+                ..
+            } => ClusterObservation::Applied {
+                epoch: *epoch,
+                previous: *previous_epoch,
+                shards: shards(hosted),
+            },
+            ClusterEventKind::ShardsReleased { epoch, shards: s } => ClusterObservation::Released {
+                epoch: *epoch,
+                shards: shards(s),
+            },
+            ClusterEventKind::Stopped => ClusterObservation::Stopped,
+            _ => return,
+        };
+        history.observe(sim_now(), &name, observation);
+    }
+}
+
+/// Starts a cluster node, retrying until the broker lets it join.
+async fn start_cluster(
+    ctx: &NodeContext,
+    incarnation: &Incarnation,
+    workload: &ClusterWorkload,
+) -> Arc<SimCluster> {
+    loop {
+        ctx.history
+            .observe(sim_now(), &ctx.name, ClusterObservation::Started);
+        match Cluster::start_with_observer(incarnation.rt.clone(), workload.config(), observer(ctx))
+            .await
+        {
+            Ok(cluster) => return Arc::new(cluster),
+            Err(e) => {
+                ctx.history
+                    .note(sim_now(), format!("{} cluster start failed: {e}", ctx.name));
+                ctx.clock.sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn cluster_node(
+    ctx: NodeContext,
+    workload: ClusterWorkload,
+    nodes: usize,
+    safety: Duration,
+) -> turmoil::Result {
+    let incarnation = ctx.start();
+    let rng = incarnation.rt.rng().fork();
+    let store = open_store(&incarnation.rt).await;
+    let joiner = workload.joiner && nodes > 1 && ctx.index + 1 == nodes;
+    if joiner && incarnation.number == 1 {
+        ctx.clock
+            .sleep(rng.duration_between(workload.away_span.0, workload.away_span.1))
+            .await;
+    }
+    // One actor host per incarnation (as a process would have), routed by whichever cluster
+    // instance runs now: a host per cluster round would leave the previous one serving on the
+    // same subject while its in-flight commands hold it alive (see docs/sim.md).
+    let router = CurrentCluster::default();
+    let host = start_host(&ctx, store.clone(), router.clone()).await;
+    for round in 0u64.. {
+        let cluster = start_cluster(&ctx, &incarnation, &workload).await;
+        let writer = tokio::spawn(owner_writer(
+            ctx.clone(),
+            store.clone(),
+            cluster.clone(),
+            workload.clone(),
+            format!("{}.{}.{round}", ctx.name, incarnation.number),
+            rng.fork(),
+        ));
+        let viewer = tokio::spawn(view_recorder(ctx.clone(), cluster.clone(), safety));
+        router.set(Some(cluster.clone()));
+        let sender = tokio::spawn(command_sender(
+            ctx.clone(),
+            host.clone(),
+            workload.clone(),
+            format!("{}.{}.{round}", ctx.name, incarnation.number),
+            rng.fork(),
+        ));
+        let stay = rng.duration_between(workload.member_span.0, workload.member_span.1);
+        if !joiner || sim_now() + stay + Duration::from_secs(1) >= safety {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(stay).await;
+        writer.abort();
+        viewer.abort();
+        sender.abort();
+        router.set(None);
+        cluster.stop().await;
+        let away = rng.duration_between(workload.away_span.0, workload.away_span.1);
+        tokio::time::sleep(away).await;
+    }
+    Ok(())
+}
+
+/// Appends to actors whose shard this node hosts in its current view, with `Exact` versions.
+/// An actor is loaded (replayed) when the node starts writing to it, and again after any
+/// conflict or unclear outcome; an actor whose shard moved away is forgotten.
+async fn owner_writer(
+    ctx: NodeContext,
+    store: EventStore<SimBroker, SimClock>,
+    cluster: Arc<SimCluster>,
+    workload: ClusterWorkload,
+    writer_id: String,
+    rng: SharedRng,
+) {
+    let actors = workload.actors();
+    let mut belief: BTreeMap<String, u64> = BTreeMap::new();
+    for k in 0u64.. {
+        ctx.clock
+            .sleep(rng.duration_between(workload.think.0, workload.think.1))
+            .await;
+        let owned: Vec<&String> = actors
+            .iter()
+            .filter(|a| cluster.hosts(cluster.shard_of(a)))
+            .collect();
+        belief.retain(|a, _| owned.contains(&a));
+        if owned.is_empty() {
+            continue;
+        }
+        let actor = owned[below(&rng, owned.len())].clone();
+        let expected = match belief.get(&actor) {
+            Some(v) => *v,
+            None => {
+                let op = ctx.history.invoke(
+                    sim_now(),
+                    &ctx.name,
+                    OpKind::Read {
+                        actor: actor.clone(),
+                    },
+                );
+                match store.events(&actor, 1).await {
+                    Ok(events) => {
+                        let version = events.last().map_or(0, |e| e.version);
+                        ctx.history.complete(
+                            sim_now(),
+                            op,
+                            Outcome::Read {
+                                events: events.iter().map(EventDigest::of).collect(),
+                            },
+                        );
+                        belief.insert(actor.clone(), version);
+                        version
+                    }
+                    Err(e) => {
+                        ctx.history
+                            .complete(sim_now(), op, Outcome::Failed(e.to_string()));
+                        continue;
+                    }
+                }
+            }
+        };
+        let count = 1 + below(&rng, 2);
+        let (event_ids, events) =
+            crate::workload::numbered_events("Deposited", &writer_id, k, count);
+        let op = ctx.history.invoke(
+            sim_now(),
+            &ctx.name,
+            OpKind::Append {
+                actor: actor.clone(),
+                expected: ExpectedVersion::Exact(expected),
+                event_ids,
+            },
+        );
+        let outcome = match store
+            .append(&actor, ExpectedVersion::Exact(expected), events)
+            .await
+        {
+            Ok(done) => {
+                belief.insert(actor.clone(), done.last_version());
+                Outcome::Appended {
+                    commit_id: done.commit_id.clone(),
+                    sequence: done.sequence,
+                    events: done.events.iter().map(EventDigest::of).collect(),
+                }
+            }
+            Err(e) => {
+                belief.remove(&actor);
+                match e {
+                    e @ AppendError::Indeterminate { .. } => Outcome::Ambiguous(e.to_string()),
+                    e => Outcome::Failed(e.to_string()),
+                }
+            }
+        };
+        ctx.history.complete(sim_now(), op, outcome);
+    }
+}
+
+/// From the end of the safety phase on, records this node's view at every whole second of true
+/// time (all nodes at the same instants, so the liveness checker can compare them).
+async fn view_recorder(ctx: NodeContext, cluster: Arc<SimCluster>, safety: Duration) {
+    let second = Duration::from_secs(1);
+    loop {
+        let now = sim_now();
+        let next = safety.max(second * (now.as_secs() as u32 + 1));
+        tokio::time::sleep(next - now).await;
+        let view = cluster.view();
+        let epoch = view.epoch();
+        ctx.history.observe(
+            next,
+            &ctx.name,
+            ClusterObservation::View {
+                leader: view.leader.map(|l| (l.node.to_string(), l.token)),
+                leading: cluster.is_leader(),
+                members: view.members.iter().map(|m| m.to_string()).collect(),
+                epoch,
+                hosted: view.hosted.iter().map(|s| s.0).collect(),
+            },
+        );
+    }
+}
+
+/// The aggregate commands drive: a counter.
+#[derive(Default, Serialize, Deserialize)]
+pub struct Counter {
+    value: u64,
+}
+
+/// Add `by` to a counter; `id` becomes the id of the event it stores.
+#[derive(Serialize, Deserialize)]
+pub struct Add {
+    /// The amount.
+    pub by: u64,
+    /// The command's (and its event's) id.
+    pub id: String,
+}
+
+impl Aggregate for Counter {
+    type Command = Add;
+    type Rejection = String;
+
+    fn handle(&self, add: &Add) -> Result<Vec<NewEvent>, String> {
+        Ok(vec![
+            NewEvent::new("Added", json!({ "by": add.by })).with_id(add.id.clone()),
+        ])
+    }
+
+    fn apply(&mut self, event: &Event) {
+        self.value += event.data["by"].as_u64().unwrap_or(0);
+    }
+}
+
+/// Routes by the cluster instance the node runs now; owns nothing while it runs none (the joiner
+/// between its memberships).
+#[derive(Clone, Default)]
+pub struct CurrentCluster(Arc<std::sync::Mutex<Option<Arc<SimCluster>>>>);
+
+impl CurrentCluster {
+    fn set(&self, cluster: Option<Arc<SimCluster>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = cluster;
+    }
+}
+
+impl Router for CurrentCluster {
+    fn owner_of(&self, actor_id: &str) -> Option<NodeId> {
+        let cluster = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        cluster.and_then(|c| Router::owner_of(&c, actor_id))
+    }
+}
+
+/// A node's actor host, routed by its current cluster instance.
+pub type SimHost = ActorHost<Counter, SimBroker, SimClock, CurrentCluster>;
+
+/// Builds this node's actor host and serves remote commands, retrying until the broker lets it
+/// subscribe.
+async fn start_host(
+    ctx: &NodeContext,
+    store: EventStore<SimBroker, SimClock>,
+    router: CurrentCluster,
+) -> SimHost {
+    let host = ActorHost::new(store, router, ActorConfig::new());
+    while let Err(e) = host.serve().await {
+        ctx.history.note(
+            sim_now(),
+            format!("{} actor host serve failed: {e}", ctx.name),
+        );
+        ctx.clock.sleep(Duration::from_millis(500)).await;
+    }
+    host
+}
+
+/// Sends counter commands, one at a time, to random counters through `ActorHost::send` (run
+/// here or on the owner), recording each command and its answer.
+async fn command_sender(
+    ctx: NodeContext,
+    host: SimHost,
+    workload: ClusterWorkload,
+    sender_id: String,
+    rng: SharedRng,
+) {
+    let counters = workload.counters();
+    if counters.is_empty() {
+        return;
+    }
+    for k in 0u64.. {
+        ctx.clock
+            .sleep(rng.duration_between(workload.command_think.0, workload.command_think.1))
+            .await;
+        let actor = counters[below(&rng, counters.len())].clone();
+        let add = Add {
+            by: 1 + below(&rng, 3) as u64,
+            id: format!("cmd.{sender_id}.{k}"),
+        };
+        let op = ctx.history.invoke(
+            sim_now(),
+            &ctx.name,
+            OpKind::Command {
+                actor: actor.clone(),
+                by: add.by,
+                id: add.id.clone(),
+            },
+        );
+        let outcome = match host.send(&actor, &add).await {
+            Ok(done) => Outcome::Commanded {
+                version: done.version,
+                node: done.node_id.to_string(),
+                events: done.events.iter().map(EventDigest::of).collect(),
+            },
+            Err(
+                e @ (CommandError::Rejected(_)
+                | CommandError::NotOwner { .. }
+                | CommandError::Unroutable { .. }
+                | CommandError::Read(_)
+                | CommandError::Snapshot(_)),
+            ) => Outcome::Failed(e.to_string()),
+            Err(CommandError::Append(e)) if !matches!(e, AppendError::Indeterminate { .. }) => {
+                Outcome::Failed(e.to_string())
+            }
+            // Timeout, an indeterminate append, a remote failure (which may be one) or a
+            // broker failure after the request may have left: the command may have run.
+            Err(e) => Outcome::Ambiguous(e.to_string()),
+        };
+        ctx.history.complete(sim_now(), op, outcome);
+    }
+}

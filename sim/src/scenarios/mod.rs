@@ -1,0 +1,139 @@
+//! Scenarios: a workload, a fault profile and the phases, by name.
+//!
+//! | name | workload | faults |
+//! |---|---|---|
+//! | `store` | hot actors: concurrent writers with stale expected versions, retries, readers, one damaged record | all (partitions both ways and one way, holds, latency, crashes, broker bounces, skew, drift, reply loss) |
+//! | `cluster` | 3 nodes + a 4th that joins and leaves, each running membership, leader election and shard assignment, plus owner-based writers (`Exact` versions) and counter commands sent through `ActorHost` from every node | all, plus leader churn (the leader crashed, partitioned, or slowed and cut off) |
+
+pub mod cluster;
+pub mod store;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use super::faults::FaultProfile;
+use super::workload::NodeContext;
+
+/// The node software of a scenario: called for every (re)start of a node.
+pub type NodeSoftware = Pin<Box<dyn Future<Output = turmoil::Result> + 'static>>;
+
+/// A scenario's shape.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Name, as accepted by `AETHER_SIM_SCENARIO` and `--scenario`.
+    pub name: &'static str,
+    /// Number of nodes (plus the broker host).
+    pub nodes: usize,
+    /// Length of the safety phase (faults).
+    pub safety: Duration,
+    /// Length of the fault-free liveness phase that follows.
+    pub liveness: Duration,
+    /// How soon after the faults stop progress must be visible.
+    pub liveness_bound: Duration,
+    /// How hard faults hit.
+    pub profile: FaultProfile,
+    kind: Kind,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Store(store::StoreWorkload),
+    Cluster(cluster::ClusterWorkload),
+}
+
+impl Scenario {
+    /// The hot-actor store scenario with the CI durations (20 s of faults, 15 s fault-free).
+    pub fn store() -> Self {
+        Self {
+            name: "store",
+            nodes: 3,
+            safety: Duration::from_secs(20),
+            liveness: Duration::from_secs(15),
+            liveness_bound: Duration::from_secs(12),
+            profile: FaultProfile::default(),
+            kind: Kind::Store(Default::default()),
+        }
+    }
+
+    /// The cluster scenario: 3 nodes plus a 4th that joins and leaves, leader churn,
+    /// owner-based writers (20 s of faults, 20 s fault-free).
+    pub fn cluster() -> Self {
+        Self {
+            name: "cluster",
+            nodes: 4,
+            safety: Duration::from_secs(20),
+            liveness: Duration::from_secs(20),
+            liveness_bound: Duration::from_secs(12),
+            profile: FaultProfile {
+                leader_churn: true,
+                ..FaultProfile::default()
+            },
+            kind: Kind::Cluster(Default::default()),
+        }
+    }
+
+    /// Every scenario CI runs.
+    pub fn all() -> Vec<Self> {
+        vec![Self::store(), Self::cluster()]
+    }
+
+    /// The scenario called `name`.
+    pub fn by_name(name: &str) -> Option<Self> {
+        Self::all().into_iter().find(|s| s.name == name)
+    }
+
+    /// The same scenario with the safety phase set to `safety` (the liveness phase unchanged).
+    pub fn with_safety(mut self, safety: Duration) -> Self {
+        self.safety = safety;
+        self
+    }
+
+    /// Total simulated time.
+    pub fn duration(&self) -> Duration {
+        self.safety + self.liveness
+    }
+
+    /// Whether the cluster layer runs.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.kind, Kind::Cluster(_))
+    }
+
+    /// The cluster's shard count (0 without a cluster).
+    pub fn shard_count(&self) -> u32 {
+        match &self.kind {
+            Kind::Cluster(w) => w.shard_count,
+            Kind::Store(_) => 0,
+        }
+    }
+
+    /// Actors whose streams the checkers read after the run.
+    pub fn actors(&self) -> Vec<String> {
+        match &self.kind {
+            Kind::Store(w) => {
+                let mut actors = w.all_actors(self.duration());
+                if w.vandal {
+                    actors.push(store::DAMAGED_ACTOR.to_owned());
+                }
+                actors
+            }
+            Kind::Cluster(w) => w.actors().into_iter().chain(w.counters()).collect(),
+        }
+    }
+
+    /// Actors that hold a damaged record on purpose.
+    pub fn damaged_actors(&self) -> Vec<String> {
+        match &self.kind {
+            Kind::Store(w) if w.vandal => vec![store::DAMAGED_ACTOR.to_owned()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The node software for one (re)start.
+    pub fn node_software(&self, ctx: NodeContext) -> NodeSoftware {
+        match &self.kind {
+            Kind::Store(w) => Box::pin(store::store_node(ctx, w.clone())),
+            Kind::Cluster(w) => cluster::node(ctx, w.clone(), self.nodes, self.safety),
+        }
+    }
+}

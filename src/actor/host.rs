@@ -1,0 +1,317 @@
+//! An [`ActorHost`]: the actors of one namespace on one node — loading (snapshot plus later
+//! events), one command at a time per actor, appends at the exact version, reload on conflict,
+//! snapshots and passivation.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use super::remote::ServeGuard;
+use super::{ActorConfig, ActorState, Aggregate, CommandError, CommandOutcome, Router, SingleNode};
+use crate::broker::Broker;
+use crate::clock::{Clock, SystemClock};
+use crate::event::{Event, ExpectedVersion, NewEvent, Snapshot};
+use crate::store::{AppendError, EventStore};
+
+pub(super) struct Slot<A> {
+    state: A,
+    version: u64,
+    snapshot_version: u64,
+    loaded: bool,
+    last_used: Duration,
+}
+
+pub(super) struct Inner<A, B, C, R> {
+    pub(super) store: EventStore<B, C>,
+    pub(super) router: R,
+    pub(super) config: ActorConfig,
+    pub(super) slots: StdMutex<BTreeMap<String, Arc<Mutex<Slot<A>>>>>,
+    pub(super) commands: AtomicU64,
+    pub(super) _aggregate: PhantomData<fn() -> A>,
+}
+
+/// Hosts aggregates of type `A` of one namespace on one node. Cheap to clone.
+pub struct ActorHost<A, B, C = SystemClock, R = SingleNode> {
+    pub(super) inner: Arc<Inner<A, B, C, R>>,
+    pub(super) serving: Arc<ServeGuard>,
+}
+
+impl<A, B, C, R> Clone for ActorHost<A, B, C, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            serving: self.serving.clone(),
+        }
+    }
+}
+
+impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
+    /// A host executing commands against `store`, owning what `router` says.
+    pub fn new(store: EventStore<B, C>, router: R, config: ActorConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                router,
+                config,
+                slots: StdMutex::new(BTreeMap::new()),
+                commands: AtomicU64::new(0),
+                _aggregate: PhantomData,
+            }),
+            serving: Arc::new(ServeGuard::default()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &EventStore<B, C> {
+        &self.inner.store
+    }
+
+    /// How many actors are in memory.
+    pub fn active_actors(&self) -> usize {
+        self.lock_slots().len()
+    }
+
+    /// The actor's current state and version, read from the store: from the actor in memory
+    /// when it is current (one round trip to check), else by loading it (its latest snapshot
+    /// plus later events). Works on any node; it changes nothing and does not activate the
+    /// actor.
+    ///
+    /// # Errors
+    /// `Read` or `Snapshot` when loading fails.
+    pub async fn state(&self, actor_id: &str) -> Result<ActorState<A>, CommandError<A::Rejection>> {
+        let active = self.lock_slots().get(actor_id).cloned();
+        if let Some(slot) = active {
+            let slot = slot.lock().await;
+            if slot.loaded && self.inner.store.latest_version(actor_id).await? == slot.version {
+                return Ok(ActorState {
+                    state: clone_state(&slot.state),
+                    version: slot.version,
+                });
+            }
+        }
+        let mut slot = Slot {
+            state: A::default(),
+            version: 0,
+            snapshot_version: 0,
+            loaded: false,
+            last_used: Duration::ZERO,
+        };
+        self.load(actor_id, &mut slot).await?;
+        Ok(ActorState {
+            state: slot.state,
+            version: slot.version,
+        })
+    }
+
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Mutex<Slot<A>>>>> {
+        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> Duration {
+        self.inner.store.runtime().clock().monotonic()
+    }
+
+    /// Executes a command on this node, which must own the actor.
+    ///
+    /// # Errors
+    /// [`CommandError::NotOwner`] when the router names another owner; `Rejected` for a domain
+    /// refusal; `Append` when the append still conflicts after `conflict_retry_max` reloads.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a cancelled command may or may not have been stored.
+    pub async fn execute(
+        &self,
+        actor_id: &str,
+        command: &A::Command,
+    ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
+        let owner = self.inner.router.owner_of(actor_id);
+        if owner.as_ref() != Some(self.inner.store.runtime().node_id()) {
+            return Err(CommandError::NotOwner {
+                actor: actor_id.to_owned(),
+                owner,
+            });
+        }
+        self.maybe_passivate();
+        let slot = self
+            .lock_slots()
+            .entry(actor_id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Slot {
+                    state: A::default(),
+                    version: 0,
+                    snapshot_version: 0,
+                    loaded: false,
+                    last_used: Duration::ZERO,
+                }))
+            })
+            .clone();
+        let mut slot = slot.lock().await;
+        slot.last_used = self.now();
+        let store = &self.inner.store;
+        let mut attempt = 0;
+        loop {
+            let fresh = !slot.loaded;
+            if fresh {
+                self.load(actor_id, &mut slot).await?;
+            }
+            let events = match command_events(&slot.state, command) {
+                Ok(events) => events,
+                // A refusal is only as good as the state it was decided on. A cached state may
+                // be stale (another writer appended); an append would catch that, a refusal
+                // would not — so check the version (one round trip) before refusing.
+                Err(rejection) if !fresh => {
+                    if store.latest_version(actor_id).await? == slot.version {
+                        return Err(rejection);
+                    }
+                    slot.loaded = false;
+                    continue;
+                }
+                Err(rejection) => return Err(rejection),
+            };
+            if events.is_empty() {
+                return Ok(self.outcome(actor_id, slot.version, Vec::new()));
+            }
+            match store
+                .append(actor_id, ExpectedVersion::Exact(slot.version), events)
+                .await
+            {
+                Ok(stored) => {
+                    for event in &stored.events {
+                        slot.state.apply(event);
+                    }
+                    assert_eq!(
+                        stored.first_version(),
+                        slot.version + 1,
+                        "contiguous versions"
+                    );
+                    slot.version = stored.last_version();
+                    self.maybe_snapshot(actor_id, &mut slot).await;
+                    return Ok(self.outcome(actor_id, slot.version, stored.events));
+                }
+                Err(AppendError::Conflict(conflict))
+                    if attempt < self.inner.config.conflict_retry_max =>
+                {
+                    tracing::debug!(%conflict, "reloading actor after a conflict");
+                    attempt += 1;
+                    slot.loaded = false;
+                }
+                Err(e) => {
+                    slot.loaded = false; // we no longer know where the stream is
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    fn outcome(&self, actor_id: &str, version: u64, events: Vec<Event>) -> CommandOutcome {
+        CommandOutcome {
+            actor_id: actor_id.to_owned(),
+            version,
+            events,
+            node_id: self.inner.store.runtime().node_id().clone(),
+        }
+    }
+
+    /// Loads an actor: its latest snapshot, then every later event.
+    async fn load(
+        &self,
+        actor_id: &str,
+        slot: &mut Slot<A>,
+    ) -> Result<(), CommandError<A::Rejection>> {
+        let store = &self.inner.store;
+        let (mut state, mut version) = match store.latest_snapshot(actor_id).await? {
+            Some(snapshot) => match serde_json::from_value::<A>(snapshot.state) {
+                Ok(state) => (state, snapshot.version),
+                Err(error) => {
+                    // An unreadable snapshot (e.g. the state type changed) is not fatal: the
+                    // events are the truth. Replay from the start.
+                    tracing::warn!(actor = actor_id, %error, "ignoring undecodable snapshot");
+                    (A::default(), 0)
+                }
+            },
+            None => (A::default(), 0),
+        };
+        slot.snapshot_version = version;
+        for event in store.events(actor_id, version + 1).await? {
+            assert_eq!(event.version, version + 1, "replay is contiguous");
+            state.apply(&event);
+            version = event.version;
+        }
+        slot.state = state;
+        slot.version = version;
+        slot.loaded = true;
+        Ok(())
+    }
+
+    async fn maybe_snapshot(&self, actor_id: &str, slot: &mut Slot<A>) {
+        let every = self.inner.config.snapshot_every;
+        if every == 0 || slot.version - slot.snapshot_version < every {
+            return;
+        }
+        let snapshot = Snapshot::new(
+            actor_id,
+            slot.version,
+            serde_json::to_value(&slot.state).expect("aggregate state serialises"),
+        );
+        match self.inner.store.save_snapshot(&snapshot).await {
+            Ok(()) => slot.snapshot_version = slot.version,
+            // A failed snapshot costs only replay time later.
+            Err(error) => tracing::warn!(actor = actor_id, %error, "snapshot not saved"),
+        }
+    }
+
+    /// Drops idle actors (and the least recently used beyond `actors_max`) every 64 commands.
+    fn maybe_passivate(&self) {
+        if !self
+            .inner
+            .commands
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(64)
+        {
+            return;
+        }
+        self.passivate_idle();
+    }
+
+    /// Drops from memory every actor idle for longer than `idle_timeout`, then the least
+    /// recently used ones while more than `actors_max` remain. Actors busy with a command stay.
+    pub fn passivate_idle(&self) {
+        let now = self.now();
+        let idle = self.inner.config.idle_timeout;
+        let mut slots = self.lock_slots();
+        let mut by_use: Vec<(Duration, String)> = Vec::new();
+        slots.retain(|actor, slot| match slot.try_lock() {
+            Ok(s) if now.saturating_sub(s.last_used) > idle => false,
+            Ok(s) => {
+                by_use.push((s.last_used, actor.clone()));
+                true
+            }
+            Err(_) => true, // busy
+        });
+        if slots.len() > self.inner.config.actors_max {
+            by_use.sort();
+            let excess = slots.len() - self.inner.config.actors_max;
+            for (_, actor) in by_use.into_iter().take(excess) {
+                slots.remove(&actor);
+            }
+        }
+    }
+}
+
+/// A copy of an aggregate's state through its serialised form (aggregates need not be
+/// `Clone`; they are always `Serialize + DeserializeOwned`).
+fn clone_state<A: Aggregate>(state: &A) -> A {
+    serde_json::from_value(serde_json::to_value(state).expect("aggregate state serialises"))
+        .expect("aggregate state deserialises from its own serialisation")
+}
+
+fn command_events<A: Aggregate>(
+    state: &A,
+    command: &A::Command,
+) -> Result<Vec<NewEvent>, CommandError<A::Rejection>> {
+    state.handle(command).map_err(CommandError::Rejected)
+}

@@ -1,0 +1,196 @@
+//! The actor runtime: aggregates activated on the owner of their shard, loaded from their latest
+//! snapshot plus later events, handling one command at a time, appending with `Exact(version)`.
+//!
+//! - [`Aggregate`]: command → events (`handle`), event → state (`apply`).
+//! - [`ActorHost`]: hosts aggregates of one namespace on one node. It executes commands for the
+//!   actors a [`Router`] says this node owns, refuses the others ([`CommandError::NotOwner`]),
+//!   retries a command whose append conflicts by reloading the actor (another writer — e.g. a
+//!   stale owner during a partition — got there first; the store's compare-and-set is the final
+//!   fence), snapshots every `snapshot_every` events and passivates idle actors.
+//! - [`ActorHost::send`] routes a command to the owner: locally, or by request/reply over the
+//!   broker on `aether.cmd.<namespace>.<node id>`, re-routing when the owner says it is not
+//!   (ownership moved).
+
+mod host;
+mod remote;
+mod testing;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use host::ActorHost;
+pub use testing::AggregateTest;
+
+use crate::broker::BrokerError;
+use crate::event::{Event, NewEvent};
+use crate::node::NodeId;
+use crate::store::{AppendError, ReadError, SnapshotError};
+
+/// An event-sourced aggregate: its state is the fold of its events.
+pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// What callers ask of it.
+    type Command: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// Why it may refuse a command (a domain answer, not a failure).
+    type Rejection: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static;
+
+    /// Decides which events a command produces, without changing state. An empty vector is a
+    /// valid answer (nothing to record).
+    ///
+    /// # Errors
+    /// A domain rejection.
+    fn handle(&self, command: &Self::Command) -> Result<Vec<NewEvent>, Self::Rejection>;
+
+    /// Folds one event into the state. Must be deterministic and must not fail: events are facts.
+    fn apply(&mut self, event: &Event);
+}
+
+/// Tells which node owns an actor. The cluster implements it; [`SingleNode`] owns everything.
+pub trait Router: Send + Sync + 'static {
+    /// The node owning `actor_id` in this node's current view, if any.
+    fn owner_of(&self, actor_id: &str) -> Option<NodeId>;
+
+    /// Takes this node out of routing: afterwards it owns nothing and other nodes stop sending
+    /// it commands (the cluster stops the node, so its shards move). Called by
+    /// [`ActorHost::leave`] before it drains. Idempotent; the default does nothing.
+    fn leave(&self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+impl<R: Router + ?Sized> Router for Arc<R> {
+    fn owner_of(&self, actor_id: &str) -> Option<NodeId> {
+        (**self).owner_of(actor_id)
+    }
+
+    fn leave(&self) -> impl std::future::Future<Output = ()> + Send {
+        (**self).leave()
+    }
+}
+
+/// A router for a single node: it owns every actor.
+#[derive(Clone, Debug)]
+pub struct SingleNode(pub NodeId);
+
+impl Router for SingleNode {
+    fn owner_of(&self, _actor_id: &str) -> Option<NodeId> {
+        Some(self.0.clone())
+    }
+}
+
+/// Actor runtime configuration. The node's id comes from the store's [`Runtime`](crate::Runtime).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ActorConfig {
+    /// Save a snapshot after this many events since the last one (0: never).
+    pub snapshot_every: u64,
+    /// Drop an actor from memory after this long without a command.
+    pub idle_timeout: Duration,
+    /// Keep at most this many actors in memory (least recently used are dropped first).
+    pub actors_max: usize,
+    /// How often a command whose append conflicts is retried after reloading.
+    pub conflict_retry_max: u32,
+    /// How often a command is re-routed when the target is not (or no longer) the owner.
+    pub route_retry_max: u32,
+    /// Delay between re-routes (doubling, jittered).
+    pub route_retry_delay: Duration,
+    /// How long to wait for a remote owner's answer.
+    pub request_timeout: Duration,
+    /// Remote commands handled concurrently by [`ActorHost::serve`].
+    pub inflight_max: usize,
+}
+
+impl Default for ActorConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ActorConfig {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self {
+            snapshot_every: 100,
+            idle_timeout: Duration::from_secs(300),
+            actors_max: 10_000,
+            conflict_retry_max: 5,
+            route_retry_max: 5,
+            route_retry_delay: Duration::from_millis(50),
+            request_timeout: Duration::from_secs(5),
+            inflight_max: 256,
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CommandOutcome {
+    /// The actor.
+    pub actor_id: String,
+    /// The actor's version after the command.
+    pub version: u64,
+    /// The events the command stored (empty if it produced none).
+    pub events: Vec<Event>,
+    /// The node that executed it.
+    pub node_id: NodeId,
+}
+
+/// Why a command produced no outcome.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<R: std::fmt::Debug> {
+    /// The aggregate refused the command. Nothing was stored.
+    #[error("command rejected: {0:?}")]
+    Rejected(R),
+    /// This node does not own the actor (the router names `owner`).
+    #[error("node does not own actor {actor:?} (owner: {owner:?})")]
+    NotOwner {
+        /// The actor.
+        actor: String,
+        /// Who owns it, as far as this node knows.
+        owner: Option<NodeId>,
+    },
+    /// No owner could be reached after re-routing `attempts` times.
+    #[error("no owner of actor {actor:?} answered after {attempts} attempts")]
+    Unroutable {
+        /// The actor.
+        actor: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The owner did not answer in time: the command may or may not have been executed.
+    #[error("owner {owner:?} did not answer in time; the command may have been executed")]
+    Timeout {
+        /// The node asked.
+        owner: NodeId,
+    },
+    /// The append kept conflicting (or failed) after reloading.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// Loading the actor failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Loading the snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The remote owner failed (its message).
+    #[error("remote owner failed: {0}")]
+    Remote(String),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// An actor's state and version, as [`ActorHost::state`] reads them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActorState<A> {
+    /// The state folded from every event.
+    pub state: A,
+    /// The version of the last event folded (0: no events).
+    pub version: u64,
+}
+
+pub use crate::names::command_subject;

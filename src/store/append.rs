@@ -1,0 +1,368 @@
+//! Appending: one commit per call, compare-and-set by the broker, ambiguous outcomes retried
+//! under the same commit id and resolved by asking the stream leader.
+
+use bytes::Bytes;
+
+use super::error::{AppendError, ConflictError};
+use super::replay::decode_record;
+use super::tip::Tip;
+use super::{EventStore, EventStored};
+use crate::broker::{
+    AppendAck, AppendOptions, Broker, BrokerError, Headers, ReadFrom, wire::wire_size,
+};
+use crate::clock::Clock;
+use crate::codec::{
+    self, Commit, HEADER_COMMIT_ID, HEADER_FIRST_VERSION, HEADER_FORMAT, HEADER_LAST_VERSION,
+};
+use crate::event::{Event, ExpectedVersion, NewEvent};
+use crate::retry::Backoff;
+
+/// The longest wait between two attempts of an ambiguous append.
+pub const RETRY_DELAY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What a successful append stored.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct AppendOutcome {
+    /// The commit id.
+    pub commit_id: String,
+    /// Stream sequence of the commit.
+    pub sequence: u64,
+    /// The stored events, with their versions.
+    pub events: Vec<Event>,
+}
+
+impl AppendOutcome {
+    /// Version of the first stored event.
+    pub fn first_version(&self) -> u64 {
+        self.events.first().map_or(0, |e| e.version)
+    }
+
+    /// The actor's version after the append.
+    pub fn last_version(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.version)
+    }
+}
+
+impl<B: Broker, C: Clock> EventStore<B, C> {
+    /// Appends `events` to `actor`'s stream as one commit: either all are stored, at versions
+    /// `latest + 1 ..= latest + n`, or none is.
+    ///
+    /// # Errors
+    /// [`AppendError::Conflict`] when the actor is not at `expected` (carrying the actual
+    /// version); [`AppendError::Empty`], [`AppendError::InvalidName`],
+    /// [`AppendError::InvalidEvent`] and [`AppendError::TooLarge`] for bad input (nothing is
+    /// stored); [`AppendError::Indeterminate`] when the broker never answered definitely.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe in the sense that a cancelled append may or may not have been stored,
+    /// exactly like an `Indeterminate` error.
+    pub async fn append(
+        &self,
+        actor: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, AppendError> {
+        let subject = self.inner.names.event_subject(actor)?;
+        if events.is_empty() {
+            return Err(AppendError::Empty);
+        }
+        if let Some(bad) = events.iter().find(|e| e.event_type.is_empty()) {
+            return Err(AppendError::InvalidEvent(format!(
+                "event {:?} has an empty event type",
+                bad.id
+            )));
+        }
+        if let Some(bad) = events.iter().find(|e| e.id.as_deref() == Some("")) {
+            return Err(AppendError::InvalidEvent(format!(
+                "event of type {:?} has an empty id",
+                bad.event_type
+            )));
+        }
+        let rt = &self.inner.rt;
+        let now = rt.clock().wall();
+        let stamped: Vec<(String, NewEvent)> = events
+            .into_iter()
+            .map(|e| {
+                (
+                    e.id.clone().unwrap_or_else(|| rt.rng().uuid().to_string()),
+                    e,
+                )
+            })
+            .collect();
+
+        let mut races = 0;
+        loop {
+            let mut tip = match self.hint(actor) {
+                Some(hint) if expected.matches(hint.version) => hint,
+                // Creating an actor needs no read: expect an empty subject and let the server
+                // check it (a wrong guess costs one rejected publish, as a stale hint does).
+                None if races == 0
+                    && matches!(
+                        expected,
+                        ExpectedVersion::NoStream | ExpectedVersion::Exact(0)
+                    ) =>
+                {
+                    Tip::default()
+                }
+                // A tip that contradicts the caller may just be old: read what follows it.
+                _ => self.fetch_tip(actor, &subject).await?,
+            };
+            if !expected.matches(tip.version) {
+                tip = self.confirm_tip(actor, &subject, tip, 0).await?;
+            }
+            if !expected.matches(tip.version) {
+                return Err(ConflictError {
+                    actor: actor.to_owned(),
+                    expected,
+                    actual: tip.version,
+                }
+                .into());
+            }
+            let mut events = Vec::with_capacity(stamped.len());
+            for (i, (id, e)) in stamped.iter().enumerate() {
+                let version = tip.version.checked_add(1 + i as u64).ok_or_else(|| {
+                    AppendError::InvalidEvent(format!(
+                        "actor {actor:?} is at version {}: no room for {} more events",
+                        tip.version,
+                        stamped.len()
+                    ))
+                })?;
+                events.push(Event {
+                    id: id.clone(),
+                    event_type: e.event_type.clone(),
+                    actor_id: actor.to_owned(),
+                    version,
+                    data: e.data.clone(),
+                    timestamp: e.timestamp.unwrap_or(now),
+                    metadata: e.metadata.clone(),
+                });
+            }
+            let commit = Commit {
+                commit_id: rt.rng().uuid().to_string(),
+                actor_id: actor.to_owned(),
+                events,
+            };
+            match self.send_commit(actor, &subject, &commit, tip).await {
+                Ok(ack) => {
+                    let last_version = commit.last_version();
+                    assert_eq!(
+                        commit.first_version(),
+                        tip.version + 1,
+                        "contiguous versions"
+                    );
+                    assert!(
+                        ack.sequence > tip.sequence,
+                        "the broker stored a commit at sequence {} at or before the expected {}",
+                        ack.sequence,
+                        tip.sequence
+                    );
+                    self.set_hint(
+                        actor,
+                        Tip {
+                            sequence: ack.sequence,
+                            version: last_version,
+                        },
+                    );
+                    self.notify(&commit.events).await;
+                    return Ok(AppendOutcome {
+                        commit_id: commit.commit_id,
+                        sequence: ack.sequence,
+                        events: commit.events,
+                    });
+                }
+                Err(SendError::Moved { actual_sequence }) => {
+                    // Someone else wrote first; nothing of ours is stored.
+                    let mut tip = self.fetch_tip(actor, &subject).await?;
+                    if tip.sequence < actual_sequence {
+                        // The read was served by a replica that lags the leader.
+                        tip = self
+                            .confirm_tip(actor, &subject, tip, actual_sequence)
+                            .await?;
+                    }
+                    if expected.matches(tip.version) {
+                        // Still as expected: another writer won under `Any`, or the stream only
+                        // moved by a record that carries no version (a damaged one). Nothing of
+                        // ours is stored; try again at the new tip.
+                        if races < self.inner.config.retry_max {
+                            races += 1;
+                            continue;
+                        }
+                        return Err(AppendError::Contended {
+                            actor: actor.to_owned(),
+                            attempts: races + 1,
+                        });
+                    }
+                    return Err(ConflictError {
+                        actor: actor.to_owned(),
+                        expected,
+                        actual: tip.version,
+                    }
+                    .into());
+                }
+                Err(SendError::Append(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Publishes one commit, retrying ambiguous failures with the same commit id.
+    async fn send_commit(
+        &self,
+        actor: &str,
+        subject: &str,
+        commit: &Commit,
+        tip: Tip,
+    ) -> Result<AppendAck, SendError> {
+        let payload = Bytes::from(codec::encode_commit(commit));
+        let mut headers = Headers::new();
+        headers.insert(HEADER_COMMIT_ID.into(), commit.commit_id.clone());
+        headers.insert(
+            HEADER_FIRST_VERSION.into(),
+            commit.first_version().to_string(),
+        );
+        headers.insert(
+            HEADER_LAST_VERSION.into(),
+            commit.last_version().to_string(),
+        );
+        headers.insert(HEADER_FORMAT.into(), codec::COMMIT_FORMAT.to_string());
+        let mut options = AppendOptions {
+            expected_last_subject_sequence: Some(tip.sequence),
+            message_id: Some(commit.commit_id.clone()),
+        };
+        // The size the broker counts: payload, our headers and the ones the options add.
+        let size = wire_size(&headers, &payload, &options);
+        let max = self.inner.config.commit_bytes_max;
+        if size > max {
+            return Err(SendError::Append(AppendError::TooLarge { size, max }));
+        }
+        if crate::planted::planted!(self.inner.rt, append_without_expected_sequence) {
+            options.expected_last_subject_sequence = None;
+        }
+        let config = &self.inner.config;
+        let mut ambiguous: Option<BrokerError> = None;
+        let mut backoff = Backoff::new(config.retry_delay, RETRY_DELAY_MAX);
+        for _ in 0..=config.retry_max {
+            let result = self
+                .broker()
+                .append(subject, headers.clone(), payload.clone(), options.clone())
+                .await;
+            match result {
+                Ok(ack) => return Ok(ack),
+                Err(BrokerError::WrongLastSequence { .. }) if ambiguous.is_some() => {
+                    return self
+                        .resolve_after_ambiguity(actor, subject, commit, tip)
+                        .await;
+                }
+                Err(BrokerError::WrongLastSequence { actual, .. }) => {
+                    return Err(SendError::Moved {
+                        actual_sequence: actual,
+                    });
+                }
+                Err(BrokerError::PayloadTooLarge { size, max }) => {
+                    return Err(SendError::Append(AppendError::TooLarge { size, max }));
+                }
+                Err(e) if e.is_ambiguous() => {
+                    tracing::debug!(commit = %commit.commit_id, error = %e, "append outcome unknown; retrying");
+                    ambiguous = Some(e);
+                    if crate::planted::planted!(self.inner.rt, retry_with_fresh_commit_id) {
+                        let fresh = self.inner.rt.rng().uuid().to_string();
+                        options.message_id = Some(fresh.clone());
+                        headers.insert(HEADER_COMMIT_ID.into(), fresh);
+                    }
+                    let rt = &self.inner.rt;
+                    backoff.wait(rt.clock(), rt.rng()).await;
+                }
+                Err(e) => {
+                    return Err(SendError::Append(match ambiguous {
+                        Some(_) => AppendError::Indeterminate {
+                            commit_id: commit.commit_id.clone(),
+                            source: e,
+                        },
+                        None => AppendError::Broker(e),
+                    }));
+                }
+            }
+        }
+        Err(SendError::Append(AppendError::Indeterminate {
+            commit_id: commit.commit_id.clone(),
+            source: ambiguous.expect("the loop only ends after ambiguous failures"),
+        }))
+    }
+
+    /// After an ambiguous attempt, the broker says the subject moved past `tip`: find out whether
+    /// it moved because of our own first attempt — the record right after `tip`, asked of the
+    /// stream leader, is either our commit or someone else's.
+    async fn resolve_after_ambiguity(
+        &self,
+        actor: &str,
+        subject: &str,
+        commit: &Commit,
+        tip: Tip,
+    ) -> Result<AppendAck, SendError> {
+        let next = self
+            .broker()
+            .next(
+                &self.inner.events_stream,
+                subject,
+                tip.sequence + 1,
+                ReadFrom::Leader,
+            )
+            .await
+            .map_err(|e| {
+                SendError::Append(AppendError::Indeterminate {
+                    commit_id: commit.commit_id.clone(),
+                    source: e,
+                })
+            })?;
+        match next {
+            Some(m)
+                if decode_record(&m, Some(actor))
+                    .is_ok_and(|c| c.commit_id == commit.commit_id) =>
+            {
+                Ok(AppendAck {
+                    sequence: m.sequence,
+                    duplicate: true,
+                })
+            }
+            Some(m) => Err(SendError::Moved {
+                actual_sequence: m.sequence,
+            }),
+            None => Err(SendError::Moved { actual_sequence: 0 }),
+        }
+    }
+
+    async fn notify(&self, events: &[Event]) {
+        if let Some(bus) = self.inner.bus.get() {
+            let notes: Vec<Event> = events.iter().map(EventStored::notification).collect();
+            if let Err(error) = bus.publish(&self.inner.config.namespace, &notes).await {
+                // The events are stored; a lost notification is reported, not turned into a
+                // failed append (the bus is at-most-once by design).
+                tracing::warn!(%error, "EventStored notification not published");
+            }
+        }
+    }
+
+    /// Stores one event at its own version, which must be the actor's latest version + 1.
+    ///
+    /// # Errors
+    /// As [`EventStore::append`]; [`AppendError::InvalidEvent`] for version 0.
+    pub async fn save_event(&self, event: Event) -> Result<AppendOutcome, AppendError> {
+        if event.version == 0 {
+            return Err(AppendError::InvalidEvent(
+                "event versions start at 1".to_owned(),
+            ));
+        }
+        let actor = event.actor_id.clone();
+        let expected = ExpectedVersion::Exact(event.version - 1);
+        self.append(&actor, expected, vec![NewEvent::from(event)])
+            .await
+    }
+}
+
+pub(super) enum SendError {
+    /// The actor's stream moved past the expected tip; our commit is not stored. The broker
+    /// named the subject's actual last sequence.
+    Moved { actual_sequence: u64 },
+    /// Anything else.
+    Append(AppendError),
+}

@@ -1,0 +1,249 @@
+//! The event store: per-actor append-only streams with contiguous versions and optimistic
+//! concurrency decided by the broker, plus snapshots.
+//!
+//! Layout on the broker, for namespace `ns`:
+//! - stream `AETHER_EV_<ns>`, subjects `aether.ev.<ns>.<actor token>`: one message per commit;
+//! - stream `AETHER_SNAP_<ns>`, subjects `aether.snap.<ns>.<actor token>`: snapshots.
+//!
+//! The actor token is [`encode_actor_id`](crate::codec::encode_actor_id), so two actors never share a subject.
+//!
+//! # Concurrency
+//! An append publishes its commit with `expected_last_subject_sequence` = the stream sequence of
+//! the actor's last commit as the store believes it to be; the broker rejects it if anything was
+//! written in between. The per-actor cache of (last sequence, last version) is only a hint that
+//! saves a read; a stale hint costs one extra read, never correctness. Writers in other processes
+//! are therefore safe.
+//!
+//! # Ambiguous failures
+//! When the outcome of a publish is unknown (timeout, connection lost) the same commit — same
+//! commit id, which is also the broker's dedupe id — is sent again. If the retry is answered with
+//! wrong-last-sequence, the store reads the record that follows the expected sequence and compares
+//! commit ids before reporting a conflict: the first attempt may have landed.
+
+mod append;
+mod error;
+mod replay;
+mod snapshot;
+mod tip;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+pub use append::AppendOutcome;
+pub use error::{
+    AppendError, ConflictError, OpenError, ReadError, ReplayError, ReplayErrorCause, SnapshotError,
+};
+pub use replay::{Page, ReplayResult, StoredCommit, check_record};
+pub use snapshot::SnapshotStore;
+
+use crate::broker::{Broker, DEFAULT_MAX_PAYLOAD, StreamConfig};
+use crate::bus::EventBus;
+use crate::clock::{Clock, SystemClock};
+use crate::codec::validate_namespace;
+use crate::event::Event;
+use crate::names::NamespaceNames;
+use crate::runtime::Runtime;
+use tip::TipCache;
+
+/// Default retention of events: one year.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Default of [`StoreConfig::tips_max`].
+pub const TIPS_MAX_DEFAULT: usize = 100_000;
+
+/// The event type of the notification published on the bus for every stored event.
+pub const EVENT_STORED: &str = "EventStored";
+
+/// Store configuration.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// Namespace (`[A-Za-z0-9_-]`, 1–64 characters); one stream per namespace.
+    pub namespace: String,
+    /// Events older than this are removed by the server. Default: 365 days.
+    pub max_age: Duration,
+    /// Stream replicas (3 on a 3-node cluster).
+    pub replicas: usize,
+    /// Largest commit (payload plus headers) the store will send. Default 1 MiB, the NATS
+    /// default `max_payload`.
+    pub commit_bytes_max: usize,
+    /// How many snapshots to keep per actor.
+    pub snapshot_history: u64,
+    /// How many times an append whose outcome is unknown is re-sent before giving up, and how
+    /// many times an `ExpectedVersion::Any` append retries after losing a race.
+    pub retry_max: u32,
+    /// Base delay between retries of an ambiguous append (jittered, doubling).
+    pub retry_delay: Duration,
+    /// Actors whose tip (stream position and version) the handle remembers; the least recently
+    /// used are forgotten beyond this. A forgotten actor costs one read of its history on its
+    /// next append.
+    pub tips_max: usize,
+}
+
+impl StoreConfig {
+    /// Defaults for `namespace`.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            max_age: DEFAULT_MAX_AGE,
+            replicas: 1,
+            commit_bytes_max: DEFAULT_MAX_PAYLOAD,
+            snapshot_history: 3,
+            retry_max: 8,
+            retry_delay: Duration::from_millis(20),
+            tips_max: TIPS_MAX_DEFAULT,
+        }
+    }
+
+    /// Sets the replica count.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Sets the retention.
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
+    }
+}
+
+/// The payload of an [`EVENT_STORED`] notification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventStored {
+    /// Id of the stored event.
+    pub event_id: String,
+    /// Its type.
+    pub event_type: String,
+    /// Its actor.
+    pub actor_id: String,
+    /// Its version.
+    pub version: u64,
+    /// Its timestamp, nanoseconds since the Unix epoch.
+    pub timestamp_nanos: u64,
+}
+
+impl EventStored {
+    /// Reads the notification carried by a bus event, if it is one.
+    pub fn from_event(event: &Event) -> Option<Self> {
+        if event.event_type != EVENT_STORED {
+            return None;
+        }
+        serde_json::from_value(event.data.clone()).ok()
+    }
+
+    fn notification(stored: &Event) -> Event {
+        Event {
+            id: stored.id.clone(),
+            event_type: EVENT_STORED.to_owned(),
+            actor_id: stored.actor_id.clone(),
+            version: stored.version,
+            data: json!({
+                "event_id": stored.id,
+                "event_type": stored.event_type,
+                "actor_id": stored.actor_id,
+                "version": stored.version,
+                "timestamp_nanos": crate::clock::unix_nanos(stored.timestamp),
+            }),
+            timestamp: stored.timestamp,
+            metadata: stored.metadata.clone(),
+        }
+    }
+}
+
+struct Inner<B, C> {
+    rt: Runtime<B, C>,
+    config: StoreConfig,
+    names: NamespaceNames,
+    events_stream: String,
+    snapshots_stream: String,
+    tips: Mutex<TipCache>,
+    bus: std::sync::OnceLock<EventBus<B>>,
+}
+
+/// The event store for one namespace. Cheap to clone.
+pub struct EventStore<B, C = SystemClock> {
+    inner: Arc<Inner<B, C>>,
+}
+
+impl<B, C> Clone for EventStore<B, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B, C> std::fmt::Debug for EventStore<B, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore")
+            .field("namespace", &self.inner.config.namespace)
+            .finish()
+    }
+}
+
+impl<B: Broker, C: Clock> EventStore<B, C> {
+    /// Opens the store of `config.namespace`, creating its streams if needed.
+    ///
+    /// # Errors
+    /// [`OpenError::InvalidName`] for a bad namespace, [`OpenError::Broker`] if the streams cannot
+    /// be created.
+    pub async fn open(rt: Runtime<B, C>, config: StoreConfig) -> Result<Self, OpenError> {
+        validate_namespace(&config.namespace)?;
+        let names = NamespaceNames::new(&config.namespace);
+        let events_stream = names.events_stream();
+        let snapshots_stream = names.snapshots_stream();
+        let mut events = StreamConfig::new(&events_stream, vec![names.events_pattern()]);
+        events.max_age = Some(config.max_age);
+        events.replicas = config.replicas;
+        events.duplicate_window = crate::broker::DEFAULT_DUPLICATE_WINDOW.min(config.max_age);
+        rt.broker().ensure_stream(events).await?;
+        let mut snapshots = StreamConfig::new(&snapshots_stream, vec![names.snapshots_pattern()]);
+        snapshots.max_age = Some(config.max_age);
+        snapshots.replicas = config.replicas;
+        snapshots.max_messages_per_subject = Some(config.snapshot_history.max(1));
+        snapshots.duplicate_window = crate::broker::DEFAULT_DUPLICATE_WINDOW.min(config.max_age);
+        rt.broker().ensure_stream(snapshots).await?;
+        let tips_max = std::num::NonZeroUsize::new(config.tips_max.max(1)).expect("at least 1");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                rt,
+                config,
+                names,
+                events_stream,
+                snapshots_stream,
+                tips: Mutex::new(TipCache::with_hasher(tips_max, Default::default())),
+                bus: std::sync::OnceLock::new(),
+            }),
+        })
+    }
+
+    /// Publishes an [`EVENT_STORED`] notification on `bus` after every successful append (and
+    /// never after a conflict). A store has at most one bus; later calls are ignored.
+    pub fn with_bus(self, bus: EventBus<B>) -> Self {
+        let _ = self.inner.bus.set(bus);
+        self
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.config.namespace
+    }
+
+    /// The runtime bundle.
+    pub fn runtime(&self) -> &Runtime<B, C> {
+        &self.inner.rt
+    }
+
+    fn broker(&self) -> &B {
+        self.inner.rt.broker()
+    }
+
+    /// The broker names of this store's namespace.
+    pub fn names(&self) -> &NamespaceNames {
+        &self.inner.names
+    }
+}

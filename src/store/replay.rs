@@ -1,0 +1,329 @@
+//! Reading: replay of one actor (every record checked, damage reported, never skipped) and
+//! pages of a whole namespace in commit order.
+
+use std::collections::BTreeSet;
+
+use super::EventStore;
+use super::error::{ReadError, ReplayError, ReplayErrorCause};
+use super::tip::Tip;
+use crate::broker::{Broker, ReadFrom, StoredMessage};
+use crate::clock::Clock;
+use crate::codec::{
+    self, Commit, HEADER_COMMIT_ID, HEADER_FIRST_VERSION, HEADER_FORMAT, HEADER_LAST_VERSION,
+};
+use crate::event::Event;
+
+/// Events read back along with every damaged record met on the way.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ReplayResult {
+    /// The valid events, in version order.
+    pub events: Vec<Event>,
+    /// The damaged records, in stream order.
+    pub errors: Vec<ReplayError>,
+}
+
+/// One commit read from a namespace's whole stream, with its position.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct StoredCommit {
+    /// The commit's position: its stream sequence. Positions grow with every commit of the
+    /// namespace (not contiguously: they are shared with nothing else, but may skip expired
+    /// records).
+    pub position: u64,
+    /// The commit id.
+    pub commit_id: String,
+    /// The actor.
+    pub actor_id: String,
+    /// Its events, in version order.
+    pub events: Vec<Event>,
+}
+
+/// A page of a namespace's stream, in commit order: what [`EventStore::read_all`] returns.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Page {
+    /// Valid commits, in position order.
+    pub commits: Vec<StoredCommit>,
+    /// Damaged records met on the way (never skipped silently).
+    pub errors: Vec<ReplayError>,
+    /// Where the next page starts (one past the last record read; unchanged when the page is
+    /// empty).
+    pub next_position: u64,
+}
+
+impl<B: Broker, C: Clock> EventStore<B, C> {
+    /// The actor's events with version `>= from_version`, in order.
+    ///
+    /// # Errors
+    /// [`ReadError::Damaged`] for the first damaged record met (never skipped silently).
+    pub async fn events(&self, actor: &str, from_version: u64) -> Result<Vec<Event>, ReadError> {
+        let result = self.events_with_errors(actor, from_version).await?;
+        match result.errors.into_iter().next() {
+            Some(error) => Err(ReadError::Damaged(error)),
+            None => Ok(result.events),
+        }
+    }
+
+    /// The actor's valid events with version `>= from_version`, and every damaged record (with
+    /// its stream sequence, raw bytes and cause) met on the way.
+    ///
+    /// # Errors
+    /// Only for invalid names and broker failures; damage is reported in the result.
+    pub async fn events_with_errors(
+        &self,
+        actor: &str,
+        from_version: u64,
+    ) -> Result<ReplayResult, ReadError> {
+        let subject = self.inner.names.event_subject(actor)?;
+        self.replay(actor, &subject, from_version).await
+    }
+
+    pub(super) async fn replay(
+        &self,
+        actor: &str,
+        subject: &str,
+        from_version: u64,
+    ) -> Result<ReplayResult, ReadError> {
+        let mut checker = ReplayChecker::new(actor, from_version);
+        self.broker()
+            .read_each(&self.inner.events_stream, subject, 1, |record| {
+                checker.push(record)
+            })
+            .await?;
+        // Read your writes, and never read backwards: a replica that lags behind what this
+        // handle has appended or read before is caught up from the leader.
+        if let Some(floor) = self.hint(actor) {
+            while checker.last_sequence < floor.sequence {
+                match self
+                    .broker()
+                    .next(
+                        &self.inner.events_stream,
+                        subject,
+                        checker.last_sequence + 1,
+                        ReadFrom::Leader,
+                    )
+                    .await?
+                {
+                    Some(record) => checker.push(record),
+                    None => break,
+                }
+            }
+        }
+        if crate::planted::planted!(self.inner.rt, skip_damaged_records) {
+            checker.replay.errors.clear();
+        }
+        if checker.last_sequence > 0 {
+            self.set_hint(actor, checker.tip());
+        }
+        Ok(checker.replay)
+    }
+
+    /// Up to `max_commits` commits of every actor of the namespace, in the order they were
+    /// stored, starting at `from_position` (1 for the beginning): the feed for projections and
+    /// other consumers that must see everything at least once (see [`crate::projection`]).
+    /// Records that are not valid commits are reported in [`Page::errors`], not skipped silently.
+    ///
+    /// # Errors
+    /// Broker failures.
+    pub async fn read_all(
+        &self,
+        from_position: u64,
+        max_commits: usize,
+    ) -> Result<Page, ReadError> {
+        let ns = &self.inner.config.namespace;
+        let records = self
+            .broker()
+            .read_batch(
+                &self.inner.events_stream,
+                &format!("aether.ev.{ns}.*"),
+                from_position.max(1),
+                max_commits,
+            )
+            .await?;
+        let prefix = format!("aether.ev.{ns}.");
+        let mut page = Page {
+            next_position: records
+                .last()
+                .map_or(from_position.max(1), |r| r.sequence + 1),
+            ..Page::default()
+        };
+        for record in records {
+            let subject_actor = record
+                .subject
+                .strip_prefix(&prefix)
+                .and_then(|token| codec::decode_actor_id(token).ok());
+            let commit = match decode_record(&record, subject_actor.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    page.errors.push(e);
+                    continue;
+                }
+            };
+            page.commits.push(StoredCommit {
+                position: record.sequence,
+                commit_id: commit.commit_id,
+                actor_id: commit.actor_id,
+                events: commit.events,
+            });
+        }
+        Ok(page)
+    }
+
+    /// The actor's latest version (0 if it has no events), asked of the broker in one round trip.
+    ///
+    /// # Errors
+    /// Broker failures; invalid names.
+    pub async fn latest_version(&self, actor: &str) -> Result<u64, ReadError> {
+        let subject = self.inner.names.event_subject(actor)?;
+        Ok(self.fetch_tip(actor, &subject).await?.version)
+    }
+}
+
+/// Checks one stored record of `actor`'s subject exactly as replay does, on its own: the body
+/// must decode as a commit of `actor` and the headers must agree with it. (Replay further
+/// requires the commit to continue the versions before it and its id to be new.) For tools and
+/// checkers that inspect raw records.
+///
+/// # Errors
+/// The [`ReplayError`] replay would report for this record.
+pub fn check_record(record: &StoredMessage, actor: &str) -> Result<Commit, ReplayError> {
+    decode_record(record, Some(actor))
+}
+
+/// Decodes one stored record as a commit of `actor` (the actor its subject names): a record that
+/// is not a valid commit, names another actor, or whose headers disagree with its body is a
+/// [`ReplayError`]. The body is the record; the headers only index it and are never trusted.
+pub(super) fn decode_record(
+    record: &StoredMessage,
+    actor: Option<&str>,
+) -> Result<Commit, ReplayError> {
+    let damaged = |cause: ReplayErrorCause| ReplayError {
+        sequence: record.sequence,
+        raw: record.payload.clone(),
+        cause,
+    };
+    let commit = codec::decode_commit(&record.payload).map_err(|e| damaged(e.into()))?;
+    if actor != Some(commit.actor_id.as_str()) {
+        return Err(damaged(ReplayErrorCause::WrongActor {
+            found: commit.actor_id,
+        }));
+    }
+    let number = |header: &'static str, expected: u64| {
+        let found = record.headers.get(header);
+        match found.map(|v| v.parse::<u64>()) {
+            Some(Ok(v)) if v == expected => Ok(()),
+            _ => Err(damaged(ReplayErrorCause::HeaderMismatch {
+                header,
+                found: found.cloned(),
+                expected: expected.to_string(),
+            })),
+        }
+    };
+    let text = |header: &'static str, expected: &str| {
+        let found = record.headers.get(header);
+        if found.map(String::as_str) == Some(expected) {
+            Ok(())
+        } else {
+            Err(damaged(ReplayErrorCause::HeaderMismatch {
+                header,
+                found: found.cloned(),
+                expected: expected.to_owned(),
+            }))
+        }
+    };
+    text(HEADER_COMMIT_ID, &commit.commit_id)?;
+    number(HEADER_FIRST_VERSION, commit.first_version())?;
+    number(HEADER_LAST_VERSION, commit.last_version())?;
+    number(HEADER_FORMAT, u64::from(codec::COMMIT_FORMAT))?;
+    Ok(commit)
+}
+
+/// Decodes and checks an actor's records one at a time, in stream order: each must be a valid
+/// commit of this actor and continue the versions before it (a second copy of an earlier commit
+/// cannot, and is reported as one). Pure, and incremental so that decoding overlaps the
+/// transfer of later records; it can resume from a [`Tip`] checked earlier with the same
+/// verdicts as a replay from the start.
+pub(super) struct ReplayChecker<'a> {
+    actor: &'a str,
+    from_version: u64,
+    next_version: u64,
+    seen: BTreeSet<String>,
+    pub(super) last_sequence: u64,
+    pub(super) replay: ReplayResult,
+}
+
+impl<'a> ReplayChecker<'a> {
+    /// Checks a history from its start, keeping events of version `>= from_version`.
+    pub(super) fn new(actor: &'a str, from_version: u64) -> Self {
+        Self::resume(actor, Tip::default(), from_version)
+    }
+
+    /// Checks what follows `tip`.
+    pub(super) fn resume(actor: &'a str, tip: Tip, from_version: u64) -> Self {
+        Self {
+            actor,
+            from_version,
+            next_version: tip.version + 1,
+            seen: BTreeSet::new(),
+            last_sequence: tip.sequence,
+            replay: ReplayResult::default(),
+        }
+    }
+
+    pub(super) fn push(&mut self, record: StoredMessage) {
+        // A read that overlaps what was already checked (a resumed read) adds nothing.
+        if record.sequence <= self.last_sequence {
+            return;
+        }
+        self.last_sequence = record.sequence;
+        let commit = match decode_record(&record, Some(self.actor)) {
+            Ok(c) => c,
+            Err(e) => return self.replay.errors.push(e),
+        };
+        let damaged = |cause: ReplayErrorCause| ReplayError {
+            sequence: record.sequence,
+            raw: record.payload.clone(),
+            cause,
+        };
+        if commit.first_version() != self.next_version {
+            // A commit that does not continue the versions: a second copy of an earlier commit
+            // (its id was seen), or anything else out of place. Whether a commit is valid never
+            // depends on how much of the history was read: a handle that resumes from a tip
+            // and one that replays from the start agree.
+            let cause = if self.seen.contains(&commit.commit_id) {
+                ReplayErrorCause::DuplicateCommit(commit.commit_id)
+            } else {
+                ReplayErrorCause::VersionGap {
+                    expected: self.next_version,
+                    found: commit.first_version(),
+                }
+            };
+            return self.replay.errors.push(damaged(cause));
+        }
+        let Some(next_version) = commit.last_version().checked_add(1) else {
+            return self
+                .replay
+                .errors
+                .push(damaged(ReplayErrorCause::VersionOverflow(
+                    commit.last_version(),
+                )));
+        };
+        // Decoding guarantees contiguous versions inside the commit; the chain continues.
+        assert!(next_version > self.next_version, "versions grow");
+        self.next_version = next_version;
+        self.seen.insert(commit.commit_id);
+        let from = self.from_version;
+        self.replay
+            .events
+            .extend(commit.events.into_iter().filter(|e| e.version >= from));
+    }
+
+    /// Where the checked stream ends: its last record and last valid version.
+    pub(super) fn tip(&self) -> Tip {
+        Tip {
+            sequence: self.last_sequence,
+            version: self.next_version - 1,
+        }
+    }
+}
