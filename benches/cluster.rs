@@ -3,13 +3,14 @@
 //! hash ring and the leader's assignment — imbalance (max/mean primaries per node) and shards
 //! moved when a node joins or leaves, against the ideal.
 //!
-//! Run: `cargo bench --bench cluster`
-#![allow(clippy::disallowed_methods)] // a benchmark measures real time
+//! Run: `cargo bench --bench cluster` (criterion; e.g. `-- --warm-up-time 1 --measurement-time 2`
+//! for a quick run). The imbalance/movement table is computed, not timed: it is printed first,
+//! then criterion times the `placement/*` benchmarks.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use aether::cluster::{HashRing, NodeId, Placement, ShardConfig, ShardId, shard_of};
+use criterion::{Criterion, criterion_group};
 
 const SHARDS: u32 = 1024;
 const VIRTUAL_NODES: usize = 150;
@@ -18,18 +19,6 @@ fn nodes(count: usize) -> Vec<NodeId> {
     (0..count)
         .map(|i| NodeId::new(format!("node-{i}")).unwrap())
         .collect()
-}
-
-/// Mean time per call of `f` over `iterations` calls, after a warm-up.
-fn per_op(iterations: u64, mut f: impl FnMut(u64)) -> Duration {
-    for i in 0..iterations.min(1000) {
-        f(i);
-    }
-    let start = Instant::now();
-    for i in 0..iterations {
-        f(i);
-    }
-    start.elapsed() / iterations as u32
 }
 
 fn config(replication_factor: usize) -> ShardConfig {
@@ -43,60 +32,52 @@ fn max_over_mean(loads: &[usize]) -> f64 {
     *loads.iter().max().unwrap() as f64 / mean
 }
 
-fn main() {
-    println!("# aether cluster placement ({SHARDS} shards, {VIRTUAL_NODES} virtual nodes)\n");
+/// The timed part: hashing, ring lookup and build, and the leader's assignment computation.
+fn placement(c: &mut Criterion) {
+    let mut group = c.benchmark_group("placement");
 
     let ids: Vec<String> = (0..100_000).map(|i| format!("account-{i}")).collect();
-    let t = per_op(2_000_000, |i| {
-        black_box(shard_of(black_box(&ids[(i % 100_000) as usize]), SHARDS));
+    group.bench_function("shard_of(actor id)", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            shard_of(black_box(&ids[i]), SHARDS)
+        })
     });
-    println!(
-        "shard_of(actor id)                      {:>10.1} ns/op",
-        t.as_nanos() as f64
-    );
 
     let ring = HashRing::new(nodes(100), VIRTUAL_NODES).unwrap();
-    let t = per_op(5_000_000, |i| {
-        black_box(ring.owner_of(ShardId(black_box((i % SHARDS as u64) as u32))));
+    group.bench_function("ring lookup, 100 nodes x 150 vnodes", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % SHARDS;
+            ring.owner_of(ShardId(black_box(i)))
+        })
     });
-    println!(
-        "ring lookup, 100 nodes x 150 vnodes       {:>10.1} ns/op",
-        t.as_nanos() as f64
-    );
-    let t = per_op(200, |_| {
-        black_box(HashRing::new(nodes(100), VIRTUAL_NODES).unwrap());
+    group.bench_function("ring build, 100 nodes x 150 vnodes", |b| {
+        b.iter(|| HashRing::new(nodes(100), VIRTUAL_NODES).unwrap())
     });
-    println!(
-        "ring build, 100 nodes x 150 vnodes        {:>10.1} us",
-        t.as_nanos() as f64 / 1e3
-    );
 
+    // Assignment runs take a few hundred µs: fewer samples fit the default measurement time.
+    group.sample_size(50);
     let members = nodes(100);
-    let t = per_op(50, |_| {
-        black_box(Placement::compute(&config(1), members.clone(), None).unwrap());
-    });
-    println!(
-        "assignment 1024 x 100, from scratch       {:>10.1} us",
-        t.as_nanos() as f64 / 1e3
-    );
-    let base = Placement::compute(&config(1), members.clone(), None).unwrap();
     let joined = nodes(101);
-    let t = per_op(50, |_| {
-        black_box(Placement::compute(&config(1), joined.clone(), Some(&base)).unwrap());
-    });
-    println!(
-        "assignment 1024 x 100 -> 101 (join)       {:>10.1} us",
-        t.as_nanos() as f64 / 1e3
-    );
+    let base = Placement::compute(&config(1), members.clone(), None).unwrap();
     let base3 = Placement::compute(&config(3), members.clone(), None).unwrap();
-    let t = per_op(20, |_| {
-        black_box(Placement::compute(&config(3), joined.clone(), Some(&base3)).unwrap());
+    group.bench_function("assignment 1024 x 100, from scratch", |b| {
+        b.iter(|| Placement::compute(&config(1), members.clone(), None).unwrap())
     });
-    println!(
-        "assignment 1024 x 100 -> 101, R=3         {:>10.1} us\n",
-        t.as_nanos() as f64 / 1e3
-    );
+    group.bench_function("assignment 1024 x 100 -> 101 (join)", |b| {
+        b.iter(|| Placement::compute(&config(1), joined.clone(), Some(&base)).unwrap())
+    });
+    group.bench_function("assignment 1024 x 100 -> 101, R=3", |b| {
+        b.iter(|| Placement::compute(&config(3), joined.clone(), Some(&base3)).unwrap())
+    });
+    group.finish();
+}
 
+/// The untimed part: imbalance and shards moved on join/leave, plain ring vs assignment vs ideal.
+fn print_balance_table() {
+    println!("# aether cluster placement ({SHARDS} shards, {VIRTUAL_NODES} virtual nodes)\n");
     println!("imbalance = max/mean primaries per node; moved = primaries that change node");
     println!(
         "{:>5} | {:>12} {:>12} | {:>10} {:>10} {:>10} | {:>10} {:>10} {:>10}",
@@ -137,6 +118,19 @@ fn main() {
     }
     println!(
         "\nideal = the fewest moves any placement within floor/ceil(S/N) needs from the balanced \
-         placement (Placement::minimum_moves)."
+         placement (Placement::minimum_moves).\n"
     );
+}
+
+criterion_group!(benches, placement);
+
+// `criterion_main!` with the table first. Skipped when criterion is only asked to list the
+// benchmarks, or runs them once as tests (`cargo test --benches`).
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--list" || a == "--test") {
+        print_balance_table();
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
 }

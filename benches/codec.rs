@@ -1,35 +1,30 @@
 //! Commit codec and replay cost without a server: how fast commits decode, and how much the
 //! store's replay (decode + checks) costs over reading the raw records from the memory broker.
 //!
-//! `cargo bench --bench codec`. Figures are rates measured in this run (best of 5); the ratio
-//! compares the store's replay with the raw read measured in the same run.
+//! `cargo bench --bench codec` (criterion; e.g. `-- --warm-up-time 1 --measurement-time 2` for a
+//! quick run). Reported as time and throughput per element:
+//! - `codec/decode_commit`: one commit record decoded (commits/s);
+//! - `replay/memory_broker_read` and `replay/store_replay`: a 10,000-event actor read raw from the
+//!   memory broker, and replayed by the store (events/s). Both are in one group, measured in the
+//!   same run: the store's cost over the raw read is the ratio of their throughputs.
 
-use std::time::Duration;
+use std::hint::black_box;
 
 use aether::broker::Broker;
 use aether::codec::{Commit, decode_commit, encode_commit};
 use aether::{
     Event, EventStore, ExpectedVersion, MemoryBroker, Metadata, NewEvent, Runtime, StoreConfig,
 };
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 
 const EVENTS: usize = 10_000;
 
-fn best_rate<F: FnMut() -> usize>(mut f: F) -> f64 {
-    (0..5)
-        .map(|_| {
-            #[allow(clippy::disallowed_methods)] // benchmarks measure real time
-            let start = std::time::Instant::now();
-            let n = f();
-            n as f64 / start.elapsed().max(Duration::from_nanos(1)).as_secs_f64()
-        })
-        .fold(0.0, f64::max)
-}
-
-fn main() {
+/// `EVENTS` encoded one-event commits of one actor.
+fn records() -> Vec<Vec<u8>> {
     let mut metadata = Metadata::new();
     metadata.set_correlation_id("corr-1");
-    let records: Vec<Vec<u8>> = (0..EVENTS as u64)
+    (0..EVENTS as u64)
         .map(|i| {
             encode_commit(&Commit {
                 commit_id: format!("commit-{i:08}"),
@@ -47,24 +42,31 @@ fn main() {
                 }],
             })
         })
-        .collect();
-    let decode = best_rate(|| {
-        records
-            .iter()
-            .map(|r| decode_commit(r).unwrap().events.len())
-            .sum()
-    });
-    println!(
-        "decode_commit: {decode:>12.0} commits/s ({:.2} µs each)",
-        1e6 / decode
-    );
+        .collect()
+}
 
+fn decode(c: &mut Criterion) {
+    let records = records();
+    let mut group = c.benchmark_group("codec");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("decode_commit", |b| {
+        let mut next = 0;
+        b.iter(|| {
+            let record = &records[next % EVENTS];
+            next += 1;
+            decode_commit(black_box(record)).unwrap().events.len()
+        })
+    });
+    group.finish();
+}
+
+fn replay(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let broker = MemoryBroker::new();
+    let broker = MemoryBroker::new();
+    let store = rt.block_on(async {
         let store = EventStore::open(Runtime::system(broker.clone()), StoreConfig::new("bench"))
             .await
             .unwrap();
@@ -78,30 +80,35 @@ fn main() {
                 .await
                 .unwrap();
         }
-        let subject = format!(
-            "aether.ev.bench.{}",
-            aether::codec::encode_actor_id("acc-1").unwrap()
-        );
-        let mut raw = 0.0f64;
-        let mut ours = 0.0f64;
-        for _ in 0..5 {
-            #[allow(clippy::disallowed_methods)]
-            let start = std::time::Instant::now();
-            let n = broker
-                .read("AETHER_EV_bench", &subject, 1)
-                .await
-                .unwrap()
-                .len();
-            raw = raw.max(n as f64 / start.elapsed().as_secs_f64());
-            #[allow(clippy::disallowed_methods)]
-            let start = std::time::Instant::now();
-            let n = store.events("acc-1", 1).await.unwrap().len();
-            ours = ours.max(n as f64 / start.elapsed().as_secs_f64());
-        }
-        println!("memory broker read: {raw:>12.0} records/s");
-        println!(
-            "store replay:       {ours:>12.0} events/s  (ratio {:.2} of the raw read)",
-            ours / raw
-        );
+        store
     });
+    let subject = format!(
+        "aether.ev.bench.{}",
+        aether::codec::encode_actor_id("acc-1").unwrap()
+    );
+
+    let mut group = c.benchmark_group("replay");
+    // One iteration reads 10,000 records: fewer, longer samples.
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.bench_function("memory_broker_read", |b| {
+        b.iter(|| {
+            let records = rt
+                .block_on(broker.read("AETHER_EV_bench", &subject, 1))
+                .unwrap();
+            assert_eq!(records.len(), EVENTS);
+            records.len()
+        })
+    });
+    group.bench_function("store_replay", |b| {
+        b.iter(|| {
+            let events = rt.block_on(store.events("acc-1", 1)).unwrap();
+            assert_eq!(events.len(), EVENTS);
+            events.len()
+        })
+    });
+    group.finish();
 }
+
+criterion_group!(benches, decode, replay);
+criterion_main!(benches);

@@ -17,6 +17,12 @@
 //! over rounds of (aether rate / raw rate in that round), so a noisy neighbour in one round
 //! hurts both sides of that round and an outlier round does not decide the result. Ratios are
 //! aether / raw (higher is better, 1.0 = parity).
+//!
+//! Why not criterion (which `benches/codec.rs` and `benches/cluster.rs` use): the result here is
+//! the paired ratio against raw async-nats measured back to back in the same round on the same
+//! server, with the median taken over rounds. Criterion measures each benchmark on its own and
+//! compares a run only with a saved earlier baseline of the same benchmark, so it cannot print
+//! these per-round ratios.
 #![allow(clippy::disallowed_methods)] // a benchmark reads the clock
 
 #[path = "../tests/support/nats_server.rs"]

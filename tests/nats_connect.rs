@@ -167,82 +167,63 @@ async fn an_nkey_seed_is_accepted_and_an_unknown_key_is_refused() {
     );
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it, made with the `openssl` command.
-/// Returns (CA certificate, server certificate, server key).
+/// A CA and a server certificate for 127.0.0.1 and localhost signed by it (rcgen, ECDSA P-256),
+/// written as PEM files into `dir`. Returns (CA certificate, server certificate, server key).
 fn certificates(
     dir: &std::path::Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let run = |args: &[&str]| {
-        let status = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("the TLS test needs the `openssl` command (Debian package openssl)");
-        assert!(status.success(), "openssl {args:?} failed");
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
     };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=aether test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(
-        dir.join("server.ext"),
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "server.ext",
-        "-out",
-        "server.pem",
-    ]);
-    (
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "aether test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("self-signed CA");
+    let ca = Issuer::new(ca_params, ca_key);
+
+    let mut server_params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("server certificate parameters");
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    server_params.is_ca = IsCa::ExplicitNoCa;
+    server_params.use_authority_key_identifier_extension = true;
+    server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = KeyPair::generate().expect("server key");
+    let server_cert = server_params
+        .signed_by(&server_key, &ca)
+        .expect("server certificate signed by the CA");
+
+    let files = (
         dir.join("ca.pem"),
         dir.join("server.pem"),
         dir.join("server.key"),
-    )
+    );
+    std::fs::write(&files.0, ca_cert.pem()).expect("write ca.pem");
+    std::fs::write(&files.1, server_cert.pem()).expect("write server.pem");
+    std::fs::write(&files.2, server_key.serialize_pem()).expect("write server.key");
+    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_trusted_root_works_and_an_untrusted_certificate_is_a_typed_tls_error() {
-    let dir = std::env::temp_dir().join(format!("aether-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ca, cert, key) = certificates(&dir);
+    let dir = tempfile::Builder::new()
+        .prefix("aether-tls-")
+        .tempdir()
+        .expect("create temp dir");
+    let (ca, cert, key) = certificates(dir.path());
     let server = NatsServer::start_with(ServerSettings {
         tls: Some((cert, key)),
         ..Default::default()
@@ -265,5 +246,4 @@ async fn tls_with_a_trusted_root_works_and_an_untrusted_certificate_is_a_typed_t
     .await
     .expect_err("a certificate from a CA nobody trusts");
     assert!(matches!(err, NatsConnectError::Tls { .. }), "{err:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

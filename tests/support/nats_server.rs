@@ -1,25 +1,45 @@
-//! Real `nats-server` processes for tests: a single node or a 3-node JetStream cluster on free
+//! Real `nats-server` processes for tests: a single node or a 3-node JetStream cluster on
 //! loopback ports with temporary store directories, kill -9 and restart of one node, health and
 //! replica waits, cleanup on drop.
 //!
 //! The binary comes from `AETHER_NATS_SERVER`, else `.tools/nats/bin/nats-server` under the crate
 //! root (installed by `scripts/install-nats-server.sh`), else `PATH`. A missing binary fails the
 //! test with the install hint: tests that need a server never pass by skipping.
-#![allow(clippy::disallowed_methods)] // tests measure real time and name temp dirs by it
+//!
+//! Ports. Choosing a free port by binding a listener and releasing it races with every other
+//! process on the machine (parallel tests start many servers). So:
+//! - a server's client and monitoring ports are chosen by nats-server itself (`-1`: the OS picks a
+//!   free port when the server binds it, so nothing can take it in between); the server reports
+//!   them in the JSON ports file it writes to `ports_file_dir` (`<exe>_<pid>.ports`), which is read
+//!   here. Then the configuration is rewritten with those ports, so a restart after `kill` binds
+//!   the same client and monitoring ports (and keeps its store directory);
+//! - a cluster's route ports cannot be left to the server: every node's `routes` must name the
+//!   others' route ports before any of them starts. They are still picked by bind-and-release,
+//!   and the race is closed by retrying: nats-server exits at once when it cannot bind a port
+//!   ("address already in use"), and then the whole cluster is started again on new route ports
+//!   in a new directory (a few attempts).
+//!
+//! A restarted node binds the same ports as before; if another process took one of them while the
+//! node was down, the restart fails (the server exits, and the wait that follows fails with the
+//! server's log).
+#![allow(clippy::disallowed_methods)] // tests wait for servers in real time
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aether::broker::async_nats;
 use aether::{NatsBroker, NatsOptions};
+use tempfile::TempDir;
 
 const INSTALL_HINT: &str = "nats-server not found: run `scripts/install-nats-server.sh` (installs the \
      pinned nats-server 2.15.1 into .tools/nats), or set AETHER_NATS_SERVER to a nats-server \
      binary >= 2.11";
+
+/// How many times a cluster start is tried when a route port turned out to be taken.
+const CLUSTER_START_ATTEMPTS: usize = 5;
 
 /// The nats-server binary to run. Panics with the install hint when there is none.
 pub fn server_binary() -> PathBuf {
@@ -47,8 +67,9 @@ pub fn server_binary() -> PathBuf {
     panic!("{INSTALL_HINT}");
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the OS may hand it out again later).
-fn free_ports(n: usize) -> Vec<u16> {
+/// `n` distinct loopback ports that were free when asked (another process may bind one before
+/// the server does: only for route ports, whose users retry on a collision).
+fn unused_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
         .collect();
@@ -58,19 +79,28 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-fn unique_dir(label: &str) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "aether-nats-{label}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+/// A new temporary directory, removed when the returned handle drops.
+fn temp_dir(label: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("aether-nats-{label}-"))
+        .tempdir()
+        .expect("create temp dir")
+}
+
+/// Why a server process did not come up.
+#[derive(Debug)]
+struct StartFailure {
+    /// It exited because a port it was told to bind was taken.
+    port_taken: bool,
+    /// What to report.
+    message: String,
+}
+
+/// A node's cluster block: its route listen port and every node's route port.
+#[derive(Clone, Debug)]
+struct ClusterPorts {
+    listen: u16,
+    routes: Vec<u16>,
 }
 
 /// Extra server configuration (authentication).
@@ -90,14 +120,18 @@ pub struct ServerSettings {
 pub struct NatsServer {
     /// Its `server_name`.
     pub name: String,
-    /// Client port.
+    /// Client port (chosen by the server at its first start, then kept).
     pub port: u16,
-    /// Monitoring (HTTP) port.
+    /// Monitoring (HTTP) port (chosen by the server at its first start, then kept).
     pub monitor_port: u16,
+    /// This node's directory: configuration, log, ports files and JetStream store.
     dir: PathBuf,
     config: PathBuf,
+    cluster: Option<ClusterPorts>,
+    settings: ServerSettings,
     child: Option<Child>,
-    owns_dir: bool,
+    /// The temporary directory a single server owns (a cluster owns its nodes' one).
+    _temp: Option<TempDir>,
 }
 
 impl NatsServer {
@@ -108,39 +142,83 @@ impl NatsServer {
 
     /// Starts a single node with authentication settings.
     pub fn start_with(settings: ServerSettings) -> Self {
-        let ports = free_ports(2);
-        let dir = unique_dir("single");
-        let mut server = Self::configure("n1", &dir, ports[0], ports[1], None, &settings);
-        server.owns_dir = true;
+        let temp = temp_dir("single");
+        let mut server = Self::configure("n1", temp.path(), None, settings);
+        server._temp = Some(temp);
         server.spawn();
-        server.wait_healthy(Duration::from_secs(20));
+        let within = Duration::from_secs(20);
+        let deadline = Instant::now() + within;
+        loop {
+            match server.poll_start() {
+                Ok(true) => return server,
+                Ok(false) => {}
+                Err(failure) => panic!("{}", failure.message),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} not healthy within {within:?}; log:\n{}",
+                server.name,
+                server.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A node `name` under `parent` whose client and monitoring ports the server will choose.
+    fn configure(
+        name: &str,
+        parent: &Path,
+        cluster: Option<ClusterPorts>,
+        settings: ServerSettings,
+    ) -> Self {
+        let dir = parent.join(name);
+        std::fs::create_dir_all(dir.join("store")).expect("create store dir");
+        let server = Self {
+            name: name.to_owned(),
+            port: 0,
+            monitor_port: 0,
+            config: dir.join(format!("{name}.conf")),
+            dir,
+            cluster,
+            settings,
+            child: None,
+            _temp: None,
+        };
+        server.write_config();
         server
     }
 
-    fn configure(
-        name: &str,
-        dir: &Path,
-        port: u16,
-        monitor_port: u16,
-        cluster: Option<(u16, &[u16])>,
-        settings: &ServerSettings,
-    ) -> Self {
-        let store = dir.join(name).join("store");
-        std::fs::create_dir_all(&store).expect("create store dir");
+    /// Writes the configuration file: a port not known yet (0) is `-1`, for the server to choose.
+    fn write_config(&self) {
+        let port = |p: u16| {
+            if p == 0 {
+                "-1".to_owned()
+            } else {
+                p.to_string()
+            }
+        };
+        let store = self.dir.join("store");
         let mut text = format!(
-            "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\n\
-             jetstream {{\n  store_dir: {store:?}\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n"
+            "server_name: {}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nports_file_dir: {:?}\n\
+             jetstream {{\n  store_dir: {store:?}\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n",
+            self.name,
+            port(self.port),
+            port(self.monitor_port),
+            self.dir,
         );
-        if let Some((cluster_port, routes)) = cluster {
-            let routes: Vec<String> = routes
+        if let Some(cluster) = &self.cluster {
+            let routes: Vec<String> = cluster
+                .routes
                 .iter()
                 .map(|p| format!("nats-route://127.0.0.1:{p}"))
                 .collect();
             text.push_str(&format!(
-                "cluster {{\n  name: aether-test\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{}]\n}}\n",
+                "cluster {{\n  name: aether-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                cluster.listen,
                 routes.join(", ")
             ));
         }
+        let settings = &self.settings;
         if let Some((user, password)) = &settings.user_password {
             text.push_str(&format!(
                 "authorization {{\n  user: {user:?}\n  password: {password:?}\n}}\n"
@@ -159,17 +237,7 @@ impl NatsServer {
                 "tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n}}\n"
             ));
         }
-        let config = dir.join(format!("{name}.conf"));
-        std::fs::write(&config, text).expect("write server config");
-        Self {
-            name: name.to_owned(),
-            port,
-            monitor_port,
-            dir: dir.to_owned(),
-            config,
-            child: None,
-            owns_dir: false,
-        }
+        std::fs::write(&self.config, text).expect("write server config");
     }
 
     fn log_path(&self) -> PathBuf {
@@ -192,6 +260,54 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start nats-server: {e}. {INSTALL_HINT}"));
         self.child = Some(child);
+    }
+
+    /// One look at a starting server: `Ok(true)` once it listens and `/healthz` answers 200,
+    /// `Ok(false)` while it is still starting, `Err` when the process exited. The first time the
+    /// server's ports file is there, the ports it chose are taken from it and written into the
+    /// configuration, so that a restart binds the same ones.
+    fn poll_start(&mut self) -> Result<bool, StartFailure> {
+        let child = self.child.as_mut().expect("the server was spawned");
+        if let Ok(Some(status)) = child.try_wait() {
+            self.child = None;
+            let log = self.log_tail();
+            return Err(StartFailure {
+                port_taken: log.contains("address already in use"),
+                message: format!("nats-server {} exited ({status}); log:\n{log}", self.name),
+            });
+        }
+        if self.port == 0 || self.monitor_port == 0 {
+            let pid = self.child.as_ref().map(Child::id).expect("running");
+            let Some((port, monitor_port)) = self.read_ports_file(pid) else {
+                return Ok(false);
+            };
+            self.port = port;
+            self.monitor_port = monitor_port;
+            self.write_config();
+        }
+        Ok(matches!(self.monitor("/healthz"), Some((200, _))))
+    }
+
+    /// The client and monitoring ports from the ports file of process `pid`, once it is written.
+    fn read_ports_file(&self, pid: u32) -> Option<(u16, u16)> {
+        let suffix = format!("_{pid}.ports");
+        let path = std::fs::read_dir(&self.dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .find(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.ends_with(&suffix))
+            })?;
+        // Possibly read while being written: unparsable means not there yet.
+        let ports: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+        let port_of = |key: &str| -> Option<u16> {
+            let url = ports[key].as_array()?.first()?.as_str()?;
+            url.rsplit(':').next()?.parse().ok()
+        };
+        Some((port_of("nats")?, port_of("monitoring")?))
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -280,10 +396,8 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        // Then `_temp`, if this server owns its directory, removes it.
         self.kill();
-        if self.owns_dir {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 }
 
@@ -291,34 +405,81 @@ impl Drop for NatsServer {
 pub struct NatsCluster {
     /// The nodes, `n1`, `n2`, `n3`.
     pub nodes: Vec<NatsServer>,
-    dir: PathBuf,
+    /// The nodes' directories, removed on drop.
+    _dir: TempDir,
 }
 
 impl NatsCluster {
     /// Starts three nodes and waits until every one is healthy.
+    ///
+    /// The route ports must be known before any node starts (each node's `routes` names all
+    /// three), so they are picked beforehand and a start on which one of them was taken by then
+    /// is retried from scratch on new ones. Client and monitoring ports are the servers' choice.
     pub fn start() -> Self {
-        let ports = free_ports(9);
-        let dir = unique_dir("cluster");
-        let route_ports = [ports[2], ports[5], ports[8]];
-        let mut nodes: Vec<NatsServer> = (0..3)
+        for attempt in 1..=CLUSTER_START_ATTEMPTS {
+            match Self::try_start(Duration::from_secs(30)) {
+                Ok(cluster) => return cluster,
+                Err(failure) if failure.port_taken && attempt < CLUSTER_START_ATTEMPTS => {
+                    eprintln!(
+                        "nats cluster start {attempt}: a route port was taken, retrying on new ports"
+                    );
+                }
+                Err(failure) => panic!("{}", failure.message),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn try_start(within: Duration) -> Result<Self, StartFailure> {
+        let dir = temp_dir("cluster");
+        let route_ports = unused_ports(3);
+        let nodes = (0..3)
             .map(|i| {
                 NatsServer::configure(
                     &format!("n{}", i + 1),
-                    &dir,
-                    ports[i * 3],
-                    ports[i * 3 + 1],
-                    Some((ports[i * 3 + 2], &route_ports)),
-                    &ServerSettings::default(),
+                    dir.path(),
+                    Some(ClusterPorts {
+                        listen: route_ports[i],
+                        routes: route_ports.clone(),
+                    }),
+                    ServerSettings::default(),
                 )
             })
             .collect();
-        for node in &mut nodes {
+        // Dropped on failure: kills the started nodes, removes the directory.
+        let mut cluster = Self { nodes, _dir: dir };
+        for node in &mut cluster.nodes {
             node.spawn();
         }
-        for node in &nodes {
-            node.wait_healthy(Duration::from_secs(30));
+        // Every node is polled each round, so a node that exited is noticed even while the
+        // others wait for it to form the cluster.
+        let deadline = Instant::now() + within;
+        loop {
+            let mut up = 0;
+            for node in &mut cluster.nodes {
+                if node.poll_start()? {
+                    up += 1;
+                }
+            }
+            if up == cluster.nodes.len() {
+                return Ok(cluster);
+            }
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = cluster
+                    .nodes
+                    .iter()
+                    .map(|n| format!("== {}\n{}", n.name, n.log_tail()))
+                    .collect();
+                return Err(StartFailure {
+                    port_taken: false,
+                    message: format!(
+                        "nats cluster not healthy within {within:?}; logs:\n{}",
+                        logs.join("\n")
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        Self { nodes, dir }
     }
 
     /// All client URLs, comma-separated.
@@ -398,9 +559,9 @@ async fn stream_info(
 
 impl Drop for NatsCluster {
     fn drop(&mut self) {
+        // Then `_dir` removes the nodes' directories.
         for node in &mut self.nodes {
             node.kill();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
