@@ -7,6 +7,7 @@
 //! `planted!` checks compile to `false` and this module is private.
 
 /// Which planted bugs are switched on. All off by default.
+#[cfg(feature = "sim")]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlantedBugs {
     /// The store appends without `expected_last_subject_sequence` (no server-side CAS).

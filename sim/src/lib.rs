@@ -1,4 +1,4 @@
-//! # The deterministic simulation (feature `sim`)
+//! # aether-sim: the deterministic simulation of aether
 //!
 //! The very store, bus and cluster code that runs on NATS runs here inside a
 //! [turmoil](https://docs.rs/turmoil) world: one host per node plus a broker host running the
@@ -7,7 +7,7 @@
 //! and one way, held links, latency, crashes and restarts, broker bounces, clock skew and drift
 //! ([`clock`]), replies dropped after a commit. Workloads ([`workload`], [`scenarios`]) record
 //! every operation in a [`history`]; after a safety phase with faults and a fault-free liveness
-//! phase, [`checkers`] prove the invariants of DESIGN §6 on the history and the broker's final
+//! phase, [`checkers`] prove the invariants of `docs/design.md` on the history and the broker's final
 //! state.
 //!
 //! A run is a pure function of its seed: the turmoil RNG, every node's [`SharedRng`], the fault

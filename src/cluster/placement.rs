@@ -16,6 +16,8 @@
 //!
 //! An [`Assignment`](super::Assignment) is a placement stamped with an epoch and the fencing
 //! token of the leader that published it.
+//!
+//! (Longer than most files: about half of it is the property tests that pin the rules above.)
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,5 @@
 //! A broker wrapper that loses append replies: the append reaches the inner broker and is
-//! committed, then the caller is told it timed out — the ambiguous write of DESIGN §2.
+//! committed, then the caller is told it timed out — the ambiguous write `docs/design.md` describes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,4 +1,4 @@
-//! Checkers: one file per invariant family of DESIGN §6, each a pure function from the recorded
+//! Checkers: one file per invariant family of `docs/design.md`, each a pure function from the recorded
 //! history and the broker's final state to a list of violations.
 //!
 //! | file | invariant |

@@ -78,6 +78,7 @@ impl BrokerState {
 
     /// Sets how many consumers one stream may have at once (see
     /// [`CONSUMERS_PER_STREAM_MAX`]), e.g. to make a resource leak show up sooner in a test.
+    #[cfg(any(test, feature = "sim"))]
     pub fn with_consumers_max(mut self, consumers_max: usize) -> Self {
         self.consumers_max = consumers_max;
         self
