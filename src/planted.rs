@@ -21,6 +21,26 @@ pub struct PlantedBugs {
     pub leader_ignores_lease_deadline: bool,
     /// A node applies any assignment it sees, even one with an older epoch.
     pub apply_assignment_out_of_order: bool,
+    /// After a conflict, the actor host decides again at the reported version on its stale
+    /// state instead of reloading (a lost update).
+    pub host_retries_without_reload: bool,
+    /// The actor host appends with `ExpectedVersion::Any` instead of the version it decided on.
+    pub host_appends_with_any: bool,
+    /// The actor host executes commands for actors it does not own.
+    pub host_skips_owner_check: bool,
+    /// The leader checks its lease once per round of its loop, not before each write: it
+    /// publishes assignments on a lease whose deadline passed during the round.
+    pub leader_publishes_after_deadline: bool,
+    /// The leader publishes even over an assignment of a newer leader (no fencing token check).
+    pub leader_skips_token_check: bool,
+    /// The leader renews its lease with an unconditional write instead of update-at-revision.
+    pub leader_renews_without_cas: bool,
+    /// Replay accepts a commit that does not continue the versions before it.
+    pub replay_skips_contiguity_check: bool,
+    /// `events(actor, from)` starts one version late.
+    pub read_from_off_by_one: bool,
+    /// A projector moves its checkpoint before its handler has run.
+    pub checkpoint_before_handling: bool,
 }
 
 /// `planted!(runtime, field)`: whether planted bug `field` is on. Always `false` without the

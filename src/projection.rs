@@ -86,7 +86,7 @@ impl<B: Broker, C: Clock> Projector<B, C> {
             }
             .into());
         }
-        let bucket = format!("aether-projections-{}", store.namespace());
+        let bucket = store.names().projections_bucket();
         store
             .runtime()
             .broker()
@@ -155,7 +155,12 @@ impl<B: Broker, C: Clock> Projector<B, C> {
             return Ok(0);
         }
         let next = page.next_position;
-        handler(page).await.map_err(ProjectionError::Handler)?;
+        // Planted bug: move the checkpoint first, so a crash before the handler loses the page.
+        let early = crate::planted::planted!(self.store.runtime(), checkpoint_before_handling);
+        let mut pending = Some((handler, page));
+        if !early && let Some((handler, page)) = pending.take() {
+            handler(page).await.map_err(ProjectionError::Handler)?;
+        }
         let broker = self.store.runtime().broker();
         let value = Bytes::from(next.to_string());
         let moved = if revision == 0 {
@@ -165,6 +170,11 @@ impl<B: Broker, C: Clock> Projector<B, C> {
                 .kv_update(&self.bucket, &self.name, value, revision)
                 .await
         };
+        if let Some((handler, page)) = pending.take()
+            && moved.is_ok()
+        {
+            handler(page).await.map_err(ProjectionError::Handler)?;
+        }
         match moved {
             Ok(_) => Ok(records),
             Err(BrokerError::AlreadyExists { .. } | BrokerError::WrongRevision { .. }) => {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aether::actor::{AggregateTest, command_subject};
+use aether::actor::{AggregateTest, CommandContext, command_subject};
 use aether::{
     ActorConfig, ActorHost, Aggregate, CommandError, Event, EventStore, ExpectedVersion,
     MemoryBroker, NewEvent, NodeId, Router, Runtime, SingleNode, StoreConfig,
@@ -38,7 +38,7 @@ impl Aggregate for Account {
     type Command = AccountCommand;
     type Rejection = Refusal;
 
-    fn handle(&self, command: &AccountCommand) -> Result<Vec<NewEvent>, Refusal> {
+    fn handle(&self, _: &CommandContext<'_>, command: &AccountCommand) -> Result<Vec<NewEvent>, Refusal> {
         match command {
             AccountCommand::Open if self.open => Err(Refusal::AlreadyOpen),
             AccountCommand::Open => Ok(vec![NewEvent::new("Opened", json!({}))]),

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use aether::actor::CommandContext;
 use aether::cluster::{Cluster, ClusterConfig, NodeId};
 use aether::{
     ActorConfig, ActorHost, Aggregate, Event, EventStore, MemoryBroker, NewEvent, Runtime,
@@ -21,12 +22,16 @@ impl Aggregate for Counter {
     type Command = u64;
     type Rejection = String;
 
-    fn handle(&self, by: &u64) -> Result<Vec<NewEvent>, String> {
-        Ok(vec![NewEvent::new("Added", json!(by))])
+    /// Records who decided, under which assignment epoch, on which version.
+    fn handle(&self, ctx: &CommandContext<'_>, by: &u64) -> Result<Vec<NewEvent>, String> {
+        Ok(vec![NewEvent::new(
+            "Added",
+            json!({ "by": by, "node": ctx.node_id.as_str(), "epoch": ctx.epoch, "on": ctx.version }),
+        )])
     }
 
     fn apply(&mut self, event: &Event) {
-        self.value += event.data.as_u64().unwrap_or(0);
+        self.value += event.data["by"].as_u64().unwrap_or(0);
     }
 }
 
@@ -79,6 +84,11 @@ async fn commands_run_on_the_shard_owner_and_survive_a_node_leaving() {
         let outcome = sender.send(actor, &1).await.unwrap();
         let owner = c1.owner_of(actor).unwrap();
         assert_eq!(outcome.node_id, owner, "ran on the owner of {actor}");
+        // The decision saw the owner's node id, the epoch it had applied, and version 0.
+        let decided = &outcome.events[0].data;
+        assert_eq!(decided["node"], json!(owner.as_str()));
+        assert_eq!(decided["epoch"], json!(c1.view().epoch()));
+        assert_eq!(decided["on"], json!(0));
         ran_on.insert(outcome.node_id);
     }
     assert_eq!(ran_on.len(), 3, "30 actors spread over all three nodes");

@@ -49,7 +49,14 @@ pub enum Fault {
         /// Node index.
         node: usize,
     },
-    /// Set the link's maximum latency.
+    /// Every message on the link takes exactly this long (a congested network).
+    SteadyLatency {
+        /// Node index.
+        node: usize,
+        /// One-way latency.
+        latency: Duration,
+    },
+    /// Set the link's maximum latency (and its minimum back to the base).
     Latency {
         /// Node index.
         node: usize,
@@ -103,6 +110,9 @@ impl fmt::Display for Fault {
             Fault::Latency { node, max } => {
                 write!(f, "latency n{node} <-> broker up to {} ms", max.as_millis())
             }
+            Fault::SteadyLatency { node, latency } => {
+                write!(f, "latency n{node} <-> broker {} ms each way", latency.as_millis())
+            }
             Fault::Crash { node } => write!(f, "crash n{node}"),
             Fault::Restart { node } => write!(f, "restart n{node}"),
             Fault::BounceBroker => write!(f, "bounce broker"),
@@ -136,7 +146,14 @@ pub struct FaultProfile {
     pub reply_loss_max_per_mille: u32,
     /// Also aim faults at whoever leads the cluster ([`ChurnPlan`]).
     pub leader_churn: bool,
+    /// The range a slowed leader's clock rate is drawn from, in ppm of true time. The lease is
+    /// designed to tolerate a clock down to `lease_step_down_after / lease_ttl` (2/3 with the
+    /// defaults); the default range stays just inside that margin.
+    pub churn_clock_ppm: (u64, u64),
 }
+
+/// The slowest clock rate the default lease timing tolerates (`2 s / 3 s`), in ppm.
+pub const LEASE_MARGIN_PPM: u64 = 666_667;
 
 impl Default for FaultProfile {
     fn default() -> Self {
@@ -148,6 +165,7 @@ impl Default for FaultProfile {
             broker_bounces: true,
             reply_loss_max_per_mille: 250,
             leader_churn: false,
+            churn_clock_ppm: (700_000, 760_000),
         }
     }
 }
@@ -257,10 +275,34 @@ pub enum Churn {
         /// Downtime.
         down_for: Duration,
     },
-    /// Partition the leader from the broker both ways for `cut_for`.
+    /// Partition the leader from the broker both ways for `cut_for`; with `congest`, every
+    /// message on every node's link takes that long from then until 3 s after the cut
+    /// heals, so the next leader acquires, and acts, over a slow network (a round trip of about
+    /// half the lease's step-down time).
     Partition {
         /// How long.
         cut_for: Duration,
+        /// Latency of the other nodes' links meanwhile, if changed.
+        congest: Option<Duration>,
+    },
+    /// Hold everything on the leader's link for `hold_for` (about a lease TTL), then deliver it:
+    /// the leader's renewal or publication, sent inside its term, reaches the server late —
+    /// possibly after another node took the lease over.
+    Delay {
+        /// How long traffic is held.
+        hold_for: Duration,
+    },
+    /// Slow the leader's link for `lasts` while another node drops out of the cluster (cut off
+    /// for as long): the leader must publish a new assignment while its renewals straggle and
+    /// its deadline comes near — it must check that deadline when it writes, not only when it
+    /// decides to.
+    SlowAmidChange {
+        /// Link latency while slow.
+        latency: Duration,
+        /// How long.
+        lasts: Duration,
+        /// Which other node drops out (offset from the leader's index, modulo the node count).
+        other: u64,
     },
     /// Slow the leader's link (replies to its lease renewals arrive late), optionally slow its
     /// clock too, then cut it off after `cut_after` for `cut_for`: the classic way for a leader
@@ -285,9 +327,16 @@ pub struct ChurnPlan {
 }
 
 impl ChurnPlan {
-    /// A plan over `[start, safety_end)`: one leader fault every 2.5–5 s; half of them slow the
-    /// leader down before cutting it off (three in four of those also slow its clock).
-    pub fn generate(rng: &SharedRng, start: Duration, safety_end: Duration) -> Self {
+    /// A plan over `[start, safety_end)`: one leader fault every 2.5–5 s: a crash, a partition,
+    /// a held link or a slow link amid a membership change (one in six each), or (two in six) a
+    /// slowdown of the leader's link before it is cut off, three in four of those with its clock
+    /// slowed to a rate from `clock_ppm`.
+    pub fn generate(
+        rng: &SharedRng,
+        start: Duration,
+        safety_end: Duration,
+        clock_ppm: (u64, u64),
+    ) -> Self {
         let mut events = Vec::new();
         let mut t = start;
         loop {
@@ -295,18 +344,33 @@ impl ChurnPlan {
             if t + Duration::from_secs(1) >= safety_end {
                 break;
             }
-            let churn = match below(rng, 4) {
+            let churn = match below(rng, 6) {
                 0 => Churn::Crash {
                     down_for: rng.duration_between(Duration::from_secs(1), Duration::from_secs(4)),
                 },
                 1 => Churn::Partition {
                     cut_for: rng
                         .duration_between(Duration::from_millis(1500), Duration::from_secs(5)),
+                    congest: (below(rng, 2) == 0).then(|| {
+                        rng.duration_between(Duration::from_millis(550), Duration::from_millis(950))
+                    }),
+                },
+                3 => Churn::SlowAmidChange {
+                    latency: rng
+                        .duration_between(Duration::from_millis(300), Duration::from_millis(900)),
+                    lasts: rng.duration_between(Duration::from_secs(3), Duration::from_secs(5)),
+                    other: rng.next_u64(),
+                },
+                2 => Churn::Delay {
+                    hold_for: rng
+                        .duration_between(Duration::from_millis(2500), Duration::from_millis(3500)),
                 },
                 _ => Churn::SlowThenCut {
                     latency: rng
                         .duration_between(Duration::from_millis(200), Duration::from_millis(800)),
-                    rate_ppm: (below(rng, 4) != 0).then(|| 980_000 + below(rng, 10_000)),
+                    rate_ppm: (below(rng, 4) != 0).then(|| {
+                        clock_ppm.0 + below(rng, clock_ppm.1.saturating_sub(clock_ppm.0) + 1)
+                    }),
                     cut_after: rng
                         .duration_between(Duration::from_millis(500), Duration::from_secs(2)),
                     cut_for: rng.duration_between(Duration::from_secs(2), Duration::from_secs(5)),
@@ -317,11 +381,12 @@ impl ChurnPlan {
         Self { events }
     }
 
-    /// The concrete faults of `churn` aimed at `node` at `now`, with their times. A crash is
-    /// replaced by a partition when `may_crash` is false (too few other nodes running).
+    /// The concrete faults of `churn` aimed at `node` (of `nodes`) at `now`, with their times. A
+    /// crash is replaced by a partition when `may_crash` is false (too few other nodes running).
     pub fn faults(
         churn: &Churn,
         node: usize,
+        nodes: usize,
         now: Duration,
         may_crash: bool,
     ) -> Vec<(Duration, Fault)> {
@@ -330,15 +395,76 @@ impl ChurnPlan {
                 (now, Fault::Crash { node }),
                 (now + *down_for, Fault::Restart { node }),
             ],
-            Churn::Crash { down_for: cut_for } | Churn::Partition { cut_for } => vec![
-                (
-                    now,
-                    Fault::Partition {
-                        node,
-                        direction: Direction::Both,
-                    },
-                ),
-                (now + *cut_for, Fault::Repair { node }),
+            Churn::Crash { down_for: cut_for } | Churn::Partition { cut_for, .. } => {
+                let mut out = vec![
+                    (
+                        now,
+                        Fault::Partition {
+                            node,
+                            direction: Direction::Both,
+                        },
+                    ),
+                    (now + *cut_for, Fault::Repair { node }),
+                ];
+                if let Churn::Partition {
+                    congest: Some(latency),
+                    ..
+                } = churn
+                {
+                    // The cut leader's link too, once it heals.
+                    for other in 0..nodes {
+                        out.push((
+                            now,
+                            Fault::SteadyLatency {
+                                node: other,
+                                latency: *latency,
+                            },
+                        ));
+                        out.push((
+                            now + *cut_for + Duration::from_secs(3),
+                            Fault::Latency {
+                                node: other,
+                                max: BASE_LATENCY_MAX,
+                            },
+                        ));
+                    }
+                }
+                out
+            }
+            Churn::SlowAmidChange {
+                latency,
+                lasts,
+                other,
+            } => {
+                let other = (node + 1 + (*other % (nodes.max(2) as u64 - 1)) as usize) % nodes;
+                vec![
+                    (
+                        now,
+                        Fault::Latency {
+                            node,
+                            max: *latency,
+                        },
+                    ),
+                    (
+                        now,
+                        Fault::Partition {
+                            node: other,
+                            direction: Direction::Both,
+                        },
+                    ),
+                    (now + *lasts, Fault::Repair { node: other }),
+                    (
+                        now + *lasts,
+                        Fault::Latency {
+                            node,
+                            max: BASE_LATENCY_MAX,
+                        },
+                    ),
+                ]
+            }
+            Churn::Delay { hold_for } => vec![
+                (now, Fault::Hold { node }),
+                (now + *hold_for, Fault::Release { node }),
             ],
             Churn::SlowThenCut {
                 latency,
@@ -384,8 +510,10 @@ impl ChurnPlan {
     }
 }
 
-/// The latency links have outside faults.
+/// The latency links have outside faults: between these two.
 pub const BASE_LATENCY_MAX: Duration = Duration::from_millis(20);
+/// See [`BASE_LATENCY_MAX`].
+pub const BASE_LATENCY_MIN: Duration = Duration::from_millis(1);
 
 /// Handles the fault injector needs.
 pub struct World<'a> {
@@ -410,7 +538,11 @@ pub fn apply(sim: &mut Sim<'_>, world: &World<'_>, now: Duration, fault: &Fault)
         Fault::Hold { node } => sim.hold(name(*node), BROKER_HOST),
         Fault::Release { node } => sim.release(name(*node), BROKER_HOST),
         Fault::Latency { node, max } => {
+            sim.set_link_latency(name(*node), BROKER_HOST, BASE_LATENCY_MIN);
             sim.set_link_max_message_latency(name(*node), BROKER_HOST, *max);
+        }
+        Fault::SteadyLatency { node, latency } => {
+            sim.set_link_latency(name(*node), BROKER_HOST, *latency);
         }
         Fault::Crash { node } => sim.crash(name(*node)),
         // A node that is already up again (restarted by another fault) is left alone.
@@ -433,6 +565,7 @@ pub fn heal_all(sim: &mut Sim<'_>, world: &World<'_>, now: Duration) {
     for (n, name) in world.nodes.iter().enumerate() {
         sim.release(name.as_str(), BROKER_HOST);
         sim.repair(name.as_str(), BROKER_HOST);
+        sim.set_link_latency(name.as_str(), BROKER_HOST, BASE_LATENCY_MIN);
         sim.set_link_max_message_latency(name.as_str(), BROKER_HOST, BASE_LATENCY_MAX);
         if !sim.is_host_running(name.as_str()) {
             sim.bounce(name.as_str());

@@ -64,10 +64,12 @@ pub enum OpKind {
         /// Ids of the appended events, in order.
         event_ids: Vec<String>,
     },
-    /// `EventStore::events(actor, 1)`.
+    /// `EventStore::events(actor, from)` (or `events_with_errors` on a damaged actor).
     Read {
         /// The actor.
         actor: String,
+        /// The first version asked for.
+        from: u64,
     },
     /// A raw broker append of a record that is not a commit (damage on purpose).
     Damage {
@@ -77,19 +79,36 @@ pub enum OpKind {
     /// A cluster observation (leader claimed, assignment applied, ...), recorded as one
     /// instantaneous operation.
     Cluster(ClusterObservation),
-    /// `ActorHost::send` of a counter command (add `by`) whose event carries id `id`.
+    /// `ActorHost::send` of a counter command (add `delta`, or take `-delta` — refused below
+    /// zero) whose event carries id `id`.
     Command {
         /// The actor.
         actor: String,
-        /// The amount added.
-        by: u64,
+        /// The change asked for.
+        delta: i64,
         /// The command's id, which is also the id of the event it stores.
         id: String,
     },
+    /// A write the broker host applied to a KV bucket (recorded by the host at the moment it
+    /// took effect, in true time): the lease, the assignment, checkpoints.
+    KvWrite {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+        /// The value written (UTF-8 JSON; empty for a delete).
+        value: String,
+        /// The revision it got.
+        revision: u64,
+        /// When the writer sent it, in true time.
+        sent_at: Duration,
+    },
 }
 
-/// A fact a node reported about the cluster. Times are true (simulation) time: a node's own
-/// clock readings are converted back with [`SimClock::true_time_of`](super::clock::SimClock::true_time_of).
+/// A fact a node reported about the cluster. The times in it are recorded as the node's own
+/// monotonic clock readings and turned into true (simulation) time after the run by
+/// [`ClusterObservation::to_true_time`]: a deadline is a future reading when it is reported, and
+/// only once the run is over is every later rate change of the node's clock known.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClusterObservation {
     /// A cluster node started on this host (a fresh instance: nothing applied, not leading).
@@ -107,6 +126,8 @@ pub enum ClusterObservation {
         token: u64,
         /// The new deadline, in true time.
         deadline: Duration,
+        /// When the renewal was sent, in true time.
+        sent_at: Duration,
     },
     /// The node stopped acting as leader under `token`.
     Stepped {
@@ -123,6 +144,8 @@ pub enum ClusterObservation {
         epoch: u64,
         /// The publisher's token.
         token: u64,
+        /// When the publishing write was sent, in true time.
+        sent_at: Duration,
     },
     /// The node applied (hosts shards under) the assignment of `epoch`.
     Applied {
@@ -159,6 +182,26 @@ pub enum ClusterObservation {
     },
 }
 
+impl ClusterObservation {
+    /// Maps the node's clock readings in this observation to true time with `true_time_of`.
+    pub fn to_true_time(&mut self, true_time_of: impl Fn(Duration) -> Duration) {
+        match self {
+            ClusterObservation::Leading { deadline, .. } => *deadline = true_time_of(*deadline),
+            ClusterObservation::Renewed {
+                deadline, sent_at, ..
+            } => {
+                *deadline = true_time_of(*deadline);
+                *sent_at = true_time_of(*sent_at);
+            }
+            ClusterObservation::Stepped { acted_until, .. } => {
+                *acted_until = true_time_of(*acted_until);
+            }
+            ClusterObservation::Published { sent_at, .. } => *sent_at = true_time_of(*sent_at),
+            _ => {}
+        }
+    }
+}
+
 /// How an operation ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -178,10 +221,25 @@ pub enum Outcome {
         /// The events.
         events: Vec<EventDigest>,
     },
+    /// A read around damage (`events_with_errors`) returned these events and reported damaged
+    /// records at these stream sequences.
+    ReadAround {
+        /// The valid events.
+        events: Vec<EventDigest>,
+        /// Stream sequences of the damaged records.
+        damaged: Vec<u64>,
+    },
     /// A read reported a damaged record at this stream sequence, or a damage append stored one.
     Damaged {
         /// Stream sequence of the damaged record.
         sequence: u64,
+    },
+    /// The aggregate refused the command, having seen `value` at `version`.
+    Refused {
+        /// The counter's value the refusal was decided on.
+        value: u64,
+        /// The version of that state.
+        version: u64,
     },
     /// Definitely failed: nothing was stored.
     Failed(String),
@@ -318,6 +376,10 @@ impl History {
                 events.last().map_or(0, |e| e.version)
             ),
             Outcome::Read { events } => format!("ok read {} events", events.len()),
+            Outcome::ReadAround { events, damaged } => format!(
+                "ok read {} events around damage at {damaged:?}",
+                events.len()
+            ),
             Outcome::Commanded {
                 version,
                 node,
@@ -334,7 +396,13 @@ impl History {
 
     /// Records an instantaneous observation.
     pub fn observe(&self, now: Duration, node: &str, observation: ClusterObservation) {
-        let id = self.invoke(now, node, OpKind::Cluster(observation));
+        self.record(now, node, OpKind::Cluster(observation));
+    }
+
+    /// Records an instantaneous operation (invoked and completed at `now`, outcome
+    /// [`Outcome::Observed`]).
+    pub fn record(&self, now: Duration, node: &str, kind: OpKind) {
+        let id = self.invoke(now, node, kind);
         let mut inner = self.lock();
         let op = &mut inner.ops[id];
         op.completed = Some(now);

@@ -55,7 +55,11 @@ fn scenario_name(name: &str) -> Result<String, String> {
     Scenario::by_name(name)
         .map(|_| name.to_owned())
         .ok_or_else(|| {
-            let known: Vec<&str> = Scenario::all().iter().map(|s| s.name).collect();
+            let known: Vec<&str> = Scenario::all()
+                .iter()
+                .chain(&Scenario::beyond_guarantees())
+                .map(|s| s.name)
+                .collect();
             format!("unknown scenario {name:?}; known: {}", known.join(", "))
         })
 }

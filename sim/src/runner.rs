@@ -64,7 +64,9 @@ pub struct OpCounts {
 pub struct CommandCounts {
     /// Commands answered with an outcome.
     pub ok: u64,
-    /// Commands that definitely failed (rejected, not owner, unroutable, conflicts, reads).
+    /// Commands the aggregate refused (a take larger than the counter).
+    pub refused: u64,
+    /// Commands that definitely failed (not owner, unroutable, conflicts, reads).
     pub failed: u64,
     /// Commands with unknown outcome (timeout, indeterminate append, remote failure, or cut
     /// short by a crash or a leave).
@@ -181,25 +183,32 @@ impl fmt::Display for RunReport {
     }
 }
 
+/// Every planted bug by name, with its switch.
+pub const PLANTED: &[(&str, fn(&mut PlantedBugs) -> &mut bool)] = &[
+    ("append_without_expected_sequence", |b| &mut b.append_without_expected_sequence),
+    ("retry_with_fresh_commit_id", |b| &mut b.retry_with_fresh_commit_id),
+    ("skip_damaged_records", |b| &mut b.skip_damaged_records),
+    ("leader_ignores_lease_deadline", |b| &mut b.leader_ignores_lease_deadline),
+    ("apply_assignment_out_of_order", |b| &mut b.apply_assignment_out_of_order),
+    ("host_retries_without_reload", |b| &mut b.host_retries_without_reload),
+    ("host_appends_with_any", |b| &mut b.host_appends_with_any),
+    ("host_skips_owner_check", |b| &mut b.host_skips_owner_check),
+    ("leader_publishes_after_deadline", |b| &mut b.leader_publishes_after_deadline),
+    ("leader_skips_token_check", |b| &mut b.leader_skips_token_check),
+    ("leader_renews_without_cas", |b| &mut b.leader_renews_without_cas),
+    ("replay_skips_contiguity_check", |b| &mut b.replay_skips_contiguity_check),
+    ("read_from_off_by_one", |b| &mut b.read_from_off_by_one),
+    ("checkpoint_before_handling", |b| &mut b.checkpoint_before_handling),
+];
+
 /// Names of the planted bugs that are on.
 pub fn planted_names(bugs: &PlantedBugs) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if bugs.append_without_expected_sequence {
-        out.push("append_without_expected_sequence");
-    }
-    if bugs.retry_with_fresh_commit_id {
-        out.push("retry_with_fresh_commit_id");
-    }
-    if bugs.skip_damaged_records {
-        out.push("skip_damaged_records");
-    }
-    if bugs.leader_ignores_lease_deadline {
-        out.push("leader_ignores_lease_deadline");
-    }
-    if bugs.apply_assignment_out_of_order {
-        out.push("apply_assignment_out_of_order");
-    }
-    out
+    let mut bugs = *bugs;
+    PLANTED
+        .iter()
+        .filter(|(_, switch)| *switch(&mut bugs))
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 /// Parses a comma-separated list of planted bug names.
@@ -209,22 +218,26 @@ pub fn planted_names(bugs: &PlantedBugs) -> Vec<&'static str> {
 pub fn parse_planted(list: &str) -> Result<PlantedBugs, String> {
     let mut bugs = PlantedBugs::default();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match name {
-            "append_without_expected_sequence" => bugs.append_without_expected_sequence = true,
-            "retry_with_fresh_commit_id" => bugs.retry_with_fresh_commit_id = true,
-            "skip_damaged_records" => bugs.skip_damaged_records = true,
-            "leader_ignores_lease_deadline" => bugs.leader_ignores_lease_deadline = true,
-            "apply_assignment_out_of_order" => bugs.apply_assignment_out_of_order = true,
-            other => return Err(format!("unknown planted bug {other:?}")),
-        }
+        let Some((_, switch)) = PLANTED.iter().find(|(n, _)| *n == name) else {
+            return Err(format!("unknown planted bug {name:?}"));
+        };
+        *switch(&mut bugs) = true;
     }
     Ok(bugs)
+}
+
+/// The KV buckets whose writes the checkers read: the lease, the assignment, checkpoints.
+fn recorded_bucket(bucket: &str) -> bool {
+    bucket.ends_with("-leader")
+        || bucket.ends_with("-assignment")
+        || bucket.starts_with("aether-projections-")
 }
 
 /// Runs `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
     let history = History::new(options.keep_trace);
     let broker = BrokerHost::new(rng_for(seed, 1));
+    broker.record_kv_writes(history.clone(), recorded_bucket);
     let node_names: Vec<String> = (0..scenario.nodes).map(|i| format!("n{i}")).collect();
     let mut clocks = Vec::new();
     let mut controls = Vec::new();
@@ -241,7 +254,12 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         &scenario.profile,
     );
     let churn = if scenario.profile.leader_churn {
-        ChurnPlan::generate(&rng_for(seed, 3), Duration::from_secs(3), scenario.safety)
+        ChurnPlan::generate(
+            &rng_for(seed, 3),
+            Duration::from_secs(3),
+            scenario.safety,
+            scenario.profile.churn_clock_ppm,
+        )
     } else {
         ChurnPlan::default()
     };
@@ -254,7 +272,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
             .epoch(epoch())
             .tick_duration(options.tick)
             .simulation_duration(total + Duration::from_secs(3600))
-            .min_message_latency(Duration::from_millis(1))
+            .min_message_latency(faults::BASE_LATENCY_MIN)
             .max_message_latency(BASE_LATENCY_MAX)
             .tcp_capacity(1 << 16)
             .build();
@@ -309,7 +327,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
                     .filter(|n| **n != leader && sim.is_host_running(n.as_str()))
                     .count();
                 history.fault(now, format!("leader churn aimed at {leader}: {aimed:?}"));
-                for (at, fault) in ChurnPlan::faults(aimed, node, now, others_up >= 2) {
+                for (at, fault) in ChurnPlan::faults(aimed, node, node_names.len(), now, others_up >= 2) {
                     // The healing at the end of the safety phase ends every fault.
                     if at >= scenario.safety {
                         continue;
@@ -383,7 +401,15 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
             raw.insert(actor, records);
         }
     });
-    let ops = history.take_ops();
+    let mut ops = history.take_ops();
+    // Nodes report their own clock readings; now that every rate change is known, map them.
+    for op in &mut ops {
+        if let OpKind::Cluster(observation) = &mut op.kind
+            && let Some(node) = node_names.iter().position(|n| *n == op.node)
+        {
+            observation.to_true_time(|local| clocks[node].true_time_of(local));
+        }
+    }
     let input = CheckInput {
         ops: &ops,
         streams: raw
@@ -397,6 +423,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         liveness_bound: scenario.liveness_bound,
         cluster: scenario.is_cluster(),
         shard_count: scenario.shard_count(),
+        lease_ttl: aether::cluster::ClusterConfig::new().lease_ttl,
     };
     violations.extend(check_all(&input));
 
@@ -407,12 +434,15 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
             (OpKind::Append { .. }, Outcome::Appended { .. }) => counts.appends_ok += 1,
             (OpKind::Append { .. }, Outcome::Failed(_)) => counts.appends_failed += 1,
             (OpKind::Append { .. }, _) => counts.appends_ambiguous += 1,
-            (OpKind::Read { .. }, Outcome::Read { .. }) => counts.reads_ok += 1,
+            (OpKind::Read { .. }, Outcome::Read { .. } | Outcome::ReadAround { .. }) => {
+                counts.reads_ok += 1;
+            }
             (OpKind::Read { .. }, Outcome::Damaged { .. }) => counts.reads_damaged += 1,
             (OpKind::Read { .. }, _) => counts.reads_failed += 1,
             (OpKind::Cluster(_), _) => counts.observations += 1,
-            (OpKind::Damage { .. }, _) => {}
+            (OpKind::Damage { .. } | OpKind::KvWrite { .. }, _) => {}
             (OpKind::Command { .. }, Outcome::Commanded { .. }) => commands.ok += 1,
+            (OpKind::Command { .. }, Outcome::Refused { .. }) => commands.refused += 1,
             (OpKind::Command { .. }, Outcome::Failed(_)) => commands.failed += 1,
             (OpKind::Command { .. }, _) => commands.ambiguous += 1,
         }

@@ -16,7 +16,7 @@ mod remote;
 mod testing;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -37,20 +37,81 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'sta
     type Rejection: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static;
 
     /// Decides which events a command produces, without changing state. An empty vector is a
-    /// valid answer (nothing to record).
+    /// valid answer (nothing to record). `ctx` says which actor, at which version, on which
+    /// node and when.
     ///
     /// # Errors
     /// A domain rejection.
-    fn handle(&self, command: &Self::Command) -> Result<Vec<NewEvent>, Self::Rejection>;
+    fn handle(
+        &self,
+        ctx: &CommandContext<'_>,
+        command: &Self::Command,
+    ) -> Result<Vec<NewEvent>, Self::Rejection>;
 
     /// Folds one event into the state. Must be deterministic and must not fail: events are facts.
     fn apply(&mut self, event: &Event);
 }
 
+/// What a command handler knows besides the state it decides on.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CommandContext<'a> {
+    /// The actor the command is for.
+    pub actor_id: &'a str,
+    /// The version of the state the decision is taken on (0: no events yet). The events it
+    /// decides are appended at exactly the next versions, or not at all.
+    pub version: u64,
+    /// The node deciding.
+    pub node_id: &'a NodeId,
+    /// The assignment epoch under which this node owns the actor, when the router has one.
+    pub epoch: Option<u64>,
+    /// The node clock's wall time.
+    pub now: SystemTime,
+}
+
+impl<'a> CommandContext<'a> {
+    /// A context for deciding on `actor_id` at `version` on `node_id` (for tests and tools;
+    /// the actor host builds the real one).
+    pub fn new(actor_id: &'a str, version: u64, node_id: &'a NodeId) -> Self {
+        Self {
+            actor_id,
+            version,
+            node_id,
+            epoch: None,
+            now: SystemTime::UNIX_EPOCH,
+        }
+    }
+}
+
+/// Which node may execute commands for an actor, and under which assignment epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Ownership {
+    /// The owner.
+    pub owner: NodeId,
+    /// The assignment epoch that says so (`None` when the router has no epochs).
+    pub epoch: Option<u64>,
+}
+
+impl Ownership {
+    /// `owner` under `epoch`.
+    pub fn new(owner: NodeId, epoch: Option<u64>) -> Self {
+        Self { owner, epoch }
+    }
+}
+
 /// Tells which node owns an actor. The cluster implements it; [`SingleNode`] owns everything.
 pub trait Router: Send + Sync + 'static {
-    /// The node owning `actor_id` in this node's current view, if any.
+    /// The node commands for `actor_id` are sent to, in this node's current view, if any.
     fn owner_of(&self, actor_id: &str) -> Option<NodeId>;
+
+    /// Who may *execute* commands for `actor_id`, and under which epoch: what
+    /// [`ActorHost::execute`] checks before deciding. By default the routing owner with no
+    /// epoch; the cluster answers only from an assignment this node has applied, so that every
+    /// decision is taken by an owner under an epoch it knows.
+    fn ownership(&self, actor_id: &str) -> Option<Ownership> {
+        self.owner_of(actor_id).map(|owner| Ownership::new(owner, None))
+    }
 
     /// Takes this node out of routing: afterwards it owns nothing and other nodes stop sending
     /// it commands (the cluster stops the node, so its shards move). Called by
@@ -63,6 +124,10 @@ pub trait Router: Send + Sync + 'static {
 impl<R: Router + ?Sized> Router for Arc<R> {
     fn owner_of(&self, actor_id: &str) -> Option<NodeId> {
         (**self).owner_of(actor_id)
+    }
+
+    fn ownership(&self, actor_id: &str) -> Option<Ownership> {
+        (**self).ownership(actor_id)
     }
 
     fn leave(&self) -> impl std::future::Future<Output = ()> + Send {

@@ -1,13 +1,17 @@
 //! Given / when / then for aggregates, without a store.
 
-use super::Aggregate;
+use super::{Aggregate, CommandContext};
+use crate::node::NodeId;
+
+/// The actor id given/when/then decides for.
+pub const TEST_ACTOR: &str = "test";
 use crate::event::{Event, NewEvent};
 
 /// Given / when / then for aggregates, without a store: fold `given` events, hand the
 /// command to `handle`, inspect what it decided.
 ///
 /// ```
-/// # use aether::actor::{Aggregate, AggregateTest};
+/// # use aether::actor::{Aggregate, AggregateTest, CommandContext};
 /// # use aether::{Event, NewEvent};
 /// # use serde::{Deserialize, Serialize};
 /// # use serde_json::json;
@@ -16,7 +20,7 @@ use crate::event::{Event, NewEvent};
 /// impl Aggregate for Counter {
 ///     type Command = i64;
 ///     type Rejection = String;
-///     fn handle(&self, by: &i64) -> Result<Vec<NewEvent>, String> {
+///     fn handle(&self, _: &CommandContext<'_>, by: &i64) -> Result<Vec<NewEvent>, String> {
 ///         if self.value + by < 0 { return Err("below zero".into()) }
 ///         Ok(vec![NewEvent::new("Added", json!(by))])
 ///     }
@@ -41,7 +45,7 @@ impl<A: Aggregate> AggregateTest<A> {
             state.apply(&Event {
                 id: new.id.unwrap_or_else(|| format!("given-{version}")),
                 event_type: new.event_type,
-                actor_id: "test".into(),
+                actor_id: TEST_ACTOR.into(),
                 version,
                 data: new.data,
                 timestamp: new.timestamp.unwrap_or(std::time::SystemTime::UNIX_EPOCH),
@@ -56,7 +60,9 @@ impl<A: Aggregate> AggregateTest<A> {
     /// # Errors
     /// The aggregate's rejection.
     pub fn when(&self, command: &A::Command) -> Result<Vec<NewEvent>, A::Rejection> {
-        self.state.handle(command)
+        let node = NodeId::default();
+        let ctx = CommandContext::new(TEST_ACTOR, self.version, &node);
+        self.state.handle(&ctx, command)
     }
 
     /// The folded state.

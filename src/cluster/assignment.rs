@@ -201,7 +201,9 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
     }
 
     pub(super) async fn maybe_publish(&mut self) {
-        let Some(lease) = self.acting() else {
+        // Planted bug: act on the lease as held, whatever its deadline.
+        let stale_ok = crate::planted::planted!(self.rt, leader_publishes_after_deadline);
+        let Some(lease) = self.acting().or(self.lease.filter(|_| stale_ok)) else {
             return;
         };
         let bucket = self.config.buckets().assignment;
@@ -229,6 +231,7 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
         if newest
             .as_ref()
             .is_some_and(|n| n.leader_token() > lease.token)
+            && !crate::planted::planted!(self.rt, leader_skips_token_check)
         {
             // A newer leader already published: this node's lease must be gone.
             return;
@@ -263,10 +266,11 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
             .as_ref()
             .map_or(0, |n| placement.primaries_moved_from(n.placement()));
         let assignment = Assignment::new(epoch, lease.token, placement);
-        if self.acting().is_none() {
+        if self.acting().is_none() && !stale_ok {
             return;
         }
         let value = assignment.encode();
+        let sent_at = self.now();
         let result = match &current {
             None => {
                 self.op(
@@ -292,6 +296,7 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
                     epoch,
                     token: lease.token,
                     moved,
+                    sent_at,
                 });
                 let a = Arc::new(assignment);
                 self.latest = Some((a.clone(), revision));

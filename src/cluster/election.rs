@@ -263,6 +263,10 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
     }
 
     pub(super) async fn renew(&mut self) {
+        // A renewal is a leader action: never sent past the deadline (the work before it in
+        // this round may have taken that long). It would extend, on the server, a lease this
+        // node no longer acts on.
+        self.enforce_deadline();
         let Some(lease) = self.lease else {
             return;
         };
@@ -275,14 +279,22 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
         }
         .encode();
         let sent_at = self.now();
-        let result = self
-            .op(
+        let result = if crate::planted::planted!(self.rt, leader_renews_without_cas) {
+            // Planted bug: renew whatever the key holds now.
+            self.op(
+                "renew lease",
+                self.rt.broker().kv_put(&bucket, LEASE_KEY, record),
+            )
+            .await
+        } else {
+            self.op(
                 "renew lease",
                 self.rt
                     .broker()
                     .kv_update(&bucket, LEASE_KEY, record, lease.revision),
             )
-            .await;
+            .await
+        };
         let acked_at = self.now();
         match result {
             Ok(revision) => {
@@ -309,6 +321,7 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
                 self.emit(ClusterEventKind::LeaseRenewed {
                     token: lease.token,
                     deadline,
+                    sent_at,
                 });
             }
             Err(BrokerError::WrongRevision { .. } | BrokerError::NotFound { .. }) => {

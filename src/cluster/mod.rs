@@ -546,6 +546,17 @@ impl<B: Broker, C: Clock> crate::actor::Router for Cluster<B, C> {
         Cluster::owner_of(self, actor_id)
     }
 
+    /// Only from the assignment this node has applied (never from the ring fallback): a command
+    /// is executed by the owner under an epoch the node knows, or not at all.
+    fn ownership(&self, actor_id: &str) -> Option<crate::actor::Ownership> {
+        if *self.inner.shutdown.borrow() {
+            return None;
+        }
+        let applied = self.assignment()?;
+        let owner = applied.placement().owner(self.shard_of(actor_id)).clone();
+        Some(crate::actor::Ownership::new(owner, Some(applied.epoch())))
+    }
+
     /// Stops this node (see [`Cluster::stop`]): its shards move to the others.
     fn leave(&self) -> impl std::future::Future<Output = ()> + Send {
         self.stop()

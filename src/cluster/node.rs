@@ -234,7 +234,9 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
                 .duration_between(Duration::ZERO, self.config.poll_jitter);
             self.next_poll = self.now() + self.config.poll_interval + jitter;
         }
-        if self.members_dirty && self.acting().is_some() {
+        // Planted bug: trust the lease as checked at the top of the round.
+        let stale_ok = crate::planted::planted!(self.rt, leader_publishes_after_deadline);
+        if self.members_dirty && (self.acting().is_some() || stale_ok && self.lease.is_some()) {
             self.maybe_publish().await;
         }
         self.enforce_deadline();

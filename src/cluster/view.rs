@@ -160,6 +160,8 @@ pub enum ClusterEventKind {
         token: u64,
         /// The new deadline.
         deadline: Duration,
+        /// When the renewing write was sent (this node's monotonic clock).
+        sent_at: Duration,
     },
     /// This node stopped acting as leader.
     LeadershipEnded {
@@ -178,6 +180,8 @@ pub enum ClusterEventKind {
         token: u64,
         /// Primaries that changed node compared to the previous assignment.
         moved: usize,
+        /// When the publishing write was sent (this node's monotonic clock).
+        sent_at: Duration,
     },
     /// This node stopped hosting shards (before acknowledging the assignment that removed them).
     ShardsReleased {

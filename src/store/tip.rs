@@ -28,6 +28,14 @@ pub(super) type TipCache =
     lru::LruCache<String, Tip, std::hash::BuildHasherDefault<std::hash::DefaultHasher>>;
 
 impl<B: Broker, C: Clock> EventStore<B, C> {
+    /// A replay checker resuming from `tip`, keeping events from `from_version` on.
+    pub(super) fn checker<'a>(&self, actor: &'a str, tip: Tip, from_version: u64) -> ReplayChecker<'a> {
+        let mut checker = ReplayChecker::resume(actor, tip, from_version);
+        checker.skips_contiguity =
+            crate::planted::planted!(self.inner.rt, replay_skips_contiguity_check);
+        checker
+    }
+
     pub(super) fn hint(&self, actor: &str) -> Option<Tip> {
         self.lock_tips().get(actor).copied()
     }
@@ -69,7 +77,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         subject: &str,
         anchor: Tip,
     ) -> Result<Tip, ReadError> {
-        let mut checker = ReplayChecker::resume(actor, anchor, u64::MAX);
+        let mut checker = self.checker(actor, anchor, u64::MAX);
         self.broker()
             .read_each(
                 &self.inner.events_stream,
@@ -114,7 +122,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         }
         let tip = self.advance(actor, subject, tip).await?;
         // A replica that lags still misses the newest records: take them from the leader.
-        let mut checker = ReplayChecker::resume(actor, tip, u64::MAX);
+        let mut checker = self.checker(actor, tip, u64::MAX);
         while checker.last_sequence < leader_last {
             match self
                 .broker()

@@ -145,7 +145,9 @@ pub fn check_leadership_history(events: &[ClusterEvent], now: Duration) {
             ClusterEventKind::LeadershipAcquired { token, deadline } => {
                 open.insert((e.node.clone(), *token), (e.at, *deadline));
             }
-            ClusterEventKind::LeaseRenewed { token, deadline } => {
+            ClusterEventKind::LeaseRenewed {
+                token, deadline, ..
+            } => {
                 if let Some(i) = open.get_mut(&(e.node.clone(), *token)) {
                     i.1 = *deadline;
                 }

@@ -13,6 +13,7 @@ use aether::broker::{BrokerError, KvEntry, Message, SubscriptionSource};
 use aether::clock::{Clock, SharedRng};
 
 use super::protocol::{Frame, Request, Response};
+use crate::clock::sim_now;
 use super::wire::{Wire, read_frame, write_frames};
 use super::{BROKER_HOST, BROKER_PORT, CONNECTION_QUEUE_MAX, lock, unavailable, unexpected};
 use crate::clock::SimClock;
@@ -118,11 +119,15 @@ impl Conn {
     pub(super) fn send(
         &self,
         id: u64,
+        sent_at: Duration,
         body: Request,
     ) -> Result<oneshot::Receiver<Response>, BrokerError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         lock(&self.pending).insert(id, reply_tx);
-        if !self.is_alive() || self.tx.try_send(Frame::Req { id, body }).is_err() {
+        if !self.is_alive() || self
+                .tx
+                .try_send(Frame::Req { id, sent_at, body })
+                .is_err() {
             lock(&self.pending).remove(&id);
             return Err(unavailable("connection to the broker lost"));
         }
@@ -131,7 +136,11 @@ impl Conn {
 
     /// Queues a request whose response nobody waits for.
     pub(super) fn send_and_forget(&self, id: u64, body: Request) {
-        let _ = self.tx.try_send(Frame::Req { id, body });
+        let _ = self.tx.try_send(Frame::Req {
+            id,
+            sent_at: sim_now(),
+            body,
+        });
     }
 }
 
@@ -239,6 +248,7 @@ impl SimBroker {
             self.inner.config.session_base + self.inner.sessions.fetch_add(1, Ordering::SeqCst);
         let hello = conn.send(
             self.next_id(),
+            sim_now(),
             Request::Hello {
                 node: self.inner.config.node.clone(),
                 session,
@@ -267,14 +277,17 @@ impl SimBroker {
         Ok(conn)
     }
 
-    /// One request/response, bounded by the operation timeout on the node's clock.
+    /// One request/response, bounded by the operation timeout on the node's clock. The request
+    /// carries the true time of this call: when the node sent it, however long the connection
+    /// takes to (re)establish.
     pub(super) async fn call(&self, body: Request) -> Result<Response, BrokerError> {
+        let sent_at = sim_now();
         let operation = body.operation();
         let used: Mutex<Option<Arc<Conn>>> = Mutex::new(None);
         let work = async {
             let conn = self.connection().await?;
             *lock(&used) = Some(conn.clone());
-            let reply = conn.send(self.next_id(), body)?;
+            let reply = conn.send(self.next_id(), sent_at, body)?;
             reply
                 .await
                 .map_err(|_| unavailable("connection to the broker lost"))

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -17,6 +18,7 @@ use super::protocol::{Frame, Request, Response};
 use super::wire::{TOKEN_BYTES, Wire, read_frame, write_frames};
 use super::{BROKER_PORT, CONNECTION_QUEUE_MAX, PUSH_QUEUE_MAX, lock};
 use crate::clock::{SimClock, epoch, sim_now};
+use crate::history::{History, OpKind};
 
 /// Faults the broker host injects itself (the network injects the rest).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,6 +47,15 @@ pub(super) struct HostShared {
     sessions: Mutex<BTreeMap<String, (u64, Arc<tokio::sync::Notify>)>>,
     /// Frames in flight on every connection.
     wire: Wire,
+    /// Where KV writes to the buckets of interest are recorded, if anywhere.
+    kv_log: Mutex<Option<KvLog>>,
+}
+
+/// Records the KV writes the host applies, for the checkers that look at what a leader or a
+/// projector actually wrote (not what it believed it wrote).
+struct KvLog {
+    history: History,
+    buckets: fn(&str) -> bool,
 }
 
 /// The broker host: state shared by every incarnation of the host software, so that the data
@@ -80,6 +91,7 @@ impl BrokerHost {
                 rng,
                 sessions: Mutex::new(BTreeMap::new()),
                 wire: Wire::default(),
+                kv_log: Mutex::new(None),
             }),
         }
     }
@@ -87,6 +99,39 @@ impl BrokerHost {
     /// Runs `f` on the broker state with the given time (for checkers, outside the simulation).
     pub fn with_state<T>(&self, f: impl FnOnce(&mut BrokerState) -> T) -> T {
         f(&mut lock(&self.shared.state))
+    }
+
+    /// Records every KV write to a bucket `buckets` accepts into `history`, at the moment the
+    /// host applies it (true time), as a [`OpKind::KvWrite`] of the writing node.
+    pub fn record_kv_writes(&self, history: History, buckets: fn(&str) -> bool) {
+        *lock(&self.shared.kv_log) = Some(KvLog { history, buckets });
+    }
+
+    fn log_kv_write(
+        &self,
+        conn: &HostConn,
+        sent_at: Duration,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        revision: u64,
+    ) {
+        let log = lock(&self.shared.kv_log);
+        let Some(log) = log.as_ref().filter(|log| (log.buckets)(bucket)) else {
+            return;
+        };
+        let node = conn.node.as_ref().map_or("?", |(node, _)| node.as_str());
+        log.history.record(
+            sim_now(),
+            node,
+            OpKind::KvWrite {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                value: String::from_utf8_lossy(value).into_owned(),
+                revision,
+                sent_at,
+            },
+        );
     }
 
     /// Sets the host's own faults.
@@ -155,7 +200,7 @@ impl BrokerHost {
                     Err(_) => break,
                 },
             };
-            let Frame::Req { id, body } = frame else {
+            let Frame::Req { id, sent_at, body } = frame else {
                 break;
             };
             lock(&self.shared.stats).requests += 1;
@@ -170,7 +215,7 @@ impl BrokerHost {
                 conn.node = Some((node.clone(), *session));
             }
             let is_write = body.is_write();
-            let response = self.handle(&mut conn, body);
+            let response = self.handle(&mut conn, sent_at, body);
             if let Some(forwarder) = conn.flush_before_reply.take() {
                 let _ = forwarder.await;
             }
@@ -230,7 +275,7 @@ impl BrokerHost {
         (sender, task)
     }
 
-    pub(super) fn handle(&self, conn: &mut HostConn, body: Request) -> Response {
+    pub(super) fn handle(&self, conn: &mut HostConn, sent_at: Duration, body: Request) -> Response {
         let now = host_now();
         let mut state = lock(&self.shared.state);
         let result: Result<Response, BrokerError> = match body {
@@ -363,7 +408,8 @@ impl BrokerHost {
             Request::KvEnsure(config) => state.kv_ensure(config).map(|()| Response::Unit),
             Request::KvGet { bucket, key } => state.kv_get(&bucket, &key, now).map(Response::Entry),
             Request::KvCreate { bucket, key, value } => state
-                .kv_create(&bucket, &key, value, now)
+                .kv_create(&bucket, &key, value.clone(), now)
+                .inspect(|r| self.log_kv_write(conn, sent_at, &bucket, &key, &value, *r))
                 .map(Response::Revision),
             Request::KvUpdate {
                 bucket,
@@ -371,14 +417,17 @@ impl BrokerHost {
                 value,
                 revision,
             } => state
-                .kv_update(&bucket, &key, value, revision, now)
+                .kv_update(&bucket, &key, value.clone(), revision, now)
+                .inspect(|r| self.log_kv_write(conn, sent_at, &bucket, &key, &value, *r))
                 .map(Response::Revision),
             Request::KvPut { bucket, key, value } => state
-                .kv_put(&bucket, &key, value, now)
+                .kv_put(&bucket, &key, value.clone(), now)
+                .inspect(|r| self.log_kv_write(conn, sent_at, &bucket, &key, &value, *r))
                 .map(Response::Revision),
-            Request::KvDelete { bucket, key } => {
-                state.kv_delete(&bucket, &key, now).map(|()| Response::Unit)
-            }
+            Request::KvDelete { bucket, key } => state
+                .kv_delete(&bucket, &key, now)
+                .inspect(|()| self.log_kv_write(conn, sent_at, &bucket, &key, &[], 0))
+                .map(|()| Response::Unit),
             Request::KvEntries { bucket } => state.kv_entries(&bucket, now).map(Response::Entries),
             Request::KvWatch {
                 sid,

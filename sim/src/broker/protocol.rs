@@ -144,7 +144,13 @@ pub(super) enum Response {
 
 #[derive(Debug)]
 pub(super) enum Frame {
-    Req { id: u64, body: Request },
+    /// A request, stamped with the true time the client sent it (for the checkers: what a node
+    /// did is judged by when it decided to, not when the network delivered it).
+    Req {
+        id: u64,
+        sent_at: std::time::Duration,
+        body: Request,
+    },
     Resp { id: u64, body: Response },
     Msg { sid: u64, message: Message },
     Kv { sid: u64, entry: KvEntry },

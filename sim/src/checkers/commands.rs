@@ -51,7 +51,11 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
                     });
                 }
             }
-            Outcome::Failed(reason) => {
+            Outcome::Failed(_) | Outcome::Refused { .. } => {
+                let reason = match &op.outcome {
+                    Outcome::Failed(reason) => reason.clone(),
+                    other => format!("{other:?}"),
+                };
                 if let Some(at) = at {
                     out.push(Violation {
                         invariant: INVARIANT,

@@ -14,7 +14,8 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
     let mut commits: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
     let mut events: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
     for (actor, records) in &input.streams {
-        for record in records {
+        // Only the valid history: the vandal's copies repeat ids on purpose.
+        for record in records.iter().filter(|r| r.in_chain) {
             let Ok(commit) = &record.commit else { continue };
             if let Some(header) = &record.header_commit_id
                 && *header != commit.commit_id

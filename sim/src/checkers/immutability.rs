@@ -15,7 +15,10 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
             (OpKind::Append { actor, .. }, Outcome::Appended { events, .. }) => {
                 (actor, events, "acked")
             }
-            (OpKind::Read { actor }, Outcome::Read { events }) => (actor, events, "read"),
+            (OpKind::Read { actor, .. }, Outcome::Read { events })
+            | (OpKind::Read { actor, .. }, Outcome::ReadAround { events, .. }) => {
+                (actor, events, "read")
+            }
             _ => continue,
         };
         let stream = finals.get(actor.as_str());

@@ -70,7 +70,9 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
                     end: None,
                 });
             }
-            ClusterObservation::Renewed { token, deadline } => {
+            ClusterObservation::Renewed {
+                token, deadline, ..
+            } => {
                 if let Some(i) = by_token.get(token)
                     && terms[*i].node == op.node
                 {

@@ -79,8 +79,12 @@ fn check_commands(input: &CheckInput<'_>, settled: Duration) -> Vec<Violation> {
             continue;
         }
         let problem = match (&op.outcome, op.completed) {
-            (Outcome::Commanded { .. }, Some(c)) if c <= op.invoked + bound => continue,
-            (Outcome::Commanded { .. }, Some(c)) => {
+            (Outcome::Commanded { .. } | Outcome::Refused { .. }, Some(c))
+                if c <= op.invoked + bound =>
+            {
+                continue;
+            }
+            (Outcome::Commanded { .. } | Outcome::Refused { .. }, Some(c)) => {
                 format!("answered only after {}", format_time(c - op.invoked))
             }
             (Outcome::Pending, _) if op.invoked + bound > input.end => continue,

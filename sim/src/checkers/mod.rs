@@ -3,9 +3,12 @@
 //!
 //! | file | invariant |
 //! |---|---|
-//! | `versions` | 1. versions contiguous from 1, increasing in stream order |
+//! | `versions` | 1. versions contiguous from 1; on an actor nobody damaged, every record is in the valid chain; on a damaged one, every record outside it was planted |
 //! | `immutability` | 2. an acknowledged (or observed) event never changes |
-//! | `durability` | 3. nothing acknowledged is lost; reads see every earlier ack; definite failures leave no trace |
+//! | `durability` | 3. nothing acknowledged is lost (every ack is in the valid chain); definite failures leave no trace |
+//! | `reads` | 3/9. a read from version `v` returns exactly the chain from `v` to a tip no older than any append acknowledged before it began |
+//! | `decisions` | 10. every counter decision was taken on the fold of exactly the events before it, by an owner under an epoch it had applied; every refusal on what the stream held |
+//! | `leader_actions` | 11. publications and renewals are sent inside their own term, carry its token; the lease and assignment keys only ever move by compare-and-set to newer terms |
 //! | `expected_version` | 4. at most one success per (actor, expected version) |
 //! | `commands` | 2/3 for actor commands: an answered command is stored at the version it reported; a definite failure stored nothing |
 //! | `commits` | 5. no second copy of a commit (unique commit and event ids) |
@@ -17,12 +20,15 @@
 pub mod commands;
 pub mod commits;
 pub mod damage;
+pub mod decisions;
 pub mod durability;
 pub mod expected_version;
 pub mod immutability;
+pub mod leader_actions;
 pub mod leadership;
 pub mod liveness;
 pub mod ownership;
+pub mod reads;
 pub mod versions;
 
 use std::collections::BTreeMap;
@@ -59,6 +65,9 @@ pub struct Record {
     /// The commit, or why replay would refuse the record (checked exactly as replay does: the
     /// body decodes, names the actor, and the headers agree with it).
     pub commit: Result<Commit, String>,
+    /// Whether the record is part of the actor's valid history as replay defines it: a valid
+    /// commit that continues the versions of the chain before it.
+    pub in_chain: bool,
 }
 
 /// Everything checkers look at.
@@ -82,33 +91,53 @@ pub struct CheckInput<'a> {
     pub cluster: bool,
     /// The cluster's shard count (0 without a cluster).
     pub shard_count: u32,
+    /// The cluster's lease TTL (how long the server keeps a lease after its last write).
+    pub lease_ttl: Duration,
 }
 
 impl CheckInput<'_> {
-    /// Decodes the raw final records of `actor`.
+    /// Decodes the raw final records of `actor`, in stream order, and marks its valid chain:
+    /// the records replay accepts (each a valid commit continuing the versions before it).
     pub fn decode(actor: &str, messages: &[StoredMessage]) -> Vec<Record> {
+        let mut next = 1u64;
         messages
             .iter()
-            .map(|m| Record {
-                sequence: m.sequence,
-                header_commit_id: m.headers.get(HEADER_COMMIT_ID).cloned(),
-                commit: check_record(m, actor).map_err(|e| e.to_string()),
+            .map(|m| {
+                let commit = check_record(m, actor).map_err(|e| e.to_string());
+                let in_chain = commit
+                    .as_ref()
+                    .is_ok_and(|c| c.first_version() == next);
+                if let (true, Ok(c)) = (in_chain, &commit) {
+                    next = c.last_version() + 1;
+                }
+                Record {
+                    sequence: m.sequence,
+                    header_commit_id: m.headers.get(HEADER_COMMIT_ID).cloned(),
+                    commit,
+                    in_chain,
+                }
             })
             .collect()
     }
 
-    /// Final events per actor by version (first occurrence wins).
+    /// The commits of each actor's valid chain, in version order.
+    pub fn chain(&self, actor: &str) -> impl Iterator<Item = (u64, &Commit)> {
+        self.streams
+            .get(actor)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.in_chain)
+            .filter_map(|r| r.commit.as_ref().ok().map(|c| (r.sequence, c)))
+    }
+
+    /// Final events per actor by version: the valid chain, as a replay after the run returns it.
     pub fn final_events(&self) -> BTreeMap<&str, BTreeMap<u64, EventDigest>> {
         let mut out: BTreeMap<&str, BTreeMap<u64, EventDigest>> = BTreeMap::new();
-        for (actor, records) in &self.streams {
+        for actor in self.streams.keys() {
             let by_version = out.entry(actor.as_str()).or_default();
-            for record in records {
-                if let Ok(commit) = &record.commit {
-                    for event in &commit.events {
-                        by_version
-                            .entry(event.version)
-                            .or_insert_with(|| EventDigest::of(event));
-                    }
+            for (_, commit) in self.chain(actor) {
+                for event in &commit.events {
+                    by_version.insert(event.version, EventDigest::of(event));
                 }
             }
         }
@@ -122,6 +151,9 @@ pub fn check_all(input: &CheckInput<'_>) -> Vec<Violation> {
     out.extend(versions::check(input));
     out.extend(immutability::check(input));
     out.extend(durability::check(input));
+    out.extend(reads::check(input));
+    out.extend(decisions::check(input));
+    out.extend(leader_actions::check(input));
     out.extend(expected_version::check(input));
     out.extend(commits::check(input));
     out.extend(commands::check(input));

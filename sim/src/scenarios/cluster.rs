@@ -5,8 +5,9 @@
 //! then cut off, sometimes with a slow clock) on top of the usual faults.
 //!
 //! What the nodes report, through the cluster's synchronous observer, becomes
-//! [`ClusterObservation`]s in the history, stamped with true time (the node's own clock readings
-//! — deadlines, `acted_until` — converted back with [`SimClock::true_time_of`]):
+//! [`ClusterObservation`]s in the history, stamped with true time; the node's own clock readings
+//! in them (deadlines, `acted_until`, `sent_at`) are turned into true time after the run, when
+//! every rate change of the node's clock is known (see [`ClusterObservation::to_true_time`]):
 //!
 //! - `leadership` (invariant 6) checks that terms never overlap and tokens grow;
 //! - `ownership` (invariant 7) checks one owner per shard per epoch and epochs applied in order;
@@ -27,20 +28,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::NodeSoftware;
 use crate::broker::SimBroker;
 use crate::clock::{SimClock, sim_now};
 use crate::history::{ClusterObservation, EventDigest, OpKind, Outcome};
 use crate::workload::{Incarnation, NodeContext, below, open_store};
-use aether::actor::{ActorConfig, ActorHost, Aggregate, CommandError, Router};
+use aether::actor::{ActorConfig, ActorHost, Router};
 use aether::clock::{Clock, SharedRng};
 use aether::cluster::{
     Cluster, ClusterConfig, ClusterEvent, ClusterEventKind, NodeId, ShardConfig,
 };
-use aether::event::{Event, ExpectedVersion, NewEvent};
+use aether::event::ExpectedVersion;
 use aether::store::{AppendError, EventStore};
 
 /// A cluster node in the simulation.
@@ -114,7 +113,6 @@ pub fn node(
 /// Reports a node's cluster events to the history, in true time.
 fn observer(ctx: &NodeContext) -> impl Fn(&ClusterEvent) + Send + Sync + 'static {
     let history = ctx.history.clone();
-    let clock = ctx.clock.clone();
     let name = ctx.name.clone();
     move |event: &ClusterEvent| {
         let shards = |s: &[aether::cluster::ShardId]| s.iter().map(|s| s.0).collect::<Vec<_>>();
@@ -122,12 +120,17 @@ fn observer(ctx: &NodeContext) -> impl Fn(&ClusterEvent) + Send + Sync + 'static
             ClusterEventKind::LeadershipAcquired { token, deadline } => {
                 ClusterObservation::Leading {
                     token: *token,
-                    deadline: clock.true_time_of(*deadline),
+                    deadline: *deadline,
                 }
             }
-            ClusterEventKind::LeaseRenewed { token, deadline } => ClusterObservation::Renewed {
+            ClusterEventKind::LeaseRenewed {
+                token,
+                deadline,
+                sent_at,
+            } => ClusterObservation::Renewed {
                 token: *token,
-                deadline: clock.true_time_of(*deadline),
+                deadline: *deadline,
+                sent_at: *sent_at,
             },
             ClusterEventKind::LeadershipEnded {
                 token,
@@ -135,15 +138,19 @@ fn observer(ctx: &NodeContext) -> impl Fn(&ClusterEvent) + Send + Sync + 'static
                 reason,
             } => ClusterObservation::Stepped {
                 token: *token,
-                acted_until: clock.true_time_of(*acted_until),
+                acted_until: *acted_until,
                 reason: format!("{reason:?}"),
             },
-            ClusterEventKind::AssignmentPublished { epoch, token, .. } => {
-                ClusterObservation::Published {
-                    epoch: *epoch,
-                    token: *token,
-                }
-            }
+            ClusterEventKind::AssignmentPublished {
+                epoch,
+                token,
+                sent_at,
+                ..
+            } => ClusterObservation::Published {
+                epoch: *epoch,
+                token: *token,
+                sent_at: *sent_at,
+            },
             ClusterEventKind::AssignmentApplied {
                 epoch,
                 previous_epoch,
@@ -217,6 +224,14 @@ async fn cluster_node(
             format!("{}.{}.{round}", ctx.name, incarnation.number),
             rng.fork(),
         ));
+        let foreign = tokio::spawn(foreign_writer(
+            ctx.clone(),
+            store.clone(),
+            cluster.clone(),
+            workload.clone(),
+            format!("{}.{}.{round}", ctx.name, incarnation.number),
+            rng.fork(),
+        ));
         let viewer = tokio::spawn(view_recorder(ctx.clone(), cluster.clone(), safety));
         router.set(Some(cluster.clone()));
         let sender = tokio::spawn(command_sender(
@@ -232,6 +247,7 @@ async fn cluster_node(
         }
         tokio::time::sleep(stay).await;
         writer.abort();
+        foreign.abort();
         viewer.abort();
         sender.abort();
         router.set(None);
@@ -276,6 +292,7 @@ async fn owner_writer(
                     &ctx.name,
                     OpKind::Read {
                         actor: actor.clone(),
+                        from: 1,
                     },
                 );
                 match store.events(&actor, 1).await {
@@ -359,36 +376,6 @@ async fn view_recorder(ctx: NodeContext, cluster: Arc<SimCluster>, safety: Durat
     }
 }
 
-/// The aggregate commands drive: a counter.
-#[derive(Default, Serialize, Deserialize)]
-pub struct Counter {
-    value: u64,
-}
-
-/// Add `by` to a counter; `id` becomes the id of the event it stores.
-#[derive(Serialize, Deserialize)]
-pub struct Add {
-    /// The amount.
-    pub by: u64,
-    /// The command's (and its event's) id.
-    pub id: String,
-}
-
-impl Aggregate for Counter {
-    type Command = Add;
-    type Rejection = String;
-
-    fn handle(&self, add: &Add) -> Result<Vec<NewEvent>, String> {
-        Ok(vec![
-            NewEvent::new("Added", json!({ "by": add.by })).with_id(add.id.clone()),
-        ])
-    }
-
-    fn apply(&mut self, event: &Event) {
-        self.value += event.data["by"].as_u64().unwrap_or(0);
-    }
-}
-
 /// Routes by the cluster instance the node runs now; owns nothing while it runs none (the joiner
 /// between its memberships).
 #[derive(Clone, Default)]
@@ -400,15 +387,27 @@ impl CurrentCluster {
     }
 }
 
+impl CurrentCluster {
+    fn current(&self) -> Option<Arc<SimCluster>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 impl Router for CurrentCluster {
     fn owner_of(&self, actor_id: &str) -> Option<NodeId> {
-        let cluster = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        cluster.and_then(|c| Router::owner_of(&c, actor_id))
+        self.current().and_then(|c| Router::owner_of(&c, actor_id))
+    }
+
+    fn ownership(&self, actor_id: &str) -> Option<aether::actor::Ownership> {
+        self.current().and_then(|c| Router::ownership(&c, actor_id))
     }
 }
 
 /// A node's actor host, routed by its current cluster instance.
 pub type SimHost = ActorHost<Counter, SimBroker, SimClock, CurrentCluster>;
+
+pub use super::counter::Counter;
+use super::counter::{command_sender, foreign_writer};
 
 /// Builds this node's actor host and serves remote commands, retrying until the broker lets it
 /// subscribe.
@@ -426,59 +425,4 @@ async fn start_host(
         ctx.clock.sleep(Duration::from_millis(500)).await;
     }
     host
-}
-
-/// Sends counter commands, one at a time, to random counters through `ActorHost::send` (run
-/// here or on the owner), recording each command and its answer.
-async fn command_sender(
-    ctx: NodeContext,
-    host: SimHost,
-    workload: ClusterWorkload,
-    sender_id: String,
-    rng: SharedRng,
-) {
-    let counters = workload.counters();
-    if counters.is_empty() {
-        return;
-    }
-    for k in 0u64.. {
-        ctx.clock
-            .sleep(rng.duration_between(workload.command_think.0, workload.command_think.1))
-            .await;
-        let actor = counters[below(&rng, counters.len())].clone();
-        let add = Add {
-            by: 1 + below(&rng, 3) as u64,
-            id: format!("cmd.{sender_id}.{k}"),
-        };
-        let op = ctx.history.invoke(
-            sim_now(),
-            &ctx.name,
-            OpKind::Command {
-                actor: actor.clone(),
-                by: add.by,
-                id: add.id.clone(),
-            },
-        );
-        let outcome = match host.send(&actor, &add).await {
-            Ok(done) => Outcome::Commanded {
-                version: done.version,
-                node: done.node_id.to_string(),
-                events: done.events.iter().map(EventDigest::of).collect(),
-            },
-            Err(
-                e @ (CommandError::Rejected(_)
-                | CommandError::NotOwner { .. }
-                | CommandError::Unroutable { .. }
-                | CommandError::Read(_)
-                | CommandError::Snapshot(_)),
-            ) => Outcome::Failed(e.to_string()),
-            Err(CommandError::Append(e)) if !matches!(e, AppendError::Indeterminate { .. }) => {
-                Outcome::Failed(e.to_string())
-            }
-            // Timeout, an indeterminate append, a remote failure (which may be one) or a
-            // broker failure after the request may have left: the command may have run.
-            Err(e) => Outcome::Ambiguous(e.to_string()),
-        };
-        ctx.history.complete(sim_now(), op, outcome);
-    }
 }

@@ -1,15 +1,18 @@
 //! The hot-actor store scenario: on every node, a few writers hammer a handful of hot actors
 //! with stale expected versions (their own last belief), `NoStream` and `Any` appends and
-//! retries after conflicts; a reader replays actors; and on node 0 a vandal plants one damaged
-//! record, so that replay's promise never to hide damage is exercised. Everything is recorded in
-//! the [`History`](crate::history::History).
+//! retries after conflicts; a reader replays actors from random versions; and on node 0 a
+//! vandal keeps planting damage — garbage, and plausible commits that do not belong: a version
+//! gap, a second copy of a commit, another actor's commit — on two actors the writers also
+//! write to, so that replay's promise never to hide damage, and the store's promise never to let
+//! damage decide a version, are exercised. Everything is recorded in the
+//! [`History`](crate::history::History).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use aether::broker::{AppendOptions, Broker, BrokerError, Headers};
+use aether::broker::{AppendOptions, Broker, Headers};
 use aether::clock::{Clock, SharedRng};
 use aether::codec::encode_actor_id;
 use aether::event::ExpectedVersion;
@@ -20,8 +23,8 @@ use crate::clock::{SimClock, sim_now};
 use crate::history::{EventDigest, OpKind, Outcome};
 use crate::workload::{NAMESPACE, NodeContext, below, numbered_events, open_store};
 
-/// The actor the vandal damages.
-pub const DAMAGED_ACTOR: &str = "damaged";
+/// The actors the vandal damages (the writers write to them too).
+pub const DAMAGED_ACTORS: [&str; 2] = ["damaged-0", "damaged-1"];
 
 /// Store workload settings.
 #[derive(Clone, Debug)]
@@ -38,8 +41,10 @@ pub struct StoreWorkload {
     pub think: (Duration, Duration),
     /// Pause between a reader's operations.
     pub read_every: (Duration, Duration),
-    /// Plant a damaged record (node 0).
+    /// Plant damage (node 0).
     pub vandal: bool,
+    /// Pause between two plantings.
+    pub vandal_every: (Duration, Duration),
 }
 
 impl Default for StoreWorkload {
@@ -49,8 +54,9 @@ impl Default for StoreWorkload {
             rotate_every: Duration::from_secs(20),
             writers_per_node: 2,
             think: (Duration::from_millis(20), Duration::from_millis(250)),
-            read_every: (Duration::from_millis(1000), Duration::from_millis(3000)),
+            read_every: (Duration::from_millis(500), Duration::from_millis(2000)),
             vandal: true,
+            vandal_every: (Duration::from_secs(2), Duration::from_secs(6)),
         }
     }
 }
@@ -71,7 +77,17 @@ impl StoreWorkload {
             .collect()
     }
 
-    /// Every actor a run of `duration` writes to (without the damaged one).
+    /// The actors writers and readers pick from at true time `at`: the hot ones, and the
+    /// damaged ones when there is a vandal.
+    pub fn targets(&self, at: Duration) -> Vec<String> {
+        let mut actors = self.hot_actors(at);
+        if self.vandal {
+            actors.extend(DAMAGED_ACTORS.iter().map(|a| (*a).to_owned()));
+        }
+        actors
+    }
+
+    /// Every actor a run of `duration` writes to (without the damaged ones).
     pub fn all_actors(&self, duration: Duration) -> Vec<String> {
         let mut out = Vec::new();
         let mut at = Duration::ZERO;
@@ -104,7 +120,12 @@ pub async fn store_node(ctx: NodeContext, workload: StoreWorkload) -> turmoil::R
         incarnation.rt.rng().fork(),
     ));
     if workload.vandal && ctx.index == 0 {
-        tokio::spawn(vandal(ctx.clone(), incarnation.rt.broker().clone()));
+        tokio::spawn(vandal(
+            ctx.clone(),
+            incarnation.rt.broker().clone(),
+            workload.clone(),
+            incarnation.rt.rng().fork(),
+        ));
     }
     std::future::pending::<()>().await;
     Ok(())
@@ -128,7 +149,7 @@ pub async fn writer(
             // Retry right after a conflict, with the version the conflict reported.
             Some((actor, actual)) => (actor, ExpectedVersion::Exact(actual)),
             None => {
-                let actors = workload.hot_actors(sim_now());
+                let actors = workload.targets(sim_now());
                 let actor = actors[below(&rng, actors.len())].clone();
                 let expected = match below(&rng, 100) {
                     0..=9 => ExpectedVersion::NoStream,
@@ -172,86 +193,178 @@ pub async fn writer(
     }
 }
 
-/// Replays actors, forever.
+/// Replays actors from random versions, forever: plain `events` on the hot actors (and now and
+/// then on a damaged one, which must then report the damage), `events_with_errors` on the
+/// damaged ones.
 pub async fn reader(
     ctx: NodeContext,
     store: EventStore<SimBroker, SimClock>,
     workload: StoreWorkload,
     rng: SharedRng,
 ) {
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     loop {
         ctx.clock
             .sleep(rng.duration_between(workload.read_every.0, workload.read_every.1))
             .await;
-        let actors = workload.hot_actors(sim_now());
-        let pick = below(&rng, actors.len() + usize::from(workload.vandal));
-        let actor = actors
-            .get(pick)
-            .cloned()
-            .unwrap_or_else(|| DAMAGED_ACTOR.to_owned());
+        let actors = workload.targets(sim_now());
+        let actor = actors[below(&rng, actors.len())].clone();
+        // From the start half the time, else from anywhere up to just past what was seen.
+        let known = seen.get(&actor).copied().unwrap_or(0);
+        let from = if below(&rng, 2) == 0 {
+            1
+        } else {
+            1 + below(&rng, known as usize + 2) as u64
+        };
+        let damaged = DAMAGED_ACTORS.contains(&actor.as_str());
+        let around = damaged && below(&rng, 4) != 0;
         let op = ctx.history.invoke(
             sim_now(),
             &ctx.name,
             OpKind::Read {
                 actor: actor.clone(),
+                from,
             },
         );
-        let outcome = match store.events(&actor, 1).await {
-            Ok(events) => Outcome::Read {
-                events: events.iter().map(EventDigest::of).collect(),
-            },
-            Err(ReadError::Damaged(damage)) => Outcome::Damaged {
-                sequence: damage.sequence,
-            },
-            Err(e) => Outcome::Failed(e.to_string()),
+        let outcome = if around {
+            match store.events_with_errors(&actor, from).await {
+                Ok(replay) => Outcome::ReadAround {
+                    events: replay.events.iter().map(EventDigest::of).collect(),
+                    damaged: replay.errors.iter().map(|e| e.sequence).collect(),
+                },
+                Err(e) => Outcome::Failed(e.to_string()),
+            }
+        } else {
+            match store.events(&actor, from).await {
+                Ok(events) => Outcome::Read {
+                    events: events.iter().map(EventDigest::of).collect(),
+                },
+                Err(ReadError::Damaged(damage)) => Outcome::Damaged {
+                    sequence: damage.sequence,
+                },
+                Err(e) => Outcome::Failed(e.to_string()),
+            }
         };
+        if let Outcome::Read { events } | Outcome::ReadAround { events, .. } = &outcome
+            && let Some(last) = events.last()
+        {
+            seen.insert(actor, last.version);
+        }
         ctx.history.complete(sim_now(), op, outcome);
     }
 }
 
-/// Plants one record that is not a commit on [`DAMAGED_ACTOR`]'s subject (once per run: the
-/// append expects an empty subject).
-pub async fn vandal(ctx: NodeContext, broker: SimBroker) {
-    let subject = format!(
-        "aether.ev.{NAMESPACE}.{}",
-        encode_actor_id(DAMAGED_ACTOR).expect("valid actor id")
-    );
-    loop {
+/// The shapes of damage the vandal plants.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// Bytes that are not a commit.
+    Garbage,
+    /// A well-formed commit of the actor, headers consistent, at a version past a gap.
+    Gap,
+    /// A second copy of one of the actor's commits (same headers, same body).
+    Copy,
+    /// A well-formed commit of another actor.
+    Foreign,
+}
+
+/// Plants damage on the damaged actors, forever: one record at a time, as a rogue writer
+/// outside aether would (no expected sequence; a message id so that a retry stores it once).
+pub async fn vandal(ctx: NodeContext, broker: SimBroker, workload: StoreWorkload, rng: SharedRng) {
+    let stream = format!("AETHER_EV_{NAMESPACE}");
+    let subject_of = |actor: &str| {
+        format!(
+            "aether.ev.{NAMESPACE}.{}",
+            encode_actor_id(actor).expect("valid actor id")
+        )
+    };
+    for k in 0u64.. {
+        ctx.clock
+            .sleep(rng.duration_between(workload.vandal_every.0, workload.vandal_every.1))
+            .await;
+        let actor = DAMAGED_ACTORS[below(&rng, DAMAGED_ACTORS.len())];
+        let subject = subject_of(actor);
+        let shape = match below(&rng, 4) {
+            0 => Shape::Garbage,
+            1 => Shape::Gap,
+            2 => Shape::Copy,
+            _ => Shape::Foreign,
+        };
+        // A model to forge from: the actor's last record, or a hot actor's.
+        let source = match shape {
+            Shape::Foreign => {
+                let hot = workload.hot_actors(sim_now());
+                subject_of(&hot[below(&rng, hot.len())])
+            }
+            _ => subject.clone(),
+        };
+        let model = broker
+            .last(&stream, &source, aether::broker::ReadFrom::Leader)
+            .await
+            .ok()
+            .flatten();
+        let (headers, payload) = match (shape, model) {
+            (Shape::Garbage, _) | (_, None) => (
+                Headers::new(),
+                Bytes::from(format!("\u{0} vandal {k}: this is not a commit")),
+            ),
+            (Shape::Copy | Shape::Foreign, Some(m)) => (m.headers, m.payload),
+            (Shape::Gap, Some(m)) => forge_gap(&m, k),
+        };
         let op = ctx.history.invoke(
             sim_now(),
             &ctx.name,
             OpKind::Damage {
-                actor: DAMAGED_ACTOR.to_owned(),
+                actor: actor.to_owned(),
             },
         );
-        let result = broker
-            .append(
-                &subject,
-                Headers::new(),
-                Bytes::from_static(b"\x00 this is not a commit"),
-                AppendOptions {
-                    expected_last_subject_sequence: Some(0),
-                    message_id: Some("vandal".to_owned()),
-                },
-            )
-            .await;
-        let (outcome, done) = match result {
-            Ok(ack) => (
-                Outcome::Damaged {
+        let id = format!("vandal-{}-{k}", ctx.name);
+        let mut outcome = Outcome::Pending;
+        for _ in 0..10 {
+            let result = broker
+                .append(
+                    &subject,
+                    headers.clone(),
+                    payload.clone(),
+                    AppendOptions {
+                        expected_last_subject_sequence: None,
+                        message_id: Some(id.clone()),
+                    },
+                )
+                .await;
+            outcome = match result {
+                Ok(ack) => Outcome::Damaged {
                     sequence: ack.sequence,
                 },
-                true,
-            ),
-            Err(e @ BrokerError::WrongLastSequence { .. }) => {
-                (Outcome::Failed(e.to_string()), true)
+                Err(e) if e.is_ambiguous() => {
+                    ctx.clock.sleep(Duration::from_millis(300)).await;
+                    Outcome::Ambiguous(e.to_string())
+                }
+                Err(e) => Outcome::Failed(e.to_string()),
+            };
+            if !matches!(outcome, Outcome::Ambiguous(_)) {
+                break;
             }
-            Err(e) if e.is_ambiguous() => (Outcome::Ambiguous(e.to_string()), false),
-            Err(e) => (Outcome::Failed(e.to_string()), false),
-        };
-        ctx.history.complete(sim_now(), op, outcome);
-        if done {
-            return;
         }
-        ctx.clock.sleep(Duration::from_millis(500)).await;
+        ctx.history.complete(sim_now(), op, outcome);
     }
+}
+
+/// A well-formed commit that continues `model`'s actor three versions too late, under a fresh
+/// commit id, with headers that agree with it.
+fn forge_gap(model: &aether::broker::StoredMessage, k: u64) -> (Headers, Bytes) {
+    let Ok(mut commit) = aether::codec::decode_commit(&model.payload) else {
+        return (model.headers.clone(), model.payload.clone());
+    };
+    let first = commit.last_version() + 3;
+    commit.commit_id = format!("forged-gap-{k}");
+    for (i, event) in commit.events.iter_mut().enumerate() {
+        event.version = first + i as u64;
+        event.id = format!("forged-gap-{k}.{i}");
+    }
+    let mut headers = Headers::new();
+    headers.insert(aether::codec::HEADER_COMMIT_ID.into(), commit.commit_id.clone());
+    headers.insert(aether::codec::HEADER_FIRST_VERSION.into(), commit.first_version().to_string());
+    headers.insert(aether::codec::HEADER_LAST_VERSION.into(), commit.last_version().to_string());
+    headers.insert(aether::codec::HEADER_FORMAT.into(), aether::codec::COMMIT_FORMAT.to_string());
+    (headers, Bytes::from(aether::codec::encode_commit(&commit)))
 }
