@@ -65,7 +65,7 @@ pub use actor::{
 pub use broker::{Broker, BrokerError, MemoryBroker};
 #[cfg(feature = "nats")]
 pub use broker::{NatsBroker, NatsOptions};
-pub use bus::{BusConfig, BusSubscription, EventBus, Filter, RecvError};
+pub use bus::{BusConfig, BusSubscription, Delivery, EventBus, Filter, RecvError};
 pub use clock::{Clock, SharedRng, SystemClock};
 pub use codec::{DecodeError, InvalidName};
 pub use event::{Event, ExpectedVersion, Metadata, NewEvent, Snapshot};

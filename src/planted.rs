@@ -41,6 +41,8 @@ pub struct PlantedBugs {
     pub read_from_off_by_one: bool,
     /// A projector moves its checkpoint before its handler has run.
     pub checkpoint_before_handling: bool,
+    /// The bus does not tell subscribers about gaps in other nodes' numbering.
+    pub bus_hides_gaps: bool,
 }
 
 /// `planted!(runtime, field)`: whether planted bug `field` is on. Always `false` without the

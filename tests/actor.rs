@@ -38,7 +38,11 @@ impl Aggregate for Account {
     type Command = AccountCommand;
     type Rejection = Refusal;
 
-    fn handle(&self, _: &CommandContext<'_>, command: &AccountCommand) -> Result<Vec<NewEvent>, Refusal> {
+    fn handle(
+        &self,
+        _: &CommandContext<'_>,
+        command: &AccountCommand,
+    ) -> Result<Vec<NewEvent>, Refusal> {
         match command {
             AccountCommand::Open if self.open => Err(Refusal::AlreadyOpen),
             AccountCommand::Open => Ok(vec![NewEvent::new("Opened", json!({}))]),

@@ -111,7 +111,11 @@ impl fmt::Display for Fault {
                 write!(f, "latency n{node} <-> broker up to {} ms", max.as_millis())
             }
             Fault::SteadyLatency { node, latency } => {
-                write!(f, "latency n{node} <-> broker {} ms each way", latency.as_millis())
+                write!(
+                    f,
+                    "latency n{node} <-> broker {} ms each way",
+                    latency.as_millis()
+                )
             }
             Fault::Crash { node } => write!(f, "crash n{node}"),
             Fault::Restart { node } => write!(f, "restart n{node}"),

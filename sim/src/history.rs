@@ -89,6 +89,29 @@ pub enum OpKind {
         /// The command's id, which is also the id of the event it stores.
         id: String,
     },
+    /// What a bus subscriber received since its previous record: deliveries in order, and how
+    /// many events it was told it missed (`RecvError::Lagged`).
+    BusReceived {
+        /// The subscriber (`<node>.<incarnation>.<name>`).
+        subscriber: String,
+        /// Deliveries, in the order received.
+        deliveries: Vec<BusDigest>,
+        /// Events reported missed.
+        lagged: u64,
+    },
+    /// One `Projector::step` of a projection.
+    ProjectorStep {
+        /// The projection.
+        projection: String,
+    },
+    /// A projection handler finished with a page (recorded by the handler after its own work
+    /// succeeded): the positions of the commits it handled.
+    Handled {
+        /// The projection.
+        projection: String,
+        /// Positions of the commits in the page.
+        positions: Vec<u64>,
+    },
     /// A write the broker host applied to a KV bucket (recorded by the host at the moment it
     /// took effect, in true time): the lease, the assignment, checkpoints.
     KvWrite {
@@ -103,6 +126,23 @@ pub enum OpKind {
         /// When the writer sent it, in true time.
         sent_at: Duration,
     },
+}
+
+/// One event as a bus subscriber received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BusDigest {
+    /// The publishing node.
+    pub origin: String,
+    /// The publishing bus's session.
+    pub session: u64,
+    /// Its number in the origin session's numbering of the namespace.
+    pub sequence: u64,
+    /// The stored event the notification announces: actor, version, event id.
+    pub actor: String,
+    /// See `actor`.
+    pub version: u64,
+    /// See `actor`.
+    pub event_id: String,
 }
 
 /// A fact a node reported about the cluster. The times in it are recorded as the node's own
@@ -241,6 +281,13 @@ pub enum Outcome {
         /// The version of that state.
         version: u64,
     },
+    /// A projector step handled a page of this many records and moved the checkpoint.
+    Stepped {
+        /// Records in the page (0: caught up, nothing handled).
+        records: usize,
+    },
+    /// A projector step was refused: another instance moved the checkpoint.
+    Fenced,
     /// Definitely failed: nothing was stored.
     Failed(String),
     /// Failed without a definite answer: may or may not have taken effect.
@@ -350,7 +397,31 @@ impl History {
     pub fn invoke(&self, now: Duration, node: &str, kind: OpKind) -> usize {
         let mut inner = self.lock();
         let id = inner.ops.len();
-        inner.line(format_args!("{} {node} invoke #{id} {kind:?}", ms(now)));
+        match &kind {
+            // Long lists: a summary line (the trace hash still covers the whole run).
+            OpKind::BusReceived {
+                subscriber,
+                deliveries,
+                lagged,
+            } => inner.line(format_args!(
+                "{} {node} invoke #{id} bus {subscriber} received {} ({:?}..{:?}), lagged {lagged}",
+                ms(now),
+                deliveries.len(),
+                deliveries.first().map(|d| (&d.origin, d.sequence)),
+                deliveries.last().map(|d| (&d.origin, d.sequence)),
+            )),
+            OpKind::Handled {
+                projection,
+                positions,
+            } => inner.line(format_args!(
+                "{} {node} invoke #{id} {projection} handled {} commits ({:?}..{:?})",
+                ms(now),
+                positions.len(),
+                positions.first(),
+                positions.last()
+            )),
+            _ => inner.line(format_args!("{} {node} invoke #{id} {kind:?}", ms(now))),
+        }
         inner.ops.push(Op {
             id,
             node: node.to_owned(),

@@ -73,6 +73,23 @@ pub struct CommandCounts {
     pub ambiguous: u64,
 }
 
+/// Counts of the read side (kept out of [`RunReport::summary`] like [`CommandCounts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadsideCounts {
+    /// Bus deliveries recorded by subscribers.
+    pub delivered: u64,
+    /// Events subscribers were told they missed.
+    pub lagged: u64,
+    /// Projector steps that moved the checkpoint.
+    pub steps: u64,
+    /// Projector steps refused because another instance moved the checkpoint.
+    pub fenced: u64,
+    /// Projector steps that failed otherwise.
+    pub steps_failed: u64,
+    /// Commits handed to projection handlers (with repeats).
+    pub handled: u64,
+}
+
 /// The result of one seed.
 #[derive(Clone, Debug)]
 pub struct RunReport {
@@ -92,6 +109,8 @@ pub struct RunReport {
     pub counts: OpCounts,
     /// Actor command outcome counts.
     pub commands: CommandCounts,
+    /// Read-side counts.
+    pub readside: ReadsideCounts,
     /// Faults applied, with simulated time.
     pub faults: Vec<(Duration, String)>,
     /// Broker host counters.
@@ -158,8 +177,8 @@ impl fmt::Display for RunReport {
         if self.passed() {
             return write!(
                 f,
-                "seed {} ({}) passed: {:?} {:?}",
-                self.seed, self.scenario, self.counts, self.commands
+                "seed {} ({}) passed: {:?} {:?} {:?}",
+                self.seed, self.scenario, self.counts, self.commands, self.readside
             );
         }
         writeln!(
@@ -183,22 +202,46 @@ impl fmt::Display for RunReport {
     }
 }
 
+/// Turns one planted bug's switch into a place to set.
+pub type Switch = fn(&mut PlantedBugs) -> &mut bool;
+
 /// Every planted bug by name, with its switch.
-pub const PLANTED: &[(&str, fn(&mut PlantedBugs) -> &mut bool)] = &[
-    ("append_without_expected_sequence", |b| &mut b.append_without_expected_sequence),
-    ("retry_with_fresh_commit_id", |b| &mut b.retry_with_fresh_commit_id),
+pub const PLANTED: &[(&str, Switch)] = &[
+    ("append_without_expected_sequence", |b| {
+        &mut b.append_without_expected_sequence
+    }),
+    ("retry_with_fresh_commit_id", |b| {
+        &mut b.retry_with_fresh_commit_id
+    }),
     ("skip_damaged_records", |b| &mut b.skip_damaged_records),
-    ("leader_ignores_lease_deadline", |b| &mut b.leader_ignores_lease_deadline),
-    ("apply_assignment_out_of_order", |b| &mut b.apply_assignment_out_of_order),
-    ("host_retries_without_reload", |b| &mut b.host_retries_without_reload),
+    ("leader_ignores_lease_deadline", |b| {
+        &mut b.leader_ignores_lease_deadline
+    }),
+    ("apply_assignment_out_of_order", |b| {
+        &mut b.apply_assignment_out_of_order
+    }),
+    ("host_retries_without_reload", |b| {
+        &mut b.host_retries_without_reload
+    }),
     ("host_appends_with_any", |b| &mut b.host_appends_with_any),
     ("host_skips_owner_check", |b| &mut b.host_skips_owner_check),
-    ("leader_publishes_after_deadline", |b| &mut b.leader_publishes_after_deadline),
-    ("leader_skips_token_check", |b| &mut b.leader_skips_token_check),
-    ("leader_renews_without_cas", |b| &mut b.leader_renews_without_cas),
-    ("replay_skips_contiguity_check", |b| &mut b.replay_skips_contiguity_check),
+    ("leader_publishes_after_deadline", |b| {
+        &mut b.leader_publishes_after_deadline
+    }),
+    ("leader_skips_token_check", |b| {
+        &mut b.leader_skips_token_check
+    }),
+    ("leader_renews_without_cas", |b| {
+        &mut b.leader_renews_without_cas
+    }),
+    ("replay_skips_contiguity_check", |b| {
+        &mut b.replay_skips_contiguity_check
+    }),
     ("read_from_off_by_one", |b| &mut b.read_from_off_by_one),
-    ("checkpoint_before_handling", |b| &mut b.checkpoint_before_handling),
+    ("checkpoint_before_handling", |b| {
+        &mut b.checkpoint_before_handling
+    }),
+    ("bus_hides_gaps", |b| &mut b.bus_hides_gaps),
 ];
 
 /// Names of the planted bugs that are on.
@@ -327,7 +370,9 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
                     .filter(|n| **n != leader && sim.is_host_running(n.as_str()))
                     .count();
                 history.fault(now, format!("leader churn aimed at {leader}: {aimed:?}"));
-                for (at, fault) in ChurnPlan::faults(aimed, node, node_names.len(), now, others_up >= 2) {
+                for (at, fault) in
+                    ChurnPlan::faults(aimed, node, node_names.len(), now, others_up >= 2)
+                {
                     // The healing at the end of the safety phase ends every fault.
                     if at >= scenario.safety {
                         continue;
@@ -429,8 +474,22 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
 
     let mut counts = OpCounts::default();
     let mut commands = CommandCounts::default();
+    let mut readside = ReadsideCounts::default();
     for op in &ops {
         match (&op.kind, &op.outcome) {
+            (
+                OpKind::BusReceived {
+                    deliveries, lagged, ..
+                },
+                _,
+            ) => {
+                readside.delivered += deliveries.len() as u64;
+                readside.lagged += lagged;
+            }
+            (OpKind::ProjectorStep { .. }, Outcome::Stepped { .. }) => readside.steps += 1,
+            (OpKind::ProjectorStep { .. }, Outcome::Fenced) => readside.fenced += 1,
+            (OpKind::ProjectorStep { .. }, _) => readside.steps_failed += 1,
+            (OpKind::Handled { positions, .. }, _) => readside.handled += positions.len() as u64,
             (OpKind::Append { .. }, Outcome::Appended { .. }) => counts.appends_ok += 1,
             (OpKind::Append { .. }, Outcome::Failed(_)) => counts.appends_failed += 1,
             (OpKind::Append { .. }, _) => counts.appends_ambiguous += 1,
@@ -456,6 +515,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         trace_hash: history.trace_hash(),
         counts,
         commands,
+        readside,
         faults: history.faults(),
         broker: broker.stats(),
         stream_lengths: raw.iter().map(|(a, r)| (a.clone(), r.len())).collect(),

@@ -110,7 +110,8 @@ pub trait Router: Send + Sync + 'static {
     /// epoch; the cluster answers only from an assignment this node has applied, so that every
     /// decision is taken by an owner under an epoch it knows.
     fn ownership(&self, actor_id: &str) -> Option<Ownership> {
-        self.owner_of(actor_id).map(|owner| Ownership::new(owner, None))
+        self.owner_of(actor_id)
+            .map(|owner| Ownership::new(owner, None))
     }
 
     /// Takes this node out of routing: afterwards it owns nothing and other nodes stop sending

@@ -313,7 +313,10 @@ impl<'a> ReplayChecker<'a> {
                 )));
         };
         // Decoding guarantees contiguous versions inside the commit; the chain continues.
-        assert!(next_version > self.next_version, "versions grow");
+        assert!(
+            next_version > self.next_version || self.skips_contiguity,
+            "versions grow"
+        );
         self.next_version = next_version;
         self.seen.insert(commit.commit_id);
         let from = self.from_version;

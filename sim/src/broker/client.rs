@@ -13,10 +13,10 @@ use aether::broker::{BrokerError, KvEntry, Message, SubscriptionSource};
 use aether::clock::{Clock, SharedRng};
 
 use super::protocol::{Frame, Request, Response};
-use crate::clock::sim_now;
 use super::wire::{Wire, read_frame, write_frames};
 use super::{BROKER_HOST, BROKER_PORT, CONNECTION_QUEUE_MAX, lock, unavailable, unexpected};
 use crate::clock::SimClock;
+use crate::clock::sim_now;
 
 /// Settings of a [`SimBroker`] client.
 #[derive(Clone, Debug)]
@@ -124,10 +124,7 @@ impl Conn {
     ) -> Result<oneshot::Receiver<Response>, BrokerError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         lock(&self.pending).insert(id, reply_tx);
-        if !self.is_alive() || self
-                .tx
-                .try_send(Frame::Req { id, sent_at, body })
-                .is_err() {
+        if !self.is_alive() || self.tx.try_send(Frame::Req { id, sent_at, body }).is_err() {
             lock(&self.pending).remove(&id);
             return Err(unavailable("connection to the broker lost"));
         }

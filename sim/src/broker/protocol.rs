@@ -151,7 +151,16 @@ pub(super) enum Frame {
         sent_at: std::time::Duration,
         body: Request,
     },
-    Resp { id: u64, body: Response },
-    Msg { sid: u64, message: Message },
-    Kv { sid: u64, entry: KvEntry },
+    Resp {
+        id: u64,
+        body: Response,
+    },
+    Msg {
+        sid: u64,
+        message: Message,
+    },
+    Kv {
+        sid: u64,
+        entry: KvEntry,
+    },
 }

@@ -68,10 +68,9 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
                     problems.push(format!("took {} from {value}: below zero", -d.delta));
                 }
                 match (d.epoch, &shards) {
-                    (None, _) => problems.push(format!(
-                        "{} decided without an applied assignment",
-                        d.node
-                    )),
+                    (None, _) => {
+                        problems.push(format!("{} decided without an applied assignment", d.node))
+                    }
                     (Some(epoch), Some(shards)) => {
                         let shard = shards.shard_of(actor).0;
                         let owned = hosted
@@ -89,7 +88,10 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
                 for problem in problems {
                     out.push(Violation {
                         invariant: INVARIANT,
-                        detail: format!("{actor} v{} (event {}): {problem}", event.version, event.id),
+                        detail: format!(
+                            "{actor} v{} (event {}): {problem}",
+                            event.version, event.id
+                        ),
                     });
                 }
                 values.push(after.unwrap_or(0));
@@ -108,7 +110,9 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
             _ => continue,
         };
         if let (Some(done), Some(last)) = (op.completed, events.last()) {
-            acks.entry(actor.as_str()).or_default().push((done, last.version));
+            acks.entry(actor.as_str())
+                .or_default()
+                .push((done, last.version));
         }
     }
     for op in input.ops {
@@ -145,7 +149,10 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
         for problem in problems {
             out.push(Violation {
                 invariant: INVARIANT,
-                detail: format!("{actor}: command {id} (op #{} from {}): {problem}", op.id, op.node),
+                detail: format!(
+                    "{actor}: command {id} (op #{} from {}): {problem}",
+                    op.id, op.node
+                ),
             });
         }
     }

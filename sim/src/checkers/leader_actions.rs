@@ -123,17 +123,17 @@ fn server_terms(
         let before = live.filter(|(_, _, expires)| *expires > write.at);
         let live_term = before.map(|(t, _, _)| t);
         let problem = match write.act {
-            LeaseAct::Renew(t) | LeaseAct::Release(Some(t)) if live_term != Some(t) => Some(
-                match before {
+            LeaseAct::Renew(t) | LeaseAct::Release(Some(t)) if live_term != Some(t) => {
+                Some(match before {
                     None => format!("wrote term {t} over an expired, released or absent lease"),
                     Some((other, _, _)) => format!("wrote term {t} over the lease of term {other}"),
-                },
-            ),
+                })
+            }
             // A node may resume its own lease under a new term; nobody may take a live one.
             LeaseAct::Acquire(t) => match before {
-                Some((other, holder, _)) if holder != write.holder => {
-                    Some(format!("acquired term {t} while term {other} of {holder} was live"))
-                }
+                Some((other, holder, _)) if holder != write.holder => Some(format!(
+                    "acquired term {t} while term {other} of {holder} was live"
+                )),
                 _ => None,
             },
             _ => None,
@@ -170,7 +170,9 @@ fn server_terms(
             }
             _ => {}
         }
-        live = write.term().map(|t| (t, write.holder.as_str(), write.at + ttl));
+        live = write
+            .term()
+            .map(|t| (t, write.holder.as_str(), write.at + ttl));
     }
     terms
 }
@@ -213,10 +215,14 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
             _ => None,
         })
         .collect();
-    actions.extend(assignment_writes(input.ops).into_iter().filter_map(|(op, a, sent_at)| {
-        let a = a.ok()?;
-        Some((op.node.as_str(), "assignment", a.leader_token(), sent_at))
-    }));
+    actions.extend(
+        assignment_writes(input.ops)
+            .into_iter()
+            .filter_map(|(op, a, sent_at)| {
+                let a = a.ok()?;
+                Some((op.node.as_str(), "assignment", a.leader_token(), sent_at))
+            }),
+    );
     for op in input.ops {
         let OpKind::Cluster(observation) = &op.kind else {
             continue;
@@ -242,7 +248,9 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
                     term.end.get_or_insert(*acted_until);
                 }
             }
-            ClusterObservation::Down | ClusterObservation::Stopped | ClusterObservation::Started => {
+            ClusterObservation::Down
+            | ClusterObservation::Stopped
+            | ClusterObservation::Started => {
                 for ((n, _), term) in node_terms.iter_mut() {
                     if *n == node && term.end.is_none() {
                         term.end = Some(op.invoked);
@@ -283,7 +291,10 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
                 if let Some(end) = term.end
                     && sent_at > end
                 {
-                    problems.push(format!("after the node's term ended at {}", format_time(end)));
+                    problems.push(format!(
+                        "after the node's term ended at {}",
+                        format_time(end)
+                    ));
                 }
             }
         }

@@ -16,7 +16,10 @@
 //! | `leadership` | 6. one leader per fencing token; tokens strictly increase |
 //! | `ownership` | 7. one owner per shard per assignment epoch; epochs applied in order |
 //! | `liveness` | 8. progress within a bound once faults stop |
+//! | `bus` | 12. each origin's events in order and once; every gap reported; notifications name stored events; nothing lost once faults stop |
+//! | `projections` | 13. every commit below the checkpoint handled at least once; checkpoints only move forward; caught up once faults stop |
 
+pub mod bus;
 pub mod commands;
 pub mod commits;
 pub mod damage;
@@ -28,6 +31,7 @@ pub mod leader_actions;
 pub mod leadership;
 pub mod liveness;
 pub mod ownership;
+pub mod projections;
 pub mod reads;
 pub mod versions;
 
@@ -104,9 +108,7 @@ impl CheckInput<'_> {
             .iter()
             .map(|m| {
                 let commit = check_record(m, actor).map_err(|e| e.to_string());
-                let in_chain = commit
-                    .as_ref()
-                    .is_ok_and(|c| c.first_version() == next);
+                let in_chain = commit.as_ref().is_ok_and(|c| c.first_version() == next);
                 if let (true, Ok(c)) = (in_chain, &commit) {
                     next = c.last_version() + 1;
                 }
@@ -161,5 +163,7 @@ pub fn check_all(input: &CheckInput<'_>) -> Vec<Violation> {
     out.extend(leadership::check(input));
     out.extend(ownership::check(input));
     out.extend(liveness::check(input));
+    out.extend(bus::check(input));
+    out.extend(projections::check(input));
     out
 }

@@ -24,13 +24,17 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
             _ => continue,
         };
         if let (Some(done), Some(last)) = (op.completed, events.last()) {
-            acks.entry(actor.as_str()).or_default().push((done, last.version));
+            acks.entry(actor.as_str())
+                .or_default()
+                .push((done, last.version));
         }
     }
     let mut out = Vec::new();
     for read in input.ops {
-        let (OpKind::Read { actor, from }, Outcome::Read { events } | Outcome::ReadAround { events, .. }) =
-            (&read.kind, &read.outcome)
+        let (
+            OpKind::Read { actor, from },
+            Outcome::Read { events } | Outcome::ReadAround { events, .. },
+        ) = (&read.kind, &read.outcome)
         else {
             continue;
         };
@@ -49,7 +53,9 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
         if problem.is_none()
             && let Some(missing) = (*from..=tip).find(|v| !history.contains_key(v))
         {
-            problem = Some(format!("returned v{missing}, which the valid history does not hold"));
+            problem = Some(format!(
+                "returned v{missing}, which the valid history does not hold"
+            ));
         }
         // At least as new as every earlier acknowledgement.
         if problem.is_none()

@@ -28,7 +28,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use super::NodeSoftware;
 use crate::broker::SimBroker;
 use crate::clock::{SimClock, sim_now};

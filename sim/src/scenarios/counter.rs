@@ -86,8 +86,11 @@ impl Decision {
     }
 
     fn event(&self, id: &str) -> NewEvent {
-        NewEvent::new(COUNTED, serde_json::to_value(self).expect("decisions serialise"))
-            .with_id(id)
+        NewEvent::new(
+            COUNTED,
+            serde_json::to_value(self).expect("decisions serialise"),
+        )
+        .with_id(id)
     }
 }
 
@@ -241,7 +244,11 @@ pub async fn foreign_writer(
             },
         );
         let outcome = match store
-            .append(&actor, ExpectedVersion::Exact(version), vec![decision.event(&id)])
+            .append(
+                &actor,
+                ExpectedVersion::Exact(version),
+                vec![decision.event(&id)],
+            )
             .await
         {
             Ok(done) => Outcome::Appended {

@@ -4,10 +4,12 @@
 //! |---|---|---|
 //! | `store` | hot actors: concurrent writers with stale expected versions, retries, readers, one damaged record | all (partitions both ways and one way, holds, latency, crashes, broker bounces, skew, drift, reply loss) |
 //! | `cluster` | 3 nodes + a 4th that joins and leaves, each running membership, leader election and shard assignment, owner-based writers (`Exact` versions), counter commands sent through `ActorHost` from every node (adds and refusable takes), and a foreign writer appending counter decisions straight through the store | all, plus leader churn (the leader crashed, partitioned, its link held for about a lease TTL, or slowed — clock down to 0.70–0.76 — and cut off) |
+//! | `readside` | 3 nodes appending through stores that publish `EventStored` on a connected bus; on every node a prompt and a slow (4-event queue) bus subscriber, and an instance of one projection whose handler does broker work before recording a page | all |
 //! | `cluster-beyond-margin` | as `cluster` | as `cluster`, but the slowed leader's clock runs at 0.50–0.60: past the lease's margin, **expected to fail** (see [`Scenario::cluster_beyond_margin`]) |
 
 pub mod cluster;
 pub mod counter;
+pub mod readside;
 pub mod store;
 
 use std::future::Future;
@@ -42,6 +44,7 @@ pub struct Scenario {
 enum Kind {
     Store(store::StoreWorkload),
     Cluster(cluster::ClusterWorkload),
+    Readside(readside::ReadsideWorkload),
 }
 
 impl Scenario {
@@ -75,6 +78,21 @@ impl Scenario {
         }
     }
 
+    /// The read-side scenario: writers whose store publishes on a connected bus, a prompt and a
+    /// slow bus subscriber and a projector instance on every node (20 s of faults, 15 s
+    /// fault-free).
+    pub fn readside() -> Self {
+        Self {
+            name: "readside",
+            nodes: 3,
+            safety: Duration::from_secs(20),
+            liveness: Duration::from_secs(15),
+            liveness_bound: Duration::from_secs(8),
+            profile: FaultProfile::default(),
+            kind: Kind::Readside(Default::default()),
+        }
+    }
+
     /// The cluster scenario with the leader's clock slowed past the lease's design margin
     /// (rates 0.50–0.60, where the defaults tolerate down to 2/3): **expected to fail**. It
     /// documents where the lease guarantee ends — two nodes may act as leader at once — and
@@ -89,7 +107,7 @@ impl Scenario {
 
     /// Every scenario whose seeds must all pass.
     pub fn all() -> Vec<Self> {
-        vec![Self::store(), Self::cluster()]
+        vec![Self::store(), Self::cluster(), Self::readside()]
     }
 
     /// Scenarios that run past a documented guarantee and are expected to fail some seeds.
@@ -125,7 +143,7 @@ impl Scenario {
     pub fn shard_count(&self) -> u32 {
         match &self.kind {
             Kind::Cluster(w) => w.shard_count,
-            Kind::Store(_) => 0,
+            Kind::Store(_) | Kind::Readside(_) => 0,
         }
     }
 
@@ -140,6 +158,7 @@ impl Scenario {
                 actors
             }
             Kind::Cluster(w) => w.actors().into_iter().chain(w.counters()).collect(),
+            Kind::Readside(w) => w.actors(),
         }
     }
 
@@ -159,6 +178,7 @@ impl Scenario {
         match &self.kind {
             Kind::Store(w) => Box::pin(store::store_node(ctx, w.clone())),
             Kind::Cluster(w) => cluster::node(ctx, w.clone(), self.nodes, self.safety),
+            Kind::Readside(w) => Box::pin(readside::readside_node(ctx, w.clone())),
         }
     }
 }

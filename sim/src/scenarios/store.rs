@@ -362,9 +362,21 @@ fn forge_gap(model: &aether::broker::StoredMessage, k: u64) -> (Headers, Bytes) 
         event.id = format!("forged-gap-{k}.{i}");
     }
     let mut headers = Headers::new();
-    headers.insert(aether::codec::HEADER_COMMIT_ID.into(), commit.commit_id.clone());
-    headers.insert(aether::codec::HEADER_FIRST_VERSION.into(), commit.first_version().to_string());
-    headers.insert(aether::codec::HEADER_LAST_VERSION.into(), commit.last_version().to_string());
-    headers.insert(aether::codec::HEADER_FORMAT.into(), aether::codec::COMMIT_FORMAT.to_string());
+    headers.insert(
+        aether::codec::HEADER_COMMIT_ID.into(),
+        commit.commit_id.clone(),
+    );
+    headers.insert(
+        aether::codec::HEADER_FIRST_VERSION.into(),
+        commit.first_version().to_string(),
+    );
+    headers.insert(
+        aether::codec::HEADER_LAST_VERSION.into(),
+        commit.last_version().to_string(),
+    );
+    headers.insert(
+        aether::codec::HEADER_FORMAT.into(),
+        aether::codec::COMMIT_FORMAT.to_string(),
+    );
     (headers, Bytes::from(aether::codec::encode_commit(&commit)))
 }

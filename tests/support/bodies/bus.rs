@@ -122,3 +122,139 @@ pub async fn bad_namespace_patterns_are_refused<B: Broker>(broker: B, _ns: Strin
     }
     assert!(bus.publish("a.b", &[event("x", "A", 1)]).await.is_err());
 }
+
+/// Waits until `sub` has `n` deliveries (or a lag report) queued and returns them.
+async fn take_deliveries(
+    sub: &mut aether::BusSubscription,
+    n: usize,
+) -> Vec<Result<aether::Delivery, RecvError>> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let next = tokio::time::timeout(Duration::from_secs(10), sub.recv_delivery())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} deliveries within 10 s", out.len()));
+        out.push(next);
+    }
+    out
+}
+
+pub async fn deliveries_carry_their_origin_and_are_numbered_in_order<B: Broker>(
+    broker: B,
+    ns: String,
+) {
+    let config = BusConfig::new().subscriber_queue_max(4096);
+    let a = EventBus::connected(&on_node(broker.clone(), "node-a"), config.clone())
+        .await
+        .unwrap();
+    let b = EventBus::connected(&on_node(broker, "node-b"), config)
+        .await
+        .unwrap();
+    let mut on_a = a.subscribe(&ns, Filter::all()).unwrap();
+    let mut on_b = b.subscribe(&ns, Filter::all()).unwrap();
+    // Two thousand events in messages of one to nine events, published back to back.
+    let mut published = Vec::new();
+    let mut version = 0;
+    while published.len() < 2000 {
+        let n = 1 + published.len() % 9;
+        let batch: Vec<Event> = (0..n)
+            .map(|_| {
+                version += 1;
+                event("x", "A", version)
+            })
+            .collect();
+        a.publish(&ns, &batch).await.unwrap();
+        published.extend(batch);
+    }
+    for (sub, name) in [(&mut on_a, "the publisher"), (&mut on_b, "another node")] {
+        let got = take_deliveries(sub, published.len()).await;
+        for (i, (delivery, sent)) in got.into_iter().zip(&published).enumerate() {
+            let delivery = delivery.unwrap_or_else(|e| panic!("{name}: delivery {i}: {e}"));
+            assert_eq!(&delivery.event, sent, "{name}: event {i} in order");
+            assert_eq!(delivery.origin.as_str(), "node-a");
+            assert_eq!(delivery.session, a.session());
+            assert_eq!(delivery.sequence, i as u64 + 1, "{name}: numbered from 1");
+        }
+    }
+    let stats = b.stats();
+    assert_eq!(
+        (stats.received_remote, stats.missed_remote, stats.duplicates),
+        (published.len() as u64, 0, 0)
+    );
+    assert_eq!(a.stats().unsent, 0);
+}
+
+/// Publishes a raw bus message as node `origin`, session `session`, numbered from `first`.
+async fn forge<B: Broker>(broker: &B, ns: &str, origin: &str, session: u64, first: u64, n: u64) {
+    let events: Vec<Event> = (first..first + n).map(|v| event(origin, "F", v)).collect();
+    let mut headers = aether::broker::Headers::new();
+    headers.insert(aether::bus::HEADER_ORIGIN.into(), origin.into());
+    headers.insert(aether::bus::HEADER_SESSION.into(), session.to_string());
+    headers.insert(aether::bus::HEADER_SEQUENCE.into(), first.to_string());
+    broker
+        .publish(
+            &format!("aether.bus.{ns}"),
+            headers,
+            serde_json::to_vec(&events).unwrap().into(),
+        )
+        .await
+        .unwrap();
+}
+
+pub async fn gaps_in_an_origins_numbering_are_reported_and_repeats_dropped<B: Broker>(
+    broker: B,
+    ns: String,
+) {
+    let bus = EventBus::connected(&on_node(broker.clone(), "node-b"), BusConfig::new())
+        .await
+        .unwrap();
+    let mut sub = bus.subscribe(&ns, Filter::all()).unwrap();
+    let mut only_g = bus
+        .subscribe(&ns, Filter::all().event_types(["G"]))
+        .unwrap();
+    forge(&broker, &ns, "far", 7, 4, 2).await; // first heard: 4, 5 (nothing reported before)
+    forge(&broker, &ns, "far", 7, 9, 1).await; // 6..=8 lost
+    forge(&broker, &ns, "far", 7, 5, 1).await; // a repeat: dropped
+    forge(&broker, &ns, "far", 7, 10, 1).await;
+    forge(&broker, &ns, "far", 8, 3, 1).await; // a new session (restarted node) starts afresh
+    let got: Vec<String> = take_deliveries(&mut sub, 6)
+        .await
+        .into_iter()
+        .map(|d| match d {
+            Ok(d) => format!("{}:{}", d.session, d.sequence),
+            Err(e) => e.to_string(),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "7:4",
+            "7:5",
+            "subscriber lagged behind and missed 3 events",
+            "7:9",
+            "7:10",
+            "8:3"
+        ]
+    );
+    // A filter cannot tell what the lost events were: the lag is reported to every subscriber
+    // of the namespace.
+    assert_eq!(only_g.recv().await, Err(RecvError::Lagged(3)));
+    let stats = bus.stats();
+    assert_eq!(
+        (stats.received_remote, stats.missed_remote, stats.duplicates),
+        (5, 3, 1)
+    );
+}
+
+pub async fn a_publication_too_large_for_one_message_is_refused<B: Broker>(broker: B, ns: String) {
+    let bus = EventBus::connected(&on_node(broker, "node-a"), BusConfig::new())
+        .await
+        .unwrap();
+    let mut sub = bus.subscribe(&ns, Filter::all()).unwrap();
+    let big = Event::new("big", "A", "x", 1, json!("x".repeat(1_100_000)));
+    match bus.publish(&ns, &[big]).await {
+        Err(aether::bus::PublishError::TooLarge { size, max }) => assert!(size > max),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(sub.try_recv().is_none(), "nothing was published");
+    assert_eq!(bus.stats().published, 0);
+}

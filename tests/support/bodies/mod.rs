@@ -81,6 +81,9 @@ macro_rules! bus_bodies {
             subscribers_get_events_by_namespace_and_filter,
             lagging_subscriber_is_told_how_many_it_missed,
             other_nodes_receive_once_and_own_publications_are_not_doubled,
+            deliveries_carry_their_origin_and_are_numbered_in_order,
+            gaps_in_an_origins_numbering_are_reported_and_repeats_dropped,
+            a_publication_too_large_for_one_message_is_refused,
             bad_namespace_patterns_are_refused,
         }
     };

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Measures how often each planted bug is caught: runs N seeds (default 300) of its scenario at
+# the scenario's CI length with the bug switched on, and prints a markdown table row per bug:
+# failing seeds out of N, and the seed budget that catches it with probability >= 99.9 %.
+# The teeth tests in sim/tests/sim.rs take their budgets from these numbers.
+#
+#   scripts/teeth-sweep.sh [N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-300}"
+cargo build --quiet --profile sim -p aether-sim
+sim=target/sim/aether-sim
+# bug scenario seconds [invariant]: the scenario's CI length (safety + liveness phase), and, for a
+# scenario that fails without the bug too, the invariant whose violations count.
+bugs=(
+  "append_without_expected_sequence store 35"
+  "retry_with_fresh_commit_id store 35"
+  "skip_damaged_records store 35"
+  "replay_skips_contiguity_check store 35"
+  "read_from_off_by_one store 35"
+  "leader_ignores_lease_deadline cluster 40"
+  "leader_publishes_after_deadline cluster 40"
+  "leader_renews_without_cas cluster 40"
+  "leader_skips_token_check cluster-beyond-margin 40 assignment writes are fenced"
+  "apply_assignment_out_of_order cluster 40"
+  "host_retries_without_reload cluster 40"
+  "host_appends_with_any cluster 40"
+  "host_skips_owner_check cluster 40"
+  "checkpoint_before_handling readside 35"
+  "bus_hides_gaps readside 35"
+)
+echo "| planted bug | scenario | failing seeds of $n | 99.9 % budget |"
+echo "|---|---|---|---|"
+for entry in "${bugs[@]}"; do
+  read -r bug scenario seconds invariant <<<"$entry"
+  # Count the failing seeds (those with a violation of `invariant`, when given).
+  failing=$({ RUST_BACKTRACE=0 "$sim" --scenario "$scenario" --seconds "$seconds" --seeds "$n" \
+      --planted "$bug" 2>/dev/null || true; } |
+    awk -v want="${invariant:-}" '
+      /^SIMULATION FAILED/ { seed = $NF; next }
+      /^  invariant / && seed != "" && index($0, want) { hit[seed] = 1 }
+      END { print length(hit) }')
+  budget=$(python3 -c "import math; p=$failing/$n; print('-' if p == 0 else 1 if p >= 1 else math.ceil(math.log(0.001)/math.log(1-p)))")
+  echo "| $bug | $scenario | $failing | $budget |"
+done
