@@ -420,6 +420,24 @@ impl History {
                 positions.first(),
                 positions.last()
             )),
+            OpKind::KvWrite {
+                bucket,
+                key,
+                value,
+                revision,
+                sent_at,
+            } => {
+                // Values can be long (an assignment): their hash stands for them in the trace.
+                let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
+                let _ = std::io::Write::write(&mut hash, value.as_bytes());
+                inner.line(format_args!(
+                    "{} {node} invoke #{id} kv write {bucket}/{key} rev {revision} sent {} value {} bytes {:016x}",
+                    ms(now),
+                    ms(*sent_at),
+                    value.len(),
+                    hash.0
+                ));
+            }
             _ => inner.line(format_args!("{} {node} invoke #{id} {kind:?}", ms(now))),
         }
         inner.ops.push(Op {

@@ -203,7 +203,7 @@ pub async fn foreign_writer(
     let counters = workload.counters();
     for k in 0u64.. {
         ctx.clock
-            .sleep(rng.duration_between(Duration::from_millis(300), Duration::from_secs(1)))
+            .sleep(rng.duration_between(Duration::from_secs(1), Duration::from_secs(3)))
             .await;
         let Some(assignment) = cluster.assignment() else {
             continue;
