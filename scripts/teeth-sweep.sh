@@ -27,6 +27,7 @@ bugs=(
   "host_appends_with_any cluster 40"
   "host_skips_owner_check cluster 40"
   "checkpoint_before_handling readside 35"
+  "projector_skips_fencing readside 35"
   "bus_hides_gaps readside 35"
 )
 echo "| planted bug | scenario | failing seeds of $n | 99.9 % budget |"

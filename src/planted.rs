@@ -41,6 +41,9 @@ pub struct PlantedBugs {
     pub read_from_off_by_one: bool,
     /// A projector moves its checkpoint before its handler has run.
     pub checkpoint_before_handling: bool,
+    /// A projector moves its checkpoint with an unconditional write (no fencing between
+    /// instances).
+    pub projector_skips_fencing: bool,
     /// The bus does not tell subscribers about gaps in other nodes' numbering.
     pub bus_hides_gaps: bool,
 }

@@ -241,6 +241,9 @@ pub const PLANTED: &[(&str, Switch)] = &[
     ("checkpoint_before_handling", |b| {
         &mut b.checkpoint_before_handling
     }),
+    ("projector_skips_fencing", |b| {
+        &mut b.projector_skips_fencing
+    }),
     ("bus_hides_gaps", |b| &mut b.bus_hides_gaps),
 ];
 

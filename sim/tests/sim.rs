@@ -268,6 +268,8 @@ teeth! {
         "host_skips_owner_check" => Scenario::cluster(), "10 ", 293;
     planted_checkpoint_before_handling_is_caught:
         "checkpoint_before_handling" => Scenario::readside(), "13 ", 260;
+    planted_projector_skips_fencing_is_caught:
+        "projector_skips_fencing" => Scenario::readside(), "13 ", 300;
     planted_bus_hides_gaps_is_caught:
         "bus_hides_gaps" => Scenario::readside(), "12 ", 298;
 }
