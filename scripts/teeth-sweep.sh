@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 n="${1:-300}"
 cargo build --quiet --profile sim -p aether-sim
 sim=target/sim/aether-sim
-# bug scenario seconds [invariant]: the scenario's CI length (safety + liveness phase), and, for a
-# scenario that fails without the bug too, the invariant whose violations count.
+# bug scenario seconds [invariant [replicated]]: the scenario's CI length (safety + liveness
+# phase); for a scenario that fails without the bug too, the invariant whose violations count
+# (`-` for any); `replicated` to run on the replicated broker model.
 bugs=(
   "append_without_expected_sequence store 35"
   "retry_with_fresh_commit_id store 35"
@@ -29,14 +30,18 @@ bugs=(
   "checkpoint_before_handling readside 35"
   "projector_skips_fencing readside 35"
   "bus_hides_gaps readside 35"
+  "tip_without_floor store 35 - replicated"
 )
 echo "| planted bug | scenario | failing seeds of $n | 99.9 % budget |"
 echo "|---|---|---|---|"
 for entry in "${bugs[@]}"; do
-  read -r bug scenario seconds invariant <<<"$entry"
+  read -r bug scenario seconds invariant model <<<"$entry"
+  [ "${invariant:-}" = "-" ] && invariant=""
+  flags=()
+  [ "${model:-}" = "replicated" ] && flags=(--replicated)
   # Count the failing seeds (those with a violation of `invariant`, when given).
   failing=$({ RUST_BACKTRACE=0 "$sim" --scenario "$scenario" --seconds "$seconds" --seeds "$n" \
-      --planted "$bug" 2>/dev/null || true; } |
+      --planted "$bug" "${flags[@]}" 2>/dev/null || true; } |
     awk -v want="${invariant:-}" '
       /^SIMULATION FAILED/ { seed = $NF; next }
       /^  invariant / && seed != "" && index($0, want) { hit[seed] = 1 }

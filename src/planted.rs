@@ -44,6 +44,9 @@ pub struct PlantedBugs {
     /// A projector moves its checkpoint with an unconditional write (no fencing between
     /// instances).
     pub projector_skips_fencing: bool,
+    /// The store reads an actor's tip from whichever replica answers, without the handle's own
+    /// tip as a floor (no read-your-writes on a replicated stream).
+    pub tip_without_floor: bool,
     /// The bus does not tell subscribers about gaps in other nodes' numbering.
     pub bus_hides_gaps: bool,
 }

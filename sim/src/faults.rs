@@ -89,6 +89,19 @@ pub enum Fault {
         /// Rate.
         rate_ppm: u64,
     },
+    /// A stream-leader election of this length (replicated model): writes are lost and leader
+    /// reads fail meanwhile; followers answer direct gets.
+    Failover {
+        /// How long the cluster has no stream leader.
+        election: Duration,
+    },
+    /// Follower `follower` applies committed writes this late (`None`: a normal lag again).
+    FollowerLag {
+        /// Follower index (0 or 1).
+        follower: usize,
+        /// The lag.
+        lag: Option<Duration>,
+    },
     /// Drop this share of committed-write replies at the broker.
     ReplyLoss {
         /// Per mille.
@@ -129,6 +142,17 @@ impl fmt::Display for Fault {
             Fault::ReplyLoss { per_mille } => {
                 write!(f, "broker drops {per_mille}/1000 committed-write replies")
             }
+            Fault::Failover { election } => {
+                write!(
+                    f,
+                    "stream leader fails over ({} ms election)",
+                    election.as_millis()
+                )
+            }
+            Fault::FollowerLag { follower, lag } => match lag {
+                Some(lag) => write!(f, "follower {follower} lags {} ms", lag.as_millis()),
+                None => write!(f, "follower {follower} catches up"),
+            },
         }
     }
 }
@@ -266,6 +290,49 @@ impl FaultSchedule {
             }
         }
         events.sort_by_key(|(at, _)| *at);
+        Self { events }
+    }
+}
+
+impl FaultSchedule {
+    /// The replicated model's own faults over `[start, safety_end)`, about one every 4–8 s:
+    /// a stream-leader failover (election 0.5–2.5 s) or a follower falling behind by 0.3–3 s for
+    /// 2–6 s. Drawn from their own generator, so the other faults of a seed stay the same on
+    /// both models.
+    pub fn replication(rng: &SharedRng, start: Duration, safety_end: Duration) -> Self {
+        let mut events = Vec::new();
+        let mut t = start;
+        loop {
+            t += rng.duration_between(Duration::from_secs(4), Duration::from_secs(8));
+            if t >= safety_end {
+                break;
+            }
+            if below(rng, 2) == 0 {
+                let election =
+                    rng.duration_between(Duration::from_millis(500), Duration::from_millis(2500));
+                events.push((t, Fault::Failover { election }));
+            } else {
+                let follower = below(rng, 2) as usize;
+                let lag = rng.duration_between(Duration::from_millis(300), Duration::from_secs(3));
+                let end = (t + rng
+                    .duration_between(Duration::from_secs(2), Duration::from_secs(6)))
+                .min(safety_end);
+                events.push((
+                    t,
+                    Fault::FollowerLag {
+                        follower,
+                        lag: Some(lag),
+                    },
+                ));
+                events.push((
+                    end,
+                    Fault::FollowerLag {
+                        follower,
+                        lag: None,
+                    },
+                ));
+            }
+        }
         Self { events }
     }
 }
@@ -558,6 +625,8 @@ pub fn apply(sim: &mut Sim<'_>, world: &World<'_>, now: Duration, fault: &Fault)
         Fault::BounceBroker => sim.bounce(BROKER_HOST),
         Fault::Skew { node, offset_ms } => world.clocks[*node].set_skew(offset_ms * 1_000_000),
         Fault::Drift { node, rate_ppm } => world.clocks[*node].set_drift(now, *rate_ppm),
+        Fault::Failover { election } => world.broker.fail_over(now, *election),
+        Fault::FollowerLag { follower, lag } => world.broker.set_follower_lag(*follower, *lag),
         Fault::ReplyLoss { per_mille } => world.broker.set_faults(BrokerFaults {
             reply_loss_per_mille: *per_mille,
         }),
@@ -577,4 +646,7 @@ pub fn heal_all(sim: &mut Sim<'_>, world: &World<'_>, now: Duration) {
         world.clocks[n].set_drift(now, 1_000_000);
     }
     world.broker.set_faults(BrokerFaults::default());
+    for follower in 0..2 {
+        world.broker.set_follower_lag(follower, None);
+    }
 }

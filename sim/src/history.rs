@@ -71,6 +71,11 @@ pub enum OpKind {
         /// The first version asked for.
         from: u64,
     },
+    /// `EventStore::latest_version(actor)`.
+    LatestVersion {
+        /// The actor.
+        actor: String,
+    },
     /// A raw broker append of a record that is not a commit (damage on purpose).
     Damage {
         /// The actor whose subject received the record.
@@ -269,6 +274,8 @@ pub enum Outcome {
         /// Stream sequences of the damaged records.
         damaged: Vec<u64>,
     },
+    /// `latest_version` answered this version.
+    Version(u64),
     /// A read reported a damaged record at this stream sequence, or a damage append stored one.
     Damaged {
         /// Stream sequence of the damaged record.
@@ -313,6 +320,9 @@ pub struct Op {
     pub id: usize,
     /// The node that ran it.
     pub node: String,
+    /// The node's incarnation that ran it (1 for the first start; 0 for what the broker host
+    /// or the fault injector recorded): with `node`, the store handle — the session — it used.
+    pub incarnation: u64,
     /// What it tried.
     pub kind: OpKind,
     /// Simulated time of invocation.
@@ -393,8 +403,15 @@ impl History {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records the start of an operation at simulated time `now`; returns its id.
+    /// Records the start of an operation at simulated time `now` (outside any node
+    /// incarnation); returns its id.
     pub fn invoke(&self, now: Duration, node: &str, kind: OpKind) -> usize {
+        self.invoke_in(now, node, 0, kind)
+    }
+
+    /// Records the start of an operation of a node incarnation at simulated time `now`; returns
+    /// its id.
+    pub fn invoke_in(&self, now: Duration, node: &str, incarnation: u64, kind: OpKind) -> usize {
         let mut inner = self.lock();
         let id = inner.ops.len();
         match &kind {
@@ -443,6 +460,7 @@ impl History {
         inner.ops.push(Op {
             id,
             node: node.to_owned(),
+            incarnation,
             kind,
             invoked: now,
             completed: None,
@@ -491,7 +509,12 @@ impl History {
     /// Records an instantaneous operation (invoked and completed at `now`, outcome
     /// [`Outcome::Observed`]).
     pub fn record(&self, now: Duration, node: &str, kind: OpKind) {
-        let id = self.invoke(now, node, kind);
+        self.record_in(now, node, 0, kind);
+    }
+
+    /// Like [`History::record`], for a node incarnation.
+    pub fn record_in(&self, now: Duration, node: &str, incarnation: u64, kind: OpKind) {
+        let id = self.invoke_in(now, node, incarnation, kind);
         let mut inner = self.lock();
         let op = &mut inner.ops[id];
         op.completed = Some(now);

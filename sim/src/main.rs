@@ -49,6 +49,10 @@ struct Cli {
     /// Print the full trace of every seed (use with --seed).
     #[arg(long)]
     trace: bool,
+    /// Run on the replicated broker model (three replicas: lagging followers answering direct
+    /// gets, stream-leader failovers) instead of one linearizable server.
+    #[arg(long)]
+    replicated: bool,
 }
 
 fn scenario_name(name: &str) -> Result<String, String> {
@@ -88,6 +92,7 @@ fn parse() -> Args {
             planted: cli.planted,
             tick: Duration::from_millis(cli.tick_ms),
             keep_trace: cli.trace,
+            replicated: cli.replicated,
         },
         jobs: cli
             .jobs
@@ -105,9 +110,14 @@ fn wall_now() -> std::time::Instant {
 fn main() {
     let args = parse();
     println!(
-        "aether-sim: scenario {} ({} nodes + broker, {:?} simulated per seed), seeds {}..{}, {} jobs",
+        "aether-sim: scenario {} ({} nodes + {}, {:?} simulated per seed), seeds {}..{}, {} jobs",
         args.scenario.name,
         args.scenario.nodes,
+        if args.options.replicated {
+            "a replicated (R3) broker"
+        } else {
+            "broker"
+        },
         args.scenario.duration(),
         args.first,
         args.first + args.count,

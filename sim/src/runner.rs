@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use super::broker::replicas::ReplicationConfig;
 use super::broker::{BROKER_HOST, BrokerHost, BrokerStats};
 use super::checkers::{CheckInput, Violation, check_all};
 use super::clock::{SimClock, epoch};
@@ -27,6 +28,9 @@ pub struct RunOptions {
     pub tick: Duration,
     /// Keep the full trace in the report.
     pub keep_trace: bool,
+    /// Run on the replicated broker model (three replicas, lagging followers, failovers)
+    /// instead of one linearizable server.
+    pub replicated: bool,
 }
 
 impl Default for RunOptions {
@@ -35,6 +39,7 @@ impl Default for RunOptions {
             planted: PlantedBugs::default(),
             tick: Duration::from_millis(10),
             keep_trace: false,
+            replicated: false,
         }
     }
 }
@@ -101,6 +106,8 @@ pub struct RunReport {
     pub duration: Duration,
     /// Planted bugs that were on.
     pub planted: PlantedBugs,
+    /// Whether it ran on the replicated broker model.
+    pub replicated: bool,
     /// Broken invariants (empty: the run passed).
     pub violations: Vec<Violation>,
     /// Hash of the trace (determinism).
@@ -142,8 +149,13 @@ impl RunReport {
             Some(default) if default.duration() == self.duration => String::new(),
             _ => format!("AETHER_SIM_SECONDS={} ", self.duration.as_secs()),
         };
+        let replicated = if self.replicated {
+            "AETHER_SIM_REPLICATED=1 "
+        } else {
+            ""
+        };
         format!(
-            "{planted}{seconds}AETHER_SIM_SCENARIO={} AETHER_SIM_SEED={} cargo test --features sim --test sim replay_seed_from_env -- --nocapture",
+            "{planted}{seconds}{replicated}AETHER_SIM_SCENARIO={} AETHER_SIM_SEED={} cargo test --features sim --test sim replay_seed_from_env -- --nocapture",
             self.scenario, self.seed
         )
     }
@@ -183,8 +195,14 @@ impl fmt::Display for RunReport {
         }
         writeln!(
             f,
-            "SIMULATION FAILED: scenario {} seed {}",
-            self.scenario, self.seed
+            "SIMULATION FAILED: scenario {} seed {}{}",
+            self.scenario,
+            self.seed,
+            if self.replicated {
+                " (replicated broker)"
+            } else {
+                ""
+            }
         )?;
         writeln!(f, "replay: {}", self.replay_command())?;
         writeln!(f, "faults:")?;
@@ -245,6 +263,7 @@ pub const PLANTED: &[(&str, Switch)] = &[
         &mut b.projector_skips_fencing
     }),
     ("bus_hides_gaps", |b| &mut b.bus_hides_gaps),
+    ("tip_without_floor", |b| &mut b.tip_without_floor),
 ];
 
 /// Names of the planted bugs that are on.
@@ -282,7 +301,11 @@ fn recorded_bucket(bucket: &str) -> bool {
 /// Runs `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
     let history = History::new(options.keep_trace);
-    let broker = BrokerHost::new(rng_for(seed, 1));
+    let broker = if options.replicated {
+        BrokerHost::replicated(rng_for(seed, 1), ReplicationConfig::default())
+    } else {
+        BrokerHost::new(rng_for(seed, 1))
+    };
     broker.record_kv_writes(history.clone(), recorded_bucket);
     let node_names: Vec<String> = (0..scenario.nodes).map(|i| format!("n{i}")).collect();
     let mut clocks = Vec::new();
@@ -292,13 +315,20 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         clocks.push(clock);
         controls.push(control);
     }
-    let schedule = FaultSchedule::generate(
+    let mut schedule = FaultSchedule::generate(
         &rng_for(seed, 2),
         scenario.nodes,
         Duration::from_secs(1),
         scenario.safety,
         &scenario.profile,
     );
+    if options.replicated {
+        let replication =
+            FaultSchedule::replication(&rng_for(seed, 4), Duration::from_secs(2), scenario.safety);
+        schedule.events.extend(replication.events);
+        // Stable: equal times keep their order (the main schedule's first).
+        schedule.events.sort_by_key(|(at, _)| *at);
+    }
     let churn = if scenario.profile.leader_churn {
         ChurnPlan::generate(
             &rng_for(seed, 3),
@@ -472,6 +502,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         cluster: scenario.is_cluster(),
         shard_count: scenario.shard_count(),
         lease_ttl: aether::cluster::ClusterConfig::new().lease_ttl,
+        replicated: options.replicated,
     };
     violations.extend(check_all(&input));
 
@@ -496,11 +527,14 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
             (OpKind::Append { .. }, Outcome::Appended { .. }) => counts.appends_ok += 1,
             (OpKind::Append { .. }, Outcome::Failed(_)) => counts.appends_failed += 1,
             (OpKind::Append { .. }, _) => counts.appends_ambiguous += 1,
-            (OpKind::Read { .. }, Outcome::Read { .. } | Outcome::ReadAround { .. }) => {
+            (
+                OpKind::Read { .. } | OpKind::LatestVersion { .. },
+                Outcome::Read { .. } | Outcome::ReadAround { .. } | Outcome::Version(_),
+            ) => {
                 counts.reads_ok += 1;
             }
             (OpKind::Read { .. }, Outcome::Damaged { .. }) => counts.reads_damaged += 1,
-            (OpKind::Read { .. }, _) => counts.reads_failed += 1,
+            (OpKind::Read { .. } | OpKind::LatestVersion { .. }, _) => counts.reads_failed += 1,
             (OpKind::Cluster(_), _) => counts.observations += 1,
             (OpKind::Damage { .. } | OpKind::KvWrite { .. }, _) => {}
             (OpKind::Command { .. }, Outcome::Commanded { .. }) => commands.ok += 1,
@@ -514,6 +548,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         scenario: scenario.name,
         duration: scenario.duration(),
         planted: options.planted,
+        replicated: options.replicated,
         violations,
         trace_hash: history.trace_hash(),
         counts,

@@ -17,7 +17,7 @@ use aether::store::{EventStore, StoreConfig};
 
 use super::broker::{SimBroker, SimBrokerConfig, Wire};
 use super::clock::{SimClock, sim_now};
-use super::history::History;
+use super::history::{History, OpKind, Outcome};
 
 /// The namespace every simulated store uses.
 pub const NAMESPACE: &str = "sim";
@@ -71,6 +71,30 @@ impl NodeContext {
                 .with_node(NodeId::new(self.name.clone()).expect("node names are valid ids"))
                 .with_planted_bugs(self.planted),
         }
+    }
+}
+
+impl NodeContext {
+    /// The incarnation running now (the tasks of earlier ones died with them).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnations.load(Ordering::SeqCst)
+    }
+
+    /// Records the start of an operation of this node's running incarnation, now.
+    pub fn invoke(&self, kind: OpKind) -> usize {
+        self.history
+            .invoke_in(sim_now(), &self.name, self.incarnation(), kind)
+    }
+
+    /// Records how operation `op` ended, now.
+    pub fn complete(&self, op: usize, outcome: Outcome) {
+        self.history.complete(sim_now(), op, outcome);
+    }
+
+    /// Records an instantaneous operation of this node's running incarnation, now.
+    pub fn record(&self, kind: OpKind) {
+        self.history
+            .record_in(sim_now(), &self.name, self.incarnation(), kind);
     }
 }
 

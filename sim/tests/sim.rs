@@ -101,6 +101,23 @@ fn readside_scenario_holds_every_invariant_on_the_ci_seeds() {
     assert!(fenced > 0, "projector instances fenced each other");
 }
 
+/// Every scenario's CI seeds on the replicated broker model: lagging followers answer direct
+/// gets, stream-leader failovers lose uncommitted writes.
+#[test]
+fn every_scenario_holds_every_invariant_on_the_replicated_model() {
+    let options = RunOptions {
+        replicated: true,
+        ..RunOptions::default()
+    };
+    for scenario in Scenario::all() {
+        let reports = run_seeds(&scenario, &options, &seeds_from_env(0, CI_SEEDS));
+        for r in &reports {
+            eprintln!("{r}");
+        }
+        assert_all_pass(&reports);
+    }
+}
+
 #[test]
 fn one_seed_run_twice_gives_the_same_trace() {
     let seed = seeds_from_env(7, 1)[0];
@@ -111,6 +128,13 @@ fn one_seed_run_twice_gives_the_same_trace() {
     ] {
         let first = run(&scenario, seed, &RunOptions::default());
         let second = run(&scenario, seed, &RunOptions::default());
+        let replicated = RunOptions {
+            replicated: true,
+            ..RunOptions::default()
+        };
+        let third = run(&scenario, seed, &replicated);
+        let fourth = run(&scenario, seed, &replicated);
+        assert_eq!(third.trace_hash, fourth.trace_hash, "replicated model");
         assert_eq!(
             first.trace_hash,
             second.trace_hash,
@@ -145,6 +169,7 @@ fn replay_seed_from_env() {
     let options = RunOptions {
         planted,
         keep_trace: true,
+        replicated: std::env::var("AETHER_SIM_REPLICATED").is_ok_and(|v| v == "1"),
         ..RunOptions::default()
     };
     let report = run(&scenario, seed, &options);
@@ -178,16 +203,12 @@ fn budget_for(per_300: u32) -> u64 {
 /// took.
 fn seeds_to_catch(
     scenario: &Scenario,
-    planted: PlantedBugs,
+    options: &RunOptions,
     invariant: &str,
     budget: u64,
 ) -> Option<u64> {
-    let options = RunOptions {
-        planted,
-        ..RunOptions::default()
-    };
     for seed in 0..budget {
-        let report = run(scenario, seed, &options);
+        let report = run(scenario, seed, options);
         if report.violations.iter().any(|v| {
             v.invariant.starts_with(invariant)
                 && !matches!(v.invariant, "no panic" | "simulation ran to the end")
@@ -199,12 +220,16 @@ fn seeds_to_catch(
     None
 }
 
-/// Asserts that planted bug `name` is caught by the checker of `invariant` in `scenario`
-/// within the budget its sweep rate calls for.
-fn assert_caught(scenario: Scenario, name: &str, invariant: &str, per_300: u32) {
-    let planted = parse_planted(name).expect("a planted bug");
+/// Asserts that planted bug `name` is caught by the checker of `invariant` in `scenario` (on
+/// the replicated broker model when `replicated`) within the budget its sweep rate calls for.
+fn assert_caught(scenario: Scenario, name: &str, invariant: &str, per_300: u32, replicated: bool) {
+    let options = RunOptions {
+        planted: parse_planted(name).expect("a planted bug"),
+        replicated,
+        ..RunOptions::default()
+    };
     let budget = budget_for(per_300);
-    let caught = seeds_to_catch(&scenario, planted, invariant, budget);
+    let caught = seeds_to_catch(&scenario, &options, invariant, budget);
     assert!(
         caught.is_some(),
         "planted bug {name} survived {budget} seeds of {} (invariant {invariant:?})",
@@ -218,14 +243,16 @@ fn assert_caught(scenario: Scenario, name: &str, invariant: &str, per_300: u32) 
 }
 
 /// One test per planted bug: `name => scenario, invariant prefix, failing seeds per 300 in a
-/// sweep of that scenario at its CI length` (see docs/sim.md for the table and how to re-measure
-/// it with `aether-sim --planted <name> --seeds 300`).
+/// sweep of that scenario at its CI length[, replicated]` (see docs/sim.md for the table and
+/// how to re-measure it with `scripts/teeth-sweep.sh`).
 macro_rules! teeth {
-    ($($test:ident: $name:literal => $scenario:expr, $invariant:literal, $per_300:literal;)*) => {
+    (@replicated replicated) => { true };
+    (@replicated) => { false };
+    ($($test:ident: $name:literal => $scenario:expr, $invariant:literal, $per_300:literal $(, $replicated:ident)?;)*) => {
         $(
             #[test]
             fn $test() {
-                assert_caught($scenario, $name, $invariant, $per_300);
+                assert_caught($scenario, $name, $invariant, $per_300, teeth!(@replicated $($replicated)?));
             }
         )*
         /// Every planted bug has a teeth test.
@@ -240,6 +267,8 @@ macro_rules! teeth {
 }
 
 teeth! {
+    planted_tip_without_floor_is_caught:
+        "tip_without_floor" => Scenario::store(), "9 ", 267, replicated;
     planted_append_without_expected_sequence_is_caught:
         "append_without_expected_sequence" => Scenario::store(), "4 ", 300;
     planted_retry_with_fresh_commit_id_is_caught:

@@ -15,6 +15,7 @@ use aether::clock::SharedRng;
 
 use super::client::{SimBroker, SimBrokerConfig};
 use super::protocol::{Frame, Request, Response};
+use super::replicas::{Replicas, ReplicationConfig, Write};
 use super::wire::{TOKEN_BYTES, Wire, read_frame, write_frames};
 use super::{BROKER_PORT, CONNECTION_QUEUE_MAX, PUSH_QUEUE_MAX, lock};
 use crate::clock::{SimClock, epoch, sim_now};
@@ -49,6 +50,8 @@ pub(super) struct HostShared {
     wire: Wire,
     /// Where KV writes to the buckets of interest are recorded, if anywhere.
     kv_log: Mutex<Option<KvLog>>,
+    /// The replicated model's followers and election state (`None`: one linearizable server).
+    replicas: Mutex<Option<Replicas>>,
 }
 
 /// Records the KV writes the host applies, for the checkers that look at what a leader or a
@@ -92,8 +95,45 @@ impl BrokerHost {
                 sessions: Mutex::new(BTreeMap::new()),
                 wire: Wire::default(),
                 kv_log: Mutex::new(None),
+                replicas: Mutex::new(None),
             }),
         }
+    }
+
+    /// A broker modelling a three-replica stream cluster (see [`super::replicas`]), its own
+    /// random choices (which reply to drop, which replica answers) drawn from `rng`.
+    pub fn replicated(rng: SharedRng, config: ReplicationConfig) -> Self {
+        let host = Self::new(rng);
+        let replicas = Replicas::new(config, &host.shared.rng);
+        *lock(&host.shared.replicas) = Some(replicas);
+        host
+    }
+
+    /// Whether this host models a replicated stream cluster.
+    pub fn is_replicated(&self) -> bool {
+        lock(&self.shared.replicas).is_some()
+    }
+
+    /// Starts a stream-leader election at true time `now` lasting `length` (replicated model
+    /// only).
+    pub fn fail_over(&self, now: Duration, length: Duration) {
+        if let Some(r) = lock(&self.shared.replicas).as_mut() {
+            r.fail_over(now, length);
+        }
+    }
+
+    /// Sets follower `index`'s apply lag (`None`: back to a normal one; replicated model only).
+    pub fn set_follower_lag(&self, index: usize, lag: Option<Duration>) {
+        if let Some(r) = lock(&self.shared.replicas).as_mut() {
+            r.set_lag(index, lag, &self.shared.rng);
+        }
+    }
+
+    /// Committed writes the slowest follower has yet to apply (0 for the single-server model).
+    pub fn replication_backlog(&self) -> usize {
+        lock(&self.shared.replicas)
+            .as_ref()
+            .map_or(0, Replicas::backlog)
     }
 
     /// Runs `f` on the broker state with the given time (for checkers, outside the simulation).
@@ -215,6 +255,10 @@ impl BrokerHost {
                 conn.node = Some((node.clone(), *session));
             }
             let is_write = body.is_write();
+            if body.is_replicated_write() && !self.await_commit().await {
+                // An election: the write is never committed, and never answered.
+                continue;
+            }
             let response = self.handle(&mut conn, sent_at, body);
             if let Some(forwarder) = conn.flush_before_reply.take() {
                 let _ = forwarder.await;
@@ -252,6 +296,24 @@ impl BrokerHost {
         writer_task.abort();
     }
 
+    /// Waits for a write's quorum in the replicated model; false when a stream-leader election
+    /// runs before or after (the write is lost). Always true for the single-server model.
+    async fn await_commit(&self) -> bool {
+        let latency = match lock(&self.shared.replicas).as_mut() {
+            None => return true,
+            Some(r) => {
+                if r.electing(sim_now()) {
+                    return false;
+                }
+                r.commit_latency(&self.shared.rng)
+            }
+        };
+        tokio::time::sleep(latency).await;
+        lock(&self.shared.replicas)
+            .as_mut()
+            .is_none_or(|r| !r.electing(sim_now()))
+    }
+
     pub(super) fn drop_sub(&self, sub: HostSub) {
         if let Some(id) = sub.state_id {
             lock(&self.shared.state).unsubscribe(id);
@@ -278,31 +340,89 @@ impl BrokerHost {
     pub(super) fn handle(&self, conn: &mut HostConn, sent_at: Duration, body: Request) -> Response {
         let now = host_now();
         let mut state = lock(&self.shared.state);
+        let mut replicas = lock(&self.shared.replicas);
+        // Direct gets: any replica answers (the leader's state, or a lagging follower's).
+        let rng = &self.shared.rng;
+        fn replica<'a>(
+            replicas: &'a mut Option<Replicas>,
+            now: Now,
+            rng: &SharedRng,
+        ) -> Option<(&'a mut BrokerState, Now)> {
+            replicas.as_mut().and_then(|r| r.pick(now, rng))
+        }
+        let electing = replicas.as_mut().is_some_and(|r| r.electing(now.monotonic));
+        let no_leader = || BrokerError::Unavailable {
+            reason: "stream leader election in progress".into(),
+        };
         let result: Result<Response, BrokerError> = match body {
             Request::Hello { .. } | Request::Ping => Ok(Response::Unit),
-            Request::EnsureStream(config) => state.ensure_stream(config).map(|()| Response::Unit),
+            Request::EnsureStream(config) => {
+                let result = state.ensure_stream(config.clone());
+                if let (Ok(()), Some(r)) = (&result, replicas.as_mut()) {
+                    r.committed(now, Write::EnsureStream(config));
+                }
+                result.map(|()| Response::Unit)
+            }
             Request::Append {
                 subject,
                 headers,
                 payload,
                 options,
-            } => state
-                .append(&subject, headers, payload, options, now)
-                .map(|ack| Response::Ack {
+            } => {
+                let result = state.append(
+                    &subject,
+                    headers.clone(),
+                    payload.clone(),
+                    options.clone(),
+                    now,
+                );
+                if let (Ok(ack), Some(r)) = (&result, replicas.as_mut()) {
+                    r.committed(
+                        now,
+                        Write::Append {
+                            subject,
+                            headers,
+                            payload,
+                            options,
+                            result: (ack.sequence, ack.duplicate),
+                        },
+                    );
+                }
+                result.map(|ack| Response::Ack {
                     sequence: ack.sequence,
                     duplicate: ack.duplicate,
-                }),
-            // One linearizable server: the leader and any replica are the same copy.
+                })
+            }
             Request::Last {
                 stream,
                 subject,
-                from: ReadFrom::AnyReplica | ReadFrom::Leader,
+                from: ReadFrom::AnyReplica,
+            } => match replica(&mut replicas, now, rng) {
+                Some((follower, as_of)) => follower.last(&stream, &subject, as_of),
+                None => state.last(&stream, &subject, now),
+            }
+            .map(Response::Stored),
+            Request::Next {
+                stream,
+                subject,
+                from_sequence,
+                from: ReadFrom::AnyReplica,
+            } => match replica(&mut replicas, now, rng) {
+                Some((follower, as_of)) => follower.next(&stream, &subject, from_sequence, as_of),
+                None => state.next(&stream, &subject, from_sequence, now),
+            }
+            .map(Response::Stored),
+            Request::Last { .. } | Request::Next { .. } if electing => Err(no_leader()),
+            Request::Last {
+                stream,
+                subject,
+                from: ReadFrom::Leader,
             } => state.last(&stream, &subject, now).map(Response::Stored),
             Request::Next {
                 stream,
                 subject,
                 from_sequence,
-                from: ReadFrom::AnyReplica | ReadFrom::Leader,
+                from: ReadFrom::Leader,
             } => state
                 .next(&stream, &subject, from_sequence, now)
                 .map(Response::Stored),
@@ -310,9 +430,11 @@ impl BrokerHost {
                 stream,
                 subject,
                 from_sequence,
-            } => state
-                .read(&stream, &subject, from_sequence, now)
-                .map(Response::StoredList),
+            } => match replica(&mut replicas, now, rng) {
+                Some((follower, as_of)) => follower.read(&stream, &subject, from_sequence, as_of),
+                None => state.read(&stream, &subject, from_sequence, now),
+            }
+            .map(Response::StoredList),
             Request::Publish {
                 subject,
                 headers,
@@ -405,30 +527,96 @@ impl BrokerHost {
                     }
                 }
             }
-            Request::KvEnsure(config) => state.kv_ensure(config).map(|()| Response::Unit),
-            Request::KvGet { bucket, key } => state.kv_get(&bucket, &key, now).map(Response::Entry),
-            Request::KvCreate { bucket, key, value } => state
-                .kv_create(&bucket, &key, value.clone(), now)
-                .inspect(|r| self.log_kv_write(conn, sent_at, &bucket, &key, &value, *r))
-                .map(Response::Revision),
+            Request::KvEnsure(config) => {
+                let result = state.kv_ensure(config.clone());
+                if let (Ok(()), Some(r)) = (&result, replicas.as_mut()) {
+                    r.committed(now, Write::KvEnsure(config));
+                }
+                result.map(|()| Response::Unit)
+            }
+            Request::KvGet { bucket, key } => match replica(&mut replicas, now, rng) {
+                Some((follower, as_of)) => follower.kv_get(&bucket, &key, as_of),
+                None => state.kv_get(&bucket, &key, now),
+            }
+            .map(Response::Entry),
+            Request::KvEntries { bucket } => match replica(&mut replicas, now, rng) {
+                Some((follower, as_of)) => follower.kv_entries(&bucket, as_of),
+                None => state.kv_entries(&bucket, now),
+            }
+            .map(Response::Entries),
+            Request::KvCreate { bucket, key, value } => {
+                let result = state.kv_create(&bucket, &key, value.clone(), now);
+                if let Ok(revision) = &result {
+                    self.log_kv_write(conn, sent_at, &bucket, &key, &value, *revision);
+                    if let Some(r) = replicas.as_mut() {
+                        let revision = *revision;
+                        r.committed(
+                            now,
+                            Write::KvCreate {
+                                bucket,
+                                key,
+                                value,
+                                revision,
+                            },
+                        );
+                    }
+                }
+                result.map(Response::Revision)
+            }
             Request::KvUpdate {
                 bucket,
                 key,
                 value,
-                revision,
-            } => state
-                .kv_update(&bucket, &key, value.clone(), revision, now)
-                .inspect(|r| self.log_kv_write(conn, sent_at, &bucket, &key, &value, *r))
-                .map(Response::Revision),
-            Request::KvPut { bucket, key, value } => state
-                .kv_put(&bucket, &key, value.clone(), now)
-                .inspect(|r| self.log_kv_write(conn, sent_at, &bucket, &key, &value, *r))
-                .map(Response::Revision),
-            Request::KvDelete { bucket, key } => state
-                .kv_delete(&bucket, &key, now)
-                .inspect(|()| self.log_kv_write(conn, sent_at, &bucket, &key, &[], 0))
-                .map(|()| Response::Unit),
-            Request::KvEntries { bucket } => state.kv_entries(&bucket, now).map(Response::Entries),
+                revision: expected,
+            } => {
+                let result = state.kv_update(&bucket, &key, value.clone(), expected, now);
+                if let Ok(revision) = &result {
+                    self.log_kv_write(conn, sent_at, &bucket, &key, &value, *revision);
+                    if let Some(r) = replicas.as_mut() {
+                        let revision = *revision;
+                        r.committed(
+                            now,
+                            Write::KvUpdate {
+                                bucket,
+                                key,
+                                value,
+                                expected,
+                                revision,
+                            },
+                        );
+                    }
+                }
+                result.map(Response::Revision)
+            }
+            Request::KvPut { bucket, key, value } => {
+                let result = state.kv_put(&bucket, &key, value.clone(), now);
+                if let Ok(revision) = &result {
+                    self.log_kv_write(conn, sent_at, &bucket, &key, &value, *revision);
+                    if let Some(r) = replicas.as_mut() {
+                        let revision = *revision;
+                        r.committed(
+                            now,
+                            Write::KvPut {
+                                bucket,
+                                key,
+                                value,
+                                revision,
+                            },
+                        );
+                    }
+                }
+                result.map(Response::Revision)
+            }
+            Request::KvDelete { bucket, key } => {
+                let result = state.kv_delete(&bucket, &key, now);
+                if result.is_ok() {
+                    self.log_kv_write(conn, sent_at, &bucket, &key, &[], 0);
+                    if let Some(r) = replicas.as_mut() {
+                        r.committed(now, Write::KvDelete { bucket, key });
+                    }
+                }
+                result.map(|()| Response::Unit)
+            }
             Request::KvWatch {
                 sid,
                 bucket,

@@ -34,6 +34,7 @@ pub mod client;
 pub mod host;
 pub mod ops;
 pub mod protocol;
+pub mod replicas;
 pub mod wire;
 
 use std::sync::Mutex;

@@ -117,6 +117,12 @@ impl Request {
         }
     }
 
+    /// Writes a replicated stream commits through its leader (stream and bucket creation
+    /// included).
+    pub(super) fn is_replicated_write(&self) -> bool {
+        self.is_write() || matches!(self, Request::EnsureStream(_) | Request::KvEnsure(_))
+    }
+
     /// Writes whose reply the host may drop after committing (ambiguous outcome).
     pub(super) fn is_write(&self) -> bool {
         matches!(

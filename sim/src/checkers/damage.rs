@@ -3,6 +3,10 @@
 //! sequence. And the store never damages anything itself: on an actor nobody vandalised, no
 //! read reports damage and every final record passes the checks replay applies.
 //!
+//! On the replicated model a read may be answered by a replica that has not stored the damage
+//! yet; it must still report every damaged record below the sequence of its handle's own
+//! acknowledged appends (the handle's floor).
+//!
 //! What counts as damage is replay's own definition, taken from the final stream: a record
 //! outside the valid chain. A plausible commit the vandal forged can land exactly where the
 //! chain continues (writers caught up with the version it forged); it is then a valid commit,
@@ -14,6 +18,9 @@ use super::{CheckInput, Violation};
 use crate::history::{OpKind, Outcome};
 
 const INVARIANT: &str = "replay never hides damage";
+
+/// A store handle's view of one actor: (node, incarnation, actor).
+type Session<'a> = (&'a str, u64, &'a str);
 const SELF_INFLICTED: &str = "the store never damages a record";
 
 /// Reads that began after a damage was acknowledged must report it.
@@ -89,15 +96,39 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
             planted.entry(actor).or_default().push((done, *sequence));
         }
     }
+    // Per session and actor: (completed at, stream sequence) of its acknowledged appends.
+    let mut appended: BTreeMap<Session<'_>, Vec<(std::time::Duration, u64)>> = BTreeMap::new();
+    for op in input.ops {
+        if let (OpKind::Append { actor, .. }, Outcome::Appended { sequence, .. }, Some(done)) =
+            (&op.kind, &op.outcome, op.completed)
+        {
+            appended
+                .entry((op.node.as_str(), op.incarnation, actor.as_str()))
+                .or_default()
+                .push((done, *sequence));
+        }
+    }
     for read in input.ops {
         let OpKind::Read { actor, from } = &read.kind else {
             continue;
         };
+        // On one server a read sees every record stored before it began. On replicas it is
+        // sure to see those below the handle's own acknowledged appends (its floor).
+        let floor = appended
+            .get(&(read.node.as_str(), read.incarnation, actor.as_str()))
+            .into_iter()
+            .flatten()
+            .filter(|(done, _)| *done < read.invoked)
+            .map(|(_, sequence)| *sequence)
+            .max()
+            .unwrap_or(0);
         let before: Vec<u64> = planted
             .get(actor.as_str())
             .into_iter()
             .flatten()
-            .filter(|(done, _)| *done < read.invoked)
+            .filter(|(done, sequence)| {
+                *done < read.invoked && (!input.replicated || *sequence < floor)
+            })
             .map(|(_, sequence)| *sequence)
             .collect();
         let hidden = match &read.outcome {

@@ -6,7 +6,8 @@
 //! | `versions` | 1. versions contiguous from 1; on an actor nobody damaged, every record is in the valid chain; on a damaged one, every record outside it was planted |
 //! | `immutability` | 2. an acknowledged (or observed) event never changes |
 //! | `durability` | 3. nothing acknowledged is lost (every ack is in the valid chain); definite failures leave no trace |
-//! | `reads` | 3/9. a read from version `v` returns exactly the chain from `v` to a tip no older than any append acknowledged before it began |
+//! | `reads` | 3/9. a read from version `v` returns exactly the chain from `v` to a tip no older than any append acknowledged before it began (on one linearizable server; on replicas, `sessions`) |
+//! | `sessions` | 9. per store handle (node incarnation): reads and `latest_version` never go back behind what the handle saw or appended before |
 //! | `decisions` | 10. every counter decision was taken on the fold of exactly the events before it, by an owner under an epoch it had applied; every refusal on what the stream held |
 //! | `leader_actions` | 11. publications and renewals are sent inside their own term, carry its token; the lease and assignment keys only ever move by compare-and-set to newer terms |
 //! | `expected_version` | 4. at most one success per (actor, expected version) |
@@ -33,6 +34,7 @@ pub mod liveness;
 pub mod ownership;
 pub mod projections;
 pub mod reads;
+pub mod sessions;
 pub mod versions;
 
 use std::collections::BTreeMap;
@@ -97,6 +99,10 @@ pub struct CheckInput<'a> {
     pub shard_count: u32,
     /// The cluster's lease TTL (how long the server keeps a lease after its last write).
     pub lease_ttl: Duration,
+    /// The broker was the replicated model: direct gets may be answered by a lagging replica,
+    /// so reads are checked against each session's guarantees instead of against every
+    /// acknowledgement.
+    pub replicated: bool,
 }
 
 impl CheckInput<'_> {
@@ -154,6 +160,7 @@ pub fn check_all(input: &CheckInput<'_>) -> Vec<Violation> {
     out.extend(immutability::check(input));
     out.extend(durability::check(input));
     out.extend(reads::check(input));
+    out.extend(sessions::check(input));
     out.extend(decisions::check(input));
     out.extend(leader_actions::check(input));
     out.extend(expected_version::check(input));

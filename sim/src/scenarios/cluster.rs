@@ -286,19 +286,14 @@ async fn owner_writer(
         let expected = match belief.get(&actor) {
             Some(v) => *v,
             None => {
-                let op = ctx.history.invoke(
-                    sim_now(),
-                    &ctx.name,
-                    OpKind::Read {
-                        actor: actor.clone(),
-                        from: 1,
-                    },
-                );
+                let op = ctx.invoke(OpKind::Read {
+                    actor: actor.clone(),
+                    from: 1,
+                });
                 match store.events(&actor, 1).await {
                     Ok(events) => {
                         let version = events.last().map_or(0, |e| e.version);
-                        ctx.history.complete(
-                            sim_now(),
+                        ctx.complete(
                             op,
                             Outcome::Read {
                                 events: events.iter().map(EventDigest::of).collect(),
@@ -308,8 +303,7 @@ async fn owner_writer(
                         version
                     }
                     Err(e) => {
-                        ctx.history
-                            .complete(sim_now(), op, Outcome::Failed(e.to_string()));
+                        ctx.complete(op, Outcome::Failed(e.to_string()));
                         continue;
                     }
                 }
@@ -318,15 +312,11 @@ async fn owner_writer(
         let count = 1 + below(&rng, 2);
         let (event_ids, events) =
             crate::workload::numbered_events("Deposited", &writer_id, k, count);
-        let op = ctx.history.invoke(
-            sim_now(),
-            &ctx.name,
-            OpKind::Append {
-                actor: actor.clone(),
-                expected: ExpectedVersion::Exact(expected),
-                event_ids,
-            },
-        );
+        let op = ctx.invoke(OpKind::Append {
+            actor: actor.clone(),
+            expected: ExpectedVersion::Exact(expected),
+            event_ids,
+        });
         let outcome = match store
             .append(&actor, ExpectedVersion::Exact(expected), events)
             .await
@@ -347,7 +337,7 @@ async fn owner_writer(
                 }
             }
         };
-        ctx.history.complete(sim_now(), op, outcome);
+        ctx.complete(op, outcome);
     }
 }
 

@@ -21,7 +21,7 @@ use aether::store::{AppendError, EventStore};
 
 use super::cluster::{ClusterWorkload, SimCluster, SimHost};
 use crate::broker::SimBroker;
-use crate::clock::{SimClock, sim_now};
+use crate::clock::SimClock;
 use crate::history::{EventDigest, OpKind, Outcome};
 use crate::workload::{NodeContext, below};
 
@@ -153,15 +153,11 @@ pub async fn command_sender(
         } else {
             (CounterCommand::Add { by, id: id.clone() }, by as i64)
         };
-        let op = ctx.history.invoke(
-            sim_now(),
-            &ctx.name,
-            OpKind::Command {
-                actor: actor.clone(),
-                delta,
-                id,
-            },
-        );
+        let op = ctx.invoke(OpKind::Command {
+            actor: actor.clone(),
+            delta,
+            id,
+        });
         let outcome = match host.send(&actor, &command).await {
             Ok(done) => Outcome::Commanded {
                 version: done.version,
@@ -185,7 +181,7 @@ pub async fn command_sender(
             // broker failure after the request may have left: the command may have run.
             Err(e) => Outcome::Ambiguous(e.to_string()),
         };
-        ctx.history.complete(sim_now(), op, outcome);
+        ctx.complete(op, outcome);
     }
 }
 
@@ -234,15 +230,11 @@ pub async fn foreign_writer(
             node: ctx.name.clone(),
             epoch: Some(assignment.epoch()),
         };
-        let op = ctx.history.invoke(
-            sim_now(),
-            &ctx.name,
-            OpKind::Append {
-                actor: actor.clone(),
-                expected: ExpectedVersion::Exact(version),
-                event_ids: vec![id.clone()],
-            },
-        );
+        let op = ctx.invoke(OpKind::Append {
+            actor: actor.clone(),
+            expected: ExpectedVersion::Exact(version),
+            event_ids: vec![id.clone()],
+        });
         let outcome = match store
             .append(
                 &actor,
@@ -259,6 +251,6 @@ pub async fn foreign_writer(
             Err(e @ AppendError::Indeterminate { .. }) => Outcome::Ambiguous(e.to_string()),
             Err(e) => Outcome::Failed(e.to_string()),
         };
-        ctx.history.complete(sim_now(), op, outcome);
+        ctx.complete(op, outcome);
     }
 }

@@ -132,15 +132,11 @@ async fn writer(
             ExpectedVersion::Exact(belief.get(&actor).copied().unwrap_or(0))
         };
         let (event_ids, events) = numbered_events("Counted", &writer_id, k, 1 + below(&rng, 2));
-        let op = ctx.history.invoke(
-            sim_now(),
-            &ctx.name,
-            OpKind::Append {
-                actor: actor.clone(),
-                expected,
-                event_ids,
-            },
-        );
+        let op = ctx.invoke(OpKind::Append {
+            actor: actor.clone(),
+            expected,
+            event_ids,
+        });
         let outcome = match store.append(&actor, expected, events).await {
             Ok(done) => {
                 belief.insert(actor.clone(), done.last_version());
@@ -157,7 +153,7 @@ async fn writer(
             Err(e @ AppendError::Indeterminate { .. }) => Outcome::Ambiguous(e.to_string()),
             Err(e) => Outcome::Failed(e.to_string()),
         };
-        ctx.history.complete(sim_now(), op, outcome);
+        ctx.complete(op, outcome);
     }
 }
 
@@ -200,15 +196,11 @@ async fn subscriber(
             }
         }
         let count = deliveries.len();
-        ctx.history.record(
-            sim_now(),
-            &ctx.name,
-            OpKind::BusReceived {
-                subscriber: name.clone(),
-                deliveries,
-                lagged,
-            },
-        );
+        ctx.record(OpKind::BusReceived {
+            subscriber: name.clone(),
+            deliveries,
+            lagged,
+        });
         if let Some((low, high)) = pause {
             for _ in 0..count {
                 ctx.clock.sleep(rng.duration_between(low, high)).await;
@@ -246,14 +238,11 @@ async fn projector(
         ctx.clock
             .sleep(rng.duration_between(workload.step_every.0, workload.step_every.1))
             .await;
-        let op = ctx.history.invoke(
-            sim_now(),
-            &ctx.name,
-            OpKind::ProjectorStep {
-                projection: PROJECTION.to_owned(),
-            },
-        );
+        let op = ctx.invoke(OpKind::ProjectorStep {
+            projection: PROJECTION.to_owned(),
+        });
         let (history, node, broker) = (ctx.history.clone(), ctx.name.clone(), broker.clone());
+        let incarnation = ctx.incarnation();
         let result = projector
             .step(|page| async move {
                 let positions: Vec<u64> = page.commits.iter().map(|c| c.position).collect();
@@ -262,9 +251,10 @@ async fn projector(
                     .kv_put(READ_MODEL_BUCKET, &node, last.into())
                     .await
                     .map_err(|e| e.to_string())?;
-                history.record(
+                history.record_in(
                     sim_now(),
                     &node,
+                    incarnation,
                     OpKind::Handled {
                         projection: PROJECTION.to_owned(),
                         positions,
@@ -278,6 +268,6 @@ async fn projector(
             Err(ProjectionError::Fenced { .. }) => Outcome::Fenced,
             Err(e) => Outcome::Failed(e.to_string()),
         };
-        ctx.history.complete(sim_now(), op, outcome);
+        ctx.complete(op, outcome);
     }
 }

@@ -141,7 +141,15 @@ pub async fn writer(
 ) {
     let mut belief: BTreeMap<String, u64> = BTreeMap::new();
     let mut retry: Option<(String, u64)> = None;
+    let mut after_ack: Option<String> = None;
     for k in 0u64.. {
+        // Now and then, ask right after an acknowledged append where the stream ends: the
+        // handle must read its own write, whichever replica answers.
+        if let Some(actor) = after_ack.take()
+            && below(&rng, 4) == 0
+        {
+            latest_version(&ctx, &store, &actor).await;
+        }
         ctx.clock
             .sleep(rng.duration_between(workload.think.0, workload.think.1))
             .await;
@@ -161,18 +169,15 @@ pub async fn writer(
         };
         let count = 1 + below(&rng, 3);
         let (event_ids, events) = numbered_events("Tick", &writer_id, k, count);
-        let op = ctx.history.invoke(
-            sim_now(),
-            &ctx.name,
-            OpKind::Append {
-                actor: actor.clone(),
-                expected,
-                event_ids,
-            },
-        );
+        let op = ctx.invoke(OpKind::Append {
+            actor: actor.clone(),
+            expected,
+            event_ids,
+        });
         let outcome = match store.append(&actor, expected, events).await {
             Ok(done) => {
                 belief.insert(actor.clone(), done.last_version());
+                after_ack = Some(actor.clone());
                 Outcome::Appended {
                     commit_id: done.commit_id.clone(),
                     sequence: done.sequence,
@@ -189,7 +194,7 @@ pub async fn writer(
             Err(e @ AppendError::Indeterminate { .. }) => Outcome::Ambiguous(e.to_string()),
             Err(e) => Outcome::Failed(e.to_string()),
         };
-        ctx.history.complete(sim_now(), op, outcome);
+        ctx.complete(op, outcome);
     }
 }
 
@@ -209,6 +214,10 @@ pub async fn reader(
             .await;
         let actors = workload.targets(sim_now());
         let actor = actors[below(&rng, actors.len())].clone();
+        if below(&rng, 4) == 0 {
+            latest_version(&ctx, &store, &actor).await;
+            continue;
+        }
         // From the start half the time, else from anywhere up to just past what was seen.
         let known = seen.get(&actor).copied().unwrap_or(0);
         let from = if below(&rng, 2) == 0 {
@@ -218,14 +227,10 @@ pub async fn reader(
         };
         let damaged = DAMAGED_ACTORS.contains(&actor.as_str());
         let around = damaged && below(&rng, 4) != 0;
-        let op = ctx.history.invoke(
-            sim_now(),
-            &ctx.name,
-            OpKind::Read {
-                actor: actor.clone(),
-                from,
-            },
-        );
+        let op = ctx.invoke(OpKind::Read {
+            actor: actor.clone(),
+            from,
+        });
         let outcome = if around {
             match store.events_with_errors(&actor, from).await {
                 Ok(replay) => Outcome::ReadAround {
@@ -250,8 +255,20 @@ pub async fn reader(
         {
             seen.insert(actor, last.version);
         }
-        ctx.history.complete(sim_now(), op, outcome);
+        ctx.complete(op, outcome);
     }
+}
+
+/// Records one `latest_version` call.
+async fn latest_version(ctx: &NodeContext, store: &EventStore<SimBroker, SimClock>, actor: &str) {
+    let op = ctx.invoke(OpKind::LatestVersion {
+        actor: actor.to_owned(),
+    });
+    let outcome = match store.latest_version(actor).await {
+        Ok(version) => Outcome::Version(version),
+        Err(e) => Outcome::Failed(e.to_string()),
+    };
+    ctx.complete(op, outcome);
 }
 
 /// The shapes of damage the vandal plants.
@@ -310,13 +327,9 @@ pub async fn vandal(ctx: NodeContext, broker: SimBroker, workload: StoreWorkload
             (Shape::Copy | Shape::Foreign, Some(m)) => (m.headers, m.payload),
             (Shape::Gap, Some(m)) => forge_gap(&m, k),
         };
-        let op = ctx.history.invoke(
-            sim_now(),
-            &ctx.name,
-            OpKind::Damage {
-                actor: actor.to_owned(),
-            },
-        );
+        let op = ctx.invoke(OpKind::Damage {
+            actor: actor.to_owned(),
+        });
         let id = format!("vandal-{}-{k}", ctx.name);
         let mut outcome = Outcome::Pending;
         for _ in 0..10 {
@@ -345,7 +358,7 @@ pub async fn vandal(ctx: NodeContext, broker: SimBroker, workload: StoreWorkload
                 break;
             }
         }
-        ctx.history.complete(sim_now(), op, outcome);
+        ctx.complete(op, outcome);
     }
 }
 

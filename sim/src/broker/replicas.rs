@@ -1,0 +1,283 @@
+//! The replicated model of the broker host: a JetStream stream cluster of three replicas.
+//!
+//! What clients can observe of a real R3 cluster, and what this models:
+//!
+//! - **Writes commit at the leader after a quorum has them**: a write waits a short commit
+//!   latency (the round trip to the fastest follower), then is applied to the leader's state —
+//!   which holds only committed writes, so no read ever sees an uncommitted one — and answered.
+//! - **Followers apply committed writes later**, each with its own lag (a few milliseconds,
+//!   seconds under the `ReplicaLag` fault). They apply exactly the leader's writes, in order,
+//!   with the leader's timestamps, and every result is asserted equal to the leader's.
+//! - **Direct gets are answered by any replica** (`ReadFrom::AnyReplica` reads, batched reads,
+//!   KV gets and listings): the host picks one of the three at random, so an answer can be
+//!   stale. Leader-served reads (`ReadFrom::Leader`) and everything else (pub/sub, watches) use
+//!   the leader's state.
+//! - **Stream-leader failover**: for the election, writes are not answered (a write waiting to
+//!   commit when it starts is lost: it was never committed), leader-served reads fail as
+//!   unavailable, and direct gets are answered by the followers. The new leader holds every
+//!   committed write (Raft's guarantee): the committed state carries over.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use aether::broker::{
+    AppendOptions, BrokerState, DEFAULT_MAX_PAYLOAD, Headers, KvConfig, Now, StreamConfig,
+};
+use aether::clock::SharedRng;
+use bytes::Bytes;
+
+/// How the replicated model behaves without faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// Range of the time a write waits for a quorum before it commits.
+    pub commit_latency: (Duration, Duration),
+    /// Range each follower's apply lag is drawn from (at the start, and again when a lag fault
+    /// ends).
+    pub follower_lag: (Duration, Duration),
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            commit_latency: (Duration::from_millis(1), Duration::from_millis(4)),
+            follower_lag: (Duration::from_millis(2), Duration::from_millis(60)),
+        }
+    }
+}
+
+/// A committed write, as followers replay it.
+#[derive(Clone, Debug)]
+pub(super) enum Write {
+    EnsureStream(StreamConfig),
+    Append {
+        subject: String,
+        headers: Headers,
+        payload: Bytes,
+        options: AppendOptions,
+        /// The sequence the leader assigned (and whether it was a duplicate).
+        result: (u64, bool),
+    },
+    KvEnsure(KvConfig),
+    KvCreate {
+        bucket: String,
+        key: String,
+        value: Bytes,
+        revision: u64,
+    },
+    KvUpdate {
+        bucket: String,
+        key: String,
+        value: Bytes,
+        expected: u64,
+        revision: u64,
+    },
+    KvPut {
+        bucket: String,
+        key: String,
+        value: Bytes,
+        revision: u64,
+    },
+    KvDelete {
+        bucket: String,
+        key: String,
+    },
+}
+
+struct Follower {
+    state: BrokerState,
+    /// Log index of the next write to apply.
+    applied: u64,
+    lag: Duration,
+}
+
+/// The followers, the log of committed writes they have not all applied, and the election
+/// state.
+pub(super) struct Replicas {
+    config: ReplicationConfig,
+    followers: Vec<Follower>,
+    /// Committed writes from log index `first` on, with their commit time.
+    log: VecDeque<(Now, Write)>,
+    first: u64,
+    /// While a stream-leader election runs: when it ends.
+    electing_until: Option<Duration>,
+}
+
+impl Replicas {
+    /// Two followers with lags drawn from `rng`.
+    pub(super) fn new(config: ReplicationConfig, rng: &SharedRng) -> Self {
+        let followers = (0..2)
+            .map(|_| Follower {
+                state: BrokerState::new(DEFAULT_MAX_PAYLOAD),
+                applied: 0,
+                lag: rng.duration_between(config.follower_lag.0, config.follower_lag.1),
+            })
+            .collect();
+        Self {
+            config,
+            followers,
+            log: VecDeque::new(),
+            first: 0,
+            electing_until: None,
+        }
+    }
+
+    /// How long a write waits for its quorum.
+    pub(super) fn commit_latency(&self, rng: &SharedRng) -> Duration {
+        rng.duration_between(self.config.commit_latency.0, self.config.commit_latency.1)
+    }
+
+    /// Whether a stream-leader election is running at `now`.
+    pub(super) fn electing(&mut self, now: Duration) -> bool {
+        match self.electing_until {
+            Some(until) if now < until => true,
+            Some(_) => {
+                self.electing_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Starts an election lasting `length`.
+    pub(super) fn fail_over(&mut self, now: Duration, length: Duration) {
+        self.electing_until = Some(now + length);
+    }
+
+    /// Sets follower `index`'s lag (`None`: draw a normal one again).
+    pub(super) fn set_lag(&mut self, index: usize, lag: Option<Duration>, rng: &SharedRng) {
+        let normal = self.config.follower_lag;
+        if let Some(f) = self.followers.get_mut(index) {
+            f.lag = lag.unwrap_or_else(|| rng.duration_between(normal.0, normal.1));
+        }
+    }
+
+    /// Records a committed write for the followers.
+    pub(super) fn committed(&mut self, now: Now, write: Write) {
+        self.log.push_back((now, write));
+    }
+
+    /// Brings every follower up to what it has applied by `now`, and forgets writes every
+    /// follower applied.
+    pub(super) fn catch_up(&mut self, now: Duration) {
+        for follower in &mut self.followers {
+            while let Some((at, write)) = self
+                .log
+                .get((follower.applied - self.first) as usize)
+                .filter(|(at, _)| at.monotonic + follower.lag <= now)
+            {
+                apply(&mut follower.state, write, *at);
+                follower.applied += 1;
+            }
+        }
+        let done = self.followers.iter().map(|f| f.applied).min().unwrap_or(0);
+        while self.first < done {
+            self.log.pop_front();
+            self.first += 1;
+        }
+    }
+
+    /// The state that answers a direct get: the leader's (`None`) or a follower's, chosen at
+    /// random — only followers during an election — with the time it reads at. A follower
+    /// reads as of `now` less its lag: its data is that old, and reading later would expire
+    /// entries that writes it has yet to apply still find.
+    pub(super) fn pick(&mut self, now: Now, rng: &SharedRng) -> Option<(&mut BrokerState, Now)> {
+        let electing = self.electing(now.monotonic);
+        let choices = if electing { 2 } else { 3 };
+        let choice = (rng.next_u64() % choices) as usize;
+        if !electing && choice == 0 {
+            return None;
+        }
+        let index = if electing { choice } else { choice - 1 };
+        self.catch_up(now.monotonic);
+        let follower = &mut self.followers[index];
+        let lag = follower.lag.min(now.monotonic);
+        let as_of = Now {
+            monotonic: now.monotonic - lag,
+            wall: now.wall - lag,
+        };
+        Some((&mut follower.state, as_of))
+    }
+
+    /// How many committed writes the slowest follower has yet to apply.
+    pub fn backlog(&self) -> usize {
+        self.log.len()
+    }
+}
+
+/// Applies one committed write to a follower's state, as the leader applied it: the same
+/// result or the model is broken.
+fn apply(state: &mut BrokerState, write: &Write, now: Now) {
+    match write {
+        Write::EnsureStream(config) => {
+            state
+                .ensure_stream(config.clone())
+                .expect("a follower applies what the leader applied");
+        }
+        Write::KvEnsure(config) => {
+            state
+                .kv_ensure(config.clone())
+                .expect("a follower applies what the leader applied");
+        }
+        Write::Append {
+            subject,
+            headers,
+            payload,
+            options,
+            result,
+        } => {
+            let ack = state
+                .append(
+                    subject,
+                    headers.clone(),
+                    payload.clone(),
+                    options.clone(),
+                    now,
+                )
+                .expect("a follower applies what the leader applied");
+            assert_eq!(
+                (ack.sequence, ack.duplicate),
+                *result,
+                "a follower stored {subject} where the leader did not"
+            );
+        }
+        Write::KvCreate {
+            bucket,
+            key,
+            value,
+            revision,
+        } => {
+            let r = state
+                .kv_create(bucket, key, value.clone(), now)
+                .expect("a follower applies what the leader applied");
+            assert_eq!(r, *revision, "follower revision of {bucket}/{key}");
+        }
+        Write::KvUpdate {
+            bucket,
+            key,
+            value,
+            expected,
+            revision,
+        } => {
+            let r = state
+                .kv_update(bucket, key, value.clone(), *expected, now)
+                .expect("a follower applies what the leader applied");
+            assert_eq!(r, *revision, "follower revision of {bucket}/{key}");
+        }
+        Write::KvPut {
+            bucket,
+            key,
+            value,
+            revision,
+        } => {
+            let r = state
+                .kv_put(bucket, key, value.clone(), now)
+                .expect("a follower applies what the leader applied");
+            assert_eq!(r, *revision, "follower revision of {bucket}/{key}");
+        }
+        Write::KvDelete { bucket, key } => {
+            state
+                .kv_delete(bucket, key, now)
+                .expect("a follower applies what the leader applied");
+        }
+    }
+}
