@@ -215,6 +215,11 @@ pub struct Snapshot {
     pub actor_id: String,
     /// The last event version folded into `state`.
     pub version: u64,
+    /// The stream sequence of the events record that ends at `version`: loading resumes after
+    /// it and reads only what follows. 0 when unknown (loading then reads the actor's whole
+    /// history). The store fills it in when it saves the snapshot.
+    #[serde(default)]
+    pub sequence: u64,
     /// The folded state.
     pub state: Value,
     /// When the snapshot was saved: set by the store from its clock when it saves it.
@@ -228,9 +233,18 @@ impl Snapshot {
         Self {
             actor_id: actor_id.into(),
             version,
+            sequence: 0,
             state,
             timestamp: SystemTime::UNIX_EPOCH,
         }
+    }
+
+    /// Names the stream sequence of the events record that ends at `version` (what an append's
+    /// [`AppendOutcome`](crate::store::AppendOutcome) reports), which saves the store a lookup; the
+    /// store checks it.
+    pub fn at_sequence(mut self, sequence: u64) -> Self {
+        self.sequence = sequence;
+        self
     }
 }
 

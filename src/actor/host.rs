@@ -210,7 +210,8 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                         "contiguous versions"
                     );
                     slot.version = stored.last_version();
-                    self.maybe_snapshot(actor_id, &mut slot).await;
+                    self.maybe_snapshot(actor_id, &mut slot, stored.sequence)
+                        .await;
                     return Ok(self.outcome(actor_id, slot.version, stored.events));
                 }
                 Err(AppendError::Conflict(conflict))
@@ -250,20 +251,27 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         slot: &mut Slot<A>,
     ) -> Result<(), CommandError<A::Rejection>> {
         let store = &self.inner.store;
-        let (mut state, mut version) = match store.latest_snapshot(actor_id).await? {
-            Some(snapshot) => match serde_json::from_value::<A>(snapshot.state) {
-                Ok(state) => (state, snapshot.version),
+        let snapshot = store.latest_snapshot(actor_id).await?;
+        let decoded = snapshot.as_ref().and_then(|snapshot| {
+            match serde_json::from_value::<A>(snapshot.state.clone()) {
+                Ok(state) => Some((state, snapshot)),
                 Err(error) => {
                     // An unreadable snapshot (e.g. the state type changed) is not fatal: the
                     // events are the truth. Replay from the start.
                     tracing::warn!(actor = actor_id, %error, "ignoring undecodable snapshot");
-                    (A::default(), 0)
+                    None
                 }
-            },
-            None => (A::default(), 0),
+            }
+        });
+        let (mut state, mut version, events) = match decoded {
+            // Only what follows the snapshot is read.
+            Some((state, snapshot)) => {
+                (state, snapshot.version, store.events_after(snapshot).await?)
+            }
+            None => (A::default(), 0, store.events(actor_id, 1).await?),
         };
         slot.snapshot_version = version;
-        for event in store.events(actor_id, version + 1).await? {
+        for event in events {
             assert_eq!(event.version, version + 1, "replay is contiguous");
             state.apply(&event);
             version = event.version;
@@ -274,7 +282,9 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         Ok(())
     }
 
-    async fn maybe_snapshot(&self, actor_id: &str, slot: &mut Slot<A>) {
+    /// Saves a snapshot when `snapshot_every` events passed since the last one; `sequence` is
+    /// the stream position of the commit that ends at the slot's version.
+    async fn maybe_snapshot(&self, actor_id: &str, slot: &mut Slot<A>, sequence: u64) {
         let every = self.inner.config.snapshot_every;
         if every == 0 || slot.version - slot.snapshot_version < every {
             return;
@@ -283,7 +293,8 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             actor_id,
             slot.version,
             serde_json::to_value(&slot.state).expect("aggregate state serialises"),
-        );
+        )
+        .at_sequence(sequence);
         match self.inner.store.save_snapshot(&snapshot).await {
             Ok(()) => slot.snapshot_version = slot.version,
             // A failed snapshot costs only replay time later.

@@ -136,6 +136,30 @@ pub enum ReadError {
     /// `events_with_errors` to read around it).
     #[error(transparent)]
     Damaged(#[from] ReplayError),
+    /// The versions asked for expired under the store's retention, and no snapshot covers
+    /// them: the oldest version still stored is `first_available`.
+    #[error(
+        "versions {from}..{first_available} of actor {actor:?} expired under the store's retention"
+    )]
+    Expired {
+        /// The actor.
+        actor: String,
+        /// The first version asked for.
+        from: u64,
+        /// The oldest version still stored.
+        first_available: u64,
+    },
+    /// Under retention, every event of the actor expired and its latest snapshot — which says
+    /// where its versions continue — cannot be decoded.
+    #[error("the snapshot of actor {actor:?} at stream sequence {sequence} is damaged: {cause}")]
+    DamagedSnapshot {
+        /// The actor.
+        actor: String,
+        /// The snapshot's stream sequence.
+        sequence: u64,
+        /// The decoder's complaint.
+        cause: String,
+    },
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),

@@ -49,7 +49,6 @@ use crate::runtime::Runtime;
 use tip::TipCache;
 
 /// Default retention of events: one year.
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// Default of [`StoreConfig::tips_max`].
 pub const TIPS_MAX_DEFAULT: usize = 100_000;
@@ -63,8 +62,13 @@ pub const EVENT_STORED: &str = "EventStored";
 pub struct StoreConfig {
     /// Namespace (`[A-Za-z0-9_-]`, 1–64 characters); one stream per namespace.
     pub namespace: String,
-    /// Events older than this are removed by the server. Default: 365 days.
-    pub max_age: Duration,
+    /// How long the server keeps events; `None` (the default) keeps them forever, as event
+    /// sourcing needs. Retention is only safe with snapshots: an actor whose oldest events
+    /// expired loads from its latest snapshot (which records the stream position it covers),
+    /// and reading versions that expired without a covering snapshot is
+    /// [`ReadError::Expired`](error::ReadError::Expired), never damage. Snapshots themselves never
+    /// expire by age: the newest `snapshot_history` per actor are kept.
+    pub retention: Option<Duration>,
     /// Stream replicas (3 on a 3-node cluster).
     pub replicas: usize,
     /// Largest commit (payload plus headers) the store will send. Default 1 MiB, the NATS
@@ -88,7 +92,7 @@ impl StoreConfig {
     pub fn new(namespace: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
-            max_age: DEFAULT_MAX_AGE,
+            retention: None,
             replicas: 1,
             commit_bytes_max: DEFAULT_MAX_PAYLOAD,
             snapshot_history: 3,
@@ -104,9 +108,9 @@ impl StoreConfig {
         self
     }
 
-    /// Sets the retention.
-    pub fn max_age(mut self, max_age: Duration) -> Self {
-        self.max_age = max_age;
+    /// Lets the server remove events older than `max_age` (see [`StoreConfig::retention`]).
+    pub fn retention(mut self, max_age: Duration) -> Self {
+        self.retention = Some(max_age);
         self
     }
 }
@@ -161,6 +165,9 @@ struct Inner<B, C> {
     events_stream: String,
     snapshots_stream: String,
     tips: Mutex<TipCache>,
+    /// Per actor, the newest snapshot version this handle saved or read: the floor of its
+    /// snapshot reads (read your writes on replicas). Bounded like the tips.
+    snapshot_floors: Mutex<tip::VersionCache>,
     bus: std::sync::OnceLock<EventBus<B>>,
 }
 
@@ -197,15 +204,14 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         let events_stream = names.events_stream();
         let snapshots_stream = names.snapshots_stream();
         let mut events = StreamConfig::new(&events_stream, vec![names.events_pattern()]);
-        events.max_age = Some(config.max_age);
+        let window = crate::broker::DEFAULT_DUPLICATE_WINDOW;
+        events.max_age = config.retention;
         events.replicas = config.replicas;
-        events.duplicate_window = crate::broker::DEFAULT_DUPLICATE_WINDOW.min(config.max_age);
+        events.duplicate_window = config.retention.map_or(window, |r| window.min(r));
         rt.broker().ensure_stream(events).await?;
         let mut snapshots = StreamConfig::new(&snapshots_stream, vec![names.snapshots_pattern()]);
-        snapshots.max_age = Some(config.max_age);
         snapshots.replicas = config.replicas;
         snapshots.max_messages_per_subject = Some(config.snapshot_history.max(1));
-        snapshots.duplicate_window = crate::broker::DEFAULT_DUPLICATE_WINDOW.min(config.max_age);
         rt.broker().ensure_stream(snapshots).await?;
         let tips_max = std::num::NonZeroUsize::new(config.tips_max.max(1)).expect("at least 1");
         Ok(Self {
@@ -216,6 +222,10 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 events_stream,
                 snapshots_stream,
                 tips: Mutex::new(TipCache::with_hasher(tips_max, Default::default())),
+                snapshot_floors: Mutex::new(tip::VersionCache::with_hasher(
+                    tips_max,
+                    Default::default(),
+                )),
                 bus: std::sync::OnceLock::new(),
             }),
         })

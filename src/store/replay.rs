@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::codec::{
     self, Commit, HEADER_COMMIT_ID, HEADER_FIRST_VERSION, HEADER_FORMAT, HEADER_LAST_VERSION,
 };
-use crate::event::Event;
+use crate::event::{Event, Snapshot};
 
 /// Events read back along with every damaged record met on the way.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -21,6 +21,9 @@ pub struct ReplayResult {
     pub events: Vec<Event>,
     /// The damaged records, in stream order.
     pub errors: Vec<ReplayError>,
+    /// Under retention, the oldest version still stored when older ones expired (`None`: the
+    /// history is whole, or only what follows a snapshot was read).
+    pub expired_before: Option<u64>,
 }
 
 /// One commit read from a namespace's whole stream, with its position.
@@ -57,12 +60,35 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     ///
     /// # Errors
     /// [`ReadError::Damaged`] for the first damaged record met (never skipped silently).
+    /// # Errors
+    /// [`ReadError::Damaged`] for the first damaged record met (never skipped silently);
+    /// [`ReadError::Expired`] when versions from `from_version` on expired under the store's
+    /// retention.
     pub async fn events(&self, actor: &str, from_version: u64) -> Result<Vec<Event>, ReadError> {
         let result = self.events_with_errors(actor, from_version).await?;
-        match result.errors.into_iter().next() {
-            Some(error) => Err(ReadError::Damaged(error)),
-            None => Ok(result.events),
+        into_events(actor, from_version, result)
+    }
+
+    /// The actor's events after `snapshot`, reading only what follows the stream position the
+    /// snapshot records (the whole history when it records none): what loading an actor costs
+    /// with a snapshot is the events since it, however long the history before.
+    ///
+    /// # Errors
+    /// As [`EventStore::events`]; damage before the snapshot's position is not read, so not
+    /// reported.
+    pub async fn events_after(&self, snapshot: &Snapshot) -> Result<Vec<Event>, ReadError> {
+        let actor = snapshot.actor_id.as_str();
+        let from = snapshot.version.saturating_add(1);
+        if snapshot.sequence == 0 {
+            return self.events(actor, from).await;
         }
+        let subject = self.inner.names.event_subject(actor)?;
+        let anchor = Tip {
+            sequence: snapshot.sequence,
+            version: snapshot.version,
+        };
+        let result = self.replay_from(actor, &subject, anchor, from).await?;
+        into_events(actor, from, result)
     }
 
     /// The actor's valid events with version `>= from_version`, and every damaged record (with
@@ -85,16 +111,31 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         subject: &str,
         from_version: u64,
     ) -> Result<ReplayResult, ReadError> {
+        self.replay_from(actor, subject, Tip::default(), from_version)
+            .await
+    }
+
+    /// Replays what follows `anchor` (a checked position: the start, or a snapshot's).
+    async fn replay_from(
+        &self,
+        actor: &str,
+        subject: &str,
+        anchor: Tip,
+        from_version: u64,
+    ) -> Result<ReplayResult, ReadError> {
         let from_version = if crate::planted::planted!(self.inner.rt, read_from_off_by_one) {
             from_version + 1
         } else {
             from_version
         };
-        let mut checker = self.checker(actor, Tip::default(), from_version);
+        let mut checker = self.checker(actor, anchor, from_version);
         self.broker()
-            .read_each(&self.inner.events_stream, subject, 1, |record| {
-                checker.push(record)
-            })
+            .read_each(
+                &self.inner.events_stream,
+                subject,
+                anchor.sequence + 1,
+                |record| checker.push(record),
+            )
             .await?;
         // Read your writes, and never read backwards: a replica that lags behind what this
         // handle has appended or read before is caught up from the leader.
@@ -120,6 +161,17 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         }
         if crate::planted::planted!(self.inner.rt, skip_damaged_records) {
             checker.replay.errors.clear();
+        }
+        if checker.last_sequence == 0
+            && anchor == Tip::default()
+            && self.inner.config.retention.is_some()
+        {
+            // Nothing stored: a new actor, or one whose every event expired — its latest
+            // snapshot says which.
+            let tip = self.fetch_tip(actor, subject).await?;
+            if tip.version > 0 {
+                checker.replay.expired_before = Some(tip.version + 1);
+            }
         }
         if checker.last_sequence > 0 {
             self.set_hint(actor, checker.tip());
@@ -185,6 +237,21 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     pub async fn latest_version(&self, actor: &str) -> Result<u64, ReadError> {
         let subject = self.inner.names.event_subject(actor)?;
         Ok(self.fetch_tip(actor, &subject).await?.version)
+    }
+}
+
+/// The events of a replay, or why they cannot be returned as a whole history from `from`.
+fn into_events(actor: &str, from: u64, result: ReplayResult) -> Result<Vec<Event>, ReadError> {
+    if let Some(error) = result.errors.into_iter().next() {
+        return Err(ReadError::Damaged(error));
+    }
+    match result.expired_before {
+        Some(first_available) if from < first_available => Err(ReadError::Expired {
+            actor: actor.to_owned(),
+            from,
+            first_available,
+        }),
+        _ => Ok(result.events),
     }
 }
 
@@ -261,6 +328,9 @@ pub(super) struct ReplayChecker<'a> {
     pub(super) replay: ReplayResult,
     /// Planted bug: accept a commit that does not continue the versions.
     pub(super) skips_contiguity: bool,
+    /// The store has retention: when reading from the start, the first commit may start past
+    /// version 1 (what came before it expired).
+    pub(super) prefix_may_expire: bool,
 }
 
 impl<'a> ReplayChecker<'a> {
@@ -274,6 +344,7 @@ impl<'a> ReplayChecker<'a> {
             last_sequence: tip.sequence,
             replay: ReplayResult::default(),
             skips_contiguity: false,
+            prefix_may_expire: false,
         }
     }
 
@@ -292,6 +363,16 @@ impl<'a> ReplayChecker<'a> {
             raw: record.payload.clone(),
             cause,
         };
+        // Under retention, a history read from the start may begin past version 1: the
+        // versions before its first valid commit expired (this is not damage).
+        if self.prefix_may_expire
+            && self.next_version == 1
+            && self.seen.is_empty()
+            && commit.first_version() > 1
+        {
+            self.replay.expired_before = Some(commit.first_version());
+            self.next_version = commit.first_version();
+        }
         if commit.first_version() != self.next_version && !self.skips_contiguity {
             // A commit that does not continue the versions: a second copy of an earlier commit
             // (its id was seen), or anything else out of place. Whether a commit is valid never

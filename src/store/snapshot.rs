@@ -6,6 +6,7 @@ use bytes::Bytes;
 use super::EventStore;
 use super::append::RETRY_DELAY_MAX;
 use super::error::SnapshotError;
+use super::replay::check_record;
 use crate::broker::{AppendOptions, Broker, BrokerError, Headers, ReadFrom};
 use crate::clock::Clock;
 use crate::event::Snapshot;
@@ -19,16 +20,31 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// [`SnapshotError::AheadOfStream`], [`SnapshotError::Stale`], [`SnapshotError::TooLarge`].
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
         let subject = self.inner.names.snapshot_subject(&snapshot.actor_id)?;
-        let latest = self.latest_version(&snapshot.actor_id).await?;
-        if snapshot.version > latest {
+        let events_subject = self.inner.names.event_subject(&snapshot.actor_id)?;
+        let tip = self.fetch_tip(&snapshot.actor_id, &events_subject).await?;
+        if snapshot.version > tip.version {
             return Err(SnapshotError::AheadOfStream {
                 actor: snapshot.actor_id.clone(),
                 version: snapshot.version,
-                latest,
+                latest: tip.version,
             });
         }
+        // Where loading resumes: the tip when the snapshot is at it, else the position the
+        // caller named if the record there really ends at the snapshot's version, else none.
+        let sequence = if snapshot.version == tip.version && tip.sequence > 0 {
+            tip.sequence
+        } else if snapshot.sequence > 0
+            && self
+                .record_ends_at(&snapshot.actor_id, &events_subject, snapshot)
+                .await?
+        {
+            snapshot.sequence
+        } else {
+            0
+        };
         let mut stamped = snapshot.clone();
         stamped.timestamp = self.inner.rt.clock().wall();
+        stamped.sequence = sequence;
         let payload = Bytes::from(serde_json::to_vec(&stamped).expect("snapshots serialise"));
         if payload.len() > self.inner.config.commit_bytes_max {
             return Err(SnapshotError::TooLarge {
@@ -74,7 +90,10 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 .append(&subject, Headers::new(), payload.clone(), options)
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.raise_snapshot_floor(&snapshot.actor_id, snapshot.version);
+                    return Ok(());
+                }
                 Err(BrokerError::WrongLastSequence { .. }) => continue,
                 Err(BrokerError::PayloadTooLarge { size, max }) => {
                     return Err(SnapshotError::TooLarge { size, max });
@@ -88,15 +107,37 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         .into())
     }
 
-    /// The actor's latest snapshot, or `None`.
+    /// The actor's latest snapshot, or `None`. Never older than one this handle saved or read
+    /// before: a replica that answers with an older one is passed over for the stream leader.
     ///
     /// # Errors
     /// [`SnapshotError::Damaged`] when the stored snapshot cannot be decoded.
     pub async fn latest_snapshot(&self, actor: &str) -> Result<Option<Snapshot>, SnapshotError> {
         let subject = self.inner.names.snapshot_subject(actor)?;
+        let floor = self.snapshot_floor(actor);
+        let mut found = self
+            .read_snapshot(actor, &subject, ReadFrom::AnyReplica)
+            .await?;
+        if floor > 0 && found.as_ref().is_none_or(|s| s.version < floor) {
+            found = self
+                .read_snapshot(actor, &subject, ReadFrom::Leader)
+                .await?;
+        }
+        if let Some(s) = &found {
+            self.raise_snapshot_floor(actor, s.version);
+        }
+        Ok(found)
+    }
+
+    async fn read_snapshot(
+        &self,
+        actor: &str,
+        subject: &str,
+        from: ReadFrom,
+    ) -> Result<Option<Snapshot>, SnapshotError> {
         let Some(message) = self
             .broker()
-            .last(&self.inner.snapshots_stream, &subject, ReadFrom::AnyReplica)
+            .last(&self.inner.snapshots_stream, subject, from)
             .await?
         else {
             return Ok(None);
@@ -113,6 +154,50 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             });
         }
         Ok(Some(snapshot))
+    }
+
+    /// Whether the events record at `snapshot.sequence` is a valid commit of the actor ending
+    /// at `snapshot.version` (asked of the stream leader: the record is old news there).
+    async fn record_ends_at(
+        &self,
+        actor: &str,
+        events_subject: &str,
+        snapshot: &Snapshot,
+    ) -> Result<bool, SnapshotError> {
+        let record = self
+            .broker()
+            .next(
+                &self.inner.events_stream,
+                events_subject,
+                snapshot.sequence,
+                ReadFrom::Leader,
+            )
+            .await?;
+        Ok(record
+            .filter(|r| r.sequence == snapshot.sequence)
+            .and_then(|r| check_record(&r, actor).ok())
+            .is_some_and(|c| c.last_version() == snapshot.version))
+    }
+
+    fn snapshot_floor(&self, actor: &str) -> u64 {
+        self.lock_snapshot_floors().get(actor).copied().unwrap_or(0)
+    }
+
+    fn raise_snapshot_floor(&self, actor: &str, version: u64) {
+        let mut floors = self.lock_snapshot_floors();
+        match floors.get_mut(actor) {
+            Some(floor) => *floor = (*floor).max(version),
+            None => {
+                floors.put(actor.to_owned(), version);
+            }
+        }
+    }
+
+    fn lock_snapshot_floors(&self) -> std::sync::MutexGuard<'_, super::tip::VersionCache> {
+        self.inner
+            .snapshot_floors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -2,7 +2,7 @@
 //! to date.
 
 use super::EventStore;
-use super::error::ReadError;
+use super::error::{ReadError, SnapshotError};
 use super::replay::ReplayChecker;
 use crate::broker::{Broker, ReadFrom};
 use crate::clock::Clock;
@@ -27,6 +27,10 @@ pub(super) struct Tip {
 pub(super) type TipCache =
     lru::LruCache<String, Tip, std::hash::BuildHasherDefault<std::hash::DefaultHasher>>;
 
+/// A version per actor, least recently used forgotten first (the snapshot floors).
+pub(super) type VersionCache =
+    lru::LruCache<String, u64, std::hash::BuildHasherDefault<std::hash::DefaultHasher>>;
+
 impl<B: Broker, C: Clock> EventStore<B, C> {
     /// A replay checker resuming from `tip`, keeping events from `from_version` on.
     pub(super) fn checker<'a>(
@@ -38,6 +42,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         let mut checker = ReplayChecker::resume(actor, tip, from_version);
         checker.skips_contiguity =
             crate::planted::planted!(self.inner.rt, replay_skips_contiguity_check);
+        checker.prefix_may_expire = self.inner.config.retention.is_some();
         checker
     }
 
@@ -104,7 +109,30 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         } else {
             self.hint(actor).unwrap_or_default()
         };
-        let tip = self.advance(actor, subject, floor).await?;
+        let mut tip = self.advance(actor, subject, floor).await?;
+        if tip == Tip::default() && self.inner.config.retention.is_some() {
+            // Every event may have expired: the actor's versions continue from its latest
+            // snapshot, which covers them.
+            match self.latest_snapshot(actor).await {
+                Ok(Some(snapshot)) => tip.version = snapshot.version,
+                Ok(None) => {}
+                Err(SnapshotError::Damaged { sequence, cause }) => {
+                    return Err(ReadError::DamagedSnapshot {
+                        actor: actor.to_owned(),
+                        sequence,
+                        cause,
+                    });
+                }
+                Err(SnapshotError::Read(e)) => return Err(e),
+                Err(SnapshotError::Broker(e)) => return Err(e.into()),
+                Err(SnapshotError::InvalidName(e)) => return Err(e.into()),
+                Err(
+                    e @ (SnapshotError::AheadOfStream { .. }
+                    | SnapshotError::Stale { .. }
+                    | SnapshotError::TooLarge { .. }),
+                ) => unreachable!("only a snapshot write fails with {e}"),
+            }
+        }
         self.set_hint(actor, tip);
         Ok(tip)
     }

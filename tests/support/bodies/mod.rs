@@ -69,6 +69,8 @@ macro_rules! store_bodies {
             lost_reply_then_foreign_write_reports_conflict,
             read_all_pages_through_every_actor_in_commit_order,
             projections_see_every_commit_once_per_checkpoint_and_are_fenced,
+            loading_after_a_snapshot_reads_only_what_follows_it,
+            under_retention_expired_versions_are_a_typed_condition_and_snapshots_carry_on,
         }
     };
 }

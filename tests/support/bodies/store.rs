@@ -941,3 +941,220 @@ pub async fn projections_see_every_commit_once_per_checkpoint_and_are_fenced<B: 
     );
     assert!(Projector::open::<String>(store, "bad name").await.is_err());
 }
+
+/// What loading with a snapshot costs: only what follows the snapshot's stream position is
+/// read. A damaged record before that position shows it — a full replay reports it, loading
+/// after the snapshot never meets it.
+pub async fn loading_after_a_snapshot_reads_only_what_follows_it<B: Broker>(broker: B, ns: String) {
+    let store = open(broker.clone(), &ns).await;
+    let mut sequences = Vec::new();
+    for i in 0..50u64 {
+        let done = store
+            .append(
+                "long",
+                ExpectedVersion::Exact(2 * i),
+                vec![ev("A", 1), ev("A", 2)],
+            )
+            .await
+            .expect("append");
+        sequences.push((done.last_version(), done.sequence));
+        if i == 10 {
+            plant_raw_record(&broker, &ns, "long", b"\0 damaged early").await;
+        }
+    }
+    let damaged = store.events("long", 1).await;
+    assert!(
+        matches!(damaged, Err(ReadError::Damaged(_))),
+        "a full replay meets the damage: {damaged:?}"
+    );
+    // A snapshot at the tip records the tip's position.
+    store
+        .save_snapshot(&Snapshot::new("long", 100, json!({ "n": 100 })))
+        .await
+        .expect("snapshot");
+    let snapshot = store
+        .latest_snapshot("long")
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(snapshot.sequence, sequences[49].1, "the tip's position");
+    assert!(store.events_after(&snapshot).await.unwrap().is_empty());
+    store
+        .append(
+            "long",
+            ExpectedVersion::Exact(100),
+            vec![ev("B", 1), ev("B", 2), ev("B", 3)],
+        )
+        .await
+        .unwrap();
+    let after: Vec<u64> = store
+        .events_after(&snapshot)
+        .await
+        .expect("the damage lies before the snapshot")
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(after, vec![101, 102, 103]);
+
+    // A position the caller names is checked: right, it is kept; wrong, it is dropped and
+    // loading falls back to the whole history (still correct).
+    for i in 0..10u64 {
+        store
+            .append("short", ExpectedVersion::Exact(i), vec![ev("A", 1)])
+            .await
+            .unwrap();
+    }
+    let history = store.events("short", 1).await.unwrap();
+    assert_eq!(history.len(), 10);
+    let fifth = store
+        .append("other", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap()
+        .sequence; // a position that belongs to another actor
+    let right = store.latest_version("short").await.unwrap();
+    assert_eq!(right, 10);
+    store
+        .save_snapshot(&Snapshot::new("short", 10, json!({})).at_sequence(fifth))
+        .await
+        .unwrap();
+    let kept = store.latest_snapshot("short").await.unwrap().unwrap();
+    assert!(
+        kept.sequence > 0,
+        "at the tip the store knows the position itself"
+    );
+    let wrong = Snapshot::new("short2", 3, json!({})).at_sequence(fifth);
+    for i in 0..5u64 {
+        store
+            .append("short2", ExpectedVersion::Exact(i), vec![ev("A", 1)])
+            .await
+            .unwrap();
+    }
+    store.save_snapshot(&wrong).await.unwrap();
+    let dropped = store.latest_snapshot("short2").await.unwrap().unwrap();
+    assert_eq!(
+        dropped.sequence, 0,
+        "a position that is not the record of v3 is dropped"
+    );
+    let versions: Vec<u64> = store
+        .events_after(&dropped)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, vec![4, 5]);
+}
+
+/// Under retention, versions that expired are a typed condition, never damage; an actor
+/// whose events all expired continues from its snapshot's version.
+pub async fn under_retention_expired_versions_are_a_typed_condition_and_snapshots_carry_on<
+    B: Broker,
+>(
+    broker: B,
+    ns: String,
+) {
+    let retention = std::time::Duration::from_millis(1500);
+    let store = EventStore::open(
+        Runtime::system(broker.clone()),
+        StoreConfig::new(&ns).retention(retention),
+    )
+    .await
+    .expect("store opens");
+    // "kept": five events and a snapshot covering them.
+    for i in 0..5u64 {
+        store
+            .append("kept", ExpectedVersion::Exact(i), vec![ev("A", 1)])
+            .await
+            .unwrap();
+    }
+    store
+        .save_snapshot(&Snapshot::new("kept", 5, json!({ "n": 5 })))
+        .await
+        .unwrap();
+    // "partial": two events now, one later — the first two expire before the third.
+    store
+        .append(
+            "partial",
+            ExpectedVersion::NoStream,
+            vec![ev("A", 1), ev("A", 2)],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    store
+        .append("partial", ExpectedVersion::Exact(2), vec![ev("A", 3)])
+        .await
+        .unwrap();
+    // Wait until the first two are gone (a fresh handle, so nothing is remembered).
+    let fresh = EventStore::open(
+        Runtime::system(broker.clone()),
+        StoreConfig::new(&ns).retention(retention),
+    )
+    .await
+    .unwrap();
+    let mut partial = None;
+    for _ in 0..100 {
+        match fresh.events("partial", 1).await {
+            Err(ReadError::Expired {
+                from,
+                first_available,
+                ..
+            }) => {
+                partial = Some((from, first_available));
+                break;
+            }
+            Ok(events) if events.is_empty() => panic!("everything expired before the check"),
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(partial, Some((1, 3)), "versions 1..3 expired, 3 is left");
+    let left: Vec<u64> = fresh
+        .events("partial", 3)
+        .await
+        .expect("asking only for what is left is fine")
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(left, vec![3]);
+    assert_eq!(fresh.latest_version("partial").await.unwrap(), 3);
+    let replay = fresh.events_with_errors("partial", 1).await.unwrap();
+    assert!(replay.errors.is_empty(), "an expired prefix is not damage");
+    assert_eq!(replay.expired_before, Some(3));
+    // "kept" expired completely: its versions go on from the snapshot.
+    for _ in 0..100 {
+        if fresh.events("kept", 1).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    match fresh.events("kept", 1).await {
+        Err(ReadError::Expired {
+            first_available, ..
+        }) => assert_eq!(first_available, 6),
+        other => panic!("expected Expired, got {other:?}"),
+    }
+    assert_eq!(fresh.latest_version("kept").await.unwrap(), 5);
+    let conflict = fresh
+        .append("kept", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(conflict, AppendError::Conflict(ref c) if c.actual == 5),
+        "an actor whose events expired is not new: {conflict:?}"
+    );
+    let next = fresh
+        .append("kept", ExpectedVersion::Exact(5), vec![ev("A", 1)])
+        .await
+        .unwrap();
+    assert_eq!(next.first_version(), 6);
+    let snapshot = fresh.latest_snapshot("kept").await.unwrap().unwrap();
+    let after: Vec<u64> = fresh
+        .events_after(&snapshot)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(after, vec![6]);
+}
