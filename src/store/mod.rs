@@ -48,8 +48,6 @@ use crate::names::NamespaceNames;
 use crate::runtime::Runtime;
 use tip::TipCache;
 
-/// Default retention of events: one year.
-
 /// Default of [`StoreConfig::tips_max`].
 pub const TIPS_MAX_DEFAULT: usize = 100_000;
 
