@@ -35,8 +35,8 @@ pub use message::{
 };
 #[cfg(feature = "nats")]
 pub use nats::{
-    MIN_SERVER_VERSION, NatsAuth, NatsBroker, NatsConnectError, NatsOptions, NatsTls,
-    StreamState, server_version_supported,
+    MIN_SERVER_VERSION, NatsAuth, NatsBroker, NatsConnectError, NatsOptions, NatsTls, StreamState,
+    server_version_supported,
 };
 pub use subscription::{KvWatch, Subscription, SubscriptionSource};
 pub use wire::{DEFAULT_DUPLICATE_WINDOW, DEFAULT_MAX_PAYLOAD};

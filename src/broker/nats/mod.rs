@@ -38,8 +38,8 @@ use bytes::Bytes;
 pub use connect::{
     MIN_SERVER_VERSION, NatsAuth, NatsConnectError, NatsOptions, NatsTls, server_version_supported,
 };
-pub use inspect::StreamState;
 use errors::{Op, map_error};
+pub use inspect::StreamState;
 use read::DIRECT_BATCH_MAX;
 
 use super::subject::{validate_pattern, validate_subject};
