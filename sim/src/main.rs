@@ -7,11 +7,13 @@
 //!
 //! `aether-sim --help` lists the options.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aether::planted::PlantedBugs;
+use aether_sim::artifacts;
 use aether_sim::runner::parse_planted;
 use aether_sim::{RunOptions, Scenario, run};
 use clap::Parser;
@@ -49,6 +51,11 @@ struct Cli {
     /// Print the full trace of every seed (use with --seed).
     #[arg(long)]
     trace: bool,
+    /// Write each failing seed's timeline (`<scenario>-<seed>.html`) and full trace
+    /// (`<scenario>-<seed>.trace.txt`) into this directory; with --seed, also when it passes.
+    /// Default: $AETHER_SIM_ARTIFACTS.
+    #[arg(long, value_name = "DIR")]
+    artifacts: Option<PathBuf>,
 }
 
 fn scenario_name(name: &str) -> Result<String, String> {
@@ -88,6 +95,7 @@ fn parse() -> Args {
             planted: cli.planted,
             tick: Duration::from_millis(cli.tick_ms),
             keep_trace: cli.trace,
+            artifacts: cli.artifacts.or_else(artifacts::dir_from_env),
         },
         jobs: cli
             .jobs
@@ -134,6 +142,20 @@ fn main() {
                             println!("{line}");
                         }
                         println!("{}", report.summary());
+                    }
+                    // One seed asked for by number: its picture even when it passes.
+                    if report.passed()
+                        && args.count == 1
+                        && let Some(dir) = &args.options.artifacts
+                    {
+                        match artifacts::write_for(&args.scenario, &args.options, &report, dir) {
+                            Ok(files) => println!(
+                                "timeline: {}\ntrace: {}",
+                                files.timeline.display(),
+                                files.trace.display()
+                            ),
+                            Err(e) => println!("timeline and trace not written: {e}"),
+                        }
                     }
                     if !report.passed() {
                         println!("{report}");
