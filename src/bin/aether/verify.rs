@@ -313,7 +313,7 @@ fn print_report(namespace: &str, findings: &[ActorFindings], subjects: &[Damage]
     } else {
         let kinds: Vec<String> = counts
             .iter()
-            .map(|(kind, n)| format!("{n} {}", kind.name()))
+            .map(|(kind, n)| format!("{}: {n}", kind.name()))
             .collect();
         println!(
             "DAMAGE: {total} in {} ({})",
