@@ -33,19 +33,10 @@ impl Run {
 /// The binary, with none of the `nats` CLI's environment variables from the caller's shell.
 fn command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_aether"));
-    for var in [
-        "NATS_URL",
-        "NATS_CREDS",
-        "NATS_USER",
-        "NATS_PASSWORD",
-        "NATS_TOKEN",
-        "NATS_NKEY",
-        "NATS_CERT",
-        "NATS_KEY",
-        "NATS_CA",
-        "NATS_TIMEOUT",
-    ] {
-        command.env_remove(var);
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("NATS_") {
+            command.env_remove(var);
+        }
     }
     command
 }
@@ -328,7 +319,17 @@ async fn verify_reports_every_kind_of_damage_and_exits_1() {
     let (headers, body) = forged("c-old-3", "old", 3..=4);
     let old_copy = plant(&broker, "vault", "old", headers, body).await;
     plant(&broker, "vault", "bad_ZZ", Headers::new(), b"{}".to_vec()).await;
+    // Every event of `gone` expired; its snapshot outlived them.
     broker
+        .append(
+            "aether.snap.vault.gone",
+            Headers::new(),
+            Bytes::from(serde_json::to_vec(&Snapshot::new("gone", 4, json!({}))).unwrap()),
+            AppendOptions::default(),
+        )
+        .await
+        .unwrap();
+    let bad_snapshot = broker
         .append(
             &format!("aether.snap.vault.{}", encode_actor_id("junk").unwrap()),
             Headers::new(),
@@ -336,7 +337,8 @@ async fn verify_reports_every_kind_of_damage_and_exits_1() {
             AppendOptions::default(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .sequence;
 
     let run = aether(&url, &["verify", "vault"]);
     assert_eq!(run.code, 1, "{run:?}");
@@ -346,12 +348,15 @@ async fn verify_reports_every_kind_of_damage_and_exits_1() {
         format!("dup  seq {dup}  duplicate commit: commit id {dup_id} appears twice"),
         format!("junk  seq {junk}  undecodable record: "),
         format!("junk  seq {foreign}  wrong actor: "),
-        "junk  snapshot seq 1  damaged snapshot: snapshot cannot be read".to_owned(),
+        format!("junk  snapshot seq {bad_snapshot}  damaged snapshot: snapshot cannot be read"),
         "undecodable subject: subject \"aether.ev.vault.bad_ZZ\"".to_owned(),
         "old  expired prefix: versions 1..=2 are gone, not covered by a snapshot".to_owned(),
         format!("old  seq {old_copy}  duplicate commit: commit id c-old-3 appears twice"),
         "DAMAGE: 7 in 4 actors".to_owned(),
-        "1 actor with an expired prefix (not damage)".to_owned(),
+        "gone  expired prefix: versions 1..=4 are gone, covered by the snapshot at version 4"
+            .to_owned(),
+        "verify vault: 5 actors, 10 records".to_owned(),
+        "2 actors with an expired prefix (not damage)".to_owned(),
     ] {
         assert!(out.contains(&line), "verify output lacks {line:?}:\n{out}");
     }
@@ -370,7 +375,7 @@ async fn verify_reports_every_kind_of_damage_and_exits_1() {
             "undecodable subject": 1, "damaged snapshot": 1,
         })
     );
-    assert_eq!(report["expired_prefixes"], 1);
+    assert_eq!(report["expired_prefixes"], 2);
     let old = report["actors"]
         .as_array()
         .unwrap()

@@ -211,7 +211,15 @@ async fn check_actor(
         .await
         .map_err(CliError::store(format!("replaying actor {actor:?}")))?;
     let mut classified = classify(&replay);
+    let no_records = replay.events.is_empty() && replay.errors.is_empty();
     let snapshot = match ns.store.latest_snapshot(&actor).await {
+        // Every event expired and the snapshot outlived them: the whole history is an expired
+        // prefix that the snapshot covers.
+        Ok(Some(s)) if no_records && s.version > 0 => {
+            classified.expired_before = Some(s.version + 1);
+            classified.last_version = s.version;
+            Some(s.version)
+        }
         Ok(Some(s)) if s.version > classified.last_version => {
             classified.damage.push(Damage {
                 sequence: 0,
