@@ -15,8 +15,13 @@
 //! epoch; collections are ordered. [`run`] returns a [`RunReport`] whose trace hash is equal for
 //! two runs of one seed.
 //!
+//! A failing seed can also be drawn: [`timeline`] renders a run as a self-contained HTML page,
+//! which the runner writes next to the run's trace when asked to
+//! ([`RunOptions::artifacts`], `AETHER_SIM_ARTIFACTS`).
+//!
 //! See `docs/sim.md` for how to run, replay and read a failing seed.
 
+pub mod artifacts;
 pub mod broker;
 pub mod checkers;
 pub mod clock;
@@ -24,6 +29,7 @@ pub mod faults;
 pub mod history;
 pub mod runner;
 pub mod scenarios;
+pub mod timeline;
 pub mod workload;
 
 pub use runner::{RunOptions, RunReport, run};

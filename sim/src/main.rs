@@ -7,11 +7,13 @@
 //!
 //! `aether-sim --help` lists the options.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aether::planted::PlantedBugs;
+use aether_sim::artifacts;
 use aether_sim::runner::parse_planted;
 use aether_sim::{RunOptions, Scenario, run};
 use clap::Parser;
@@ -53,6 +55,11 @@ struct Cli {
     /// gets, stream-leader failovers) instead of one linearizable server.
     #[arg(long)]
     replicated: bool,
+    /// Write each failing seed's timeline (`<scenario>-<seed>.html`) and full trace
+    /// (`<scenario>-<seed>.trace.txt`) into this directory; with --seed, also when it passes.
+    /// Default: $AETHER_SIM_ARTIFACTS.
+    #[arg(long, value_name = "DIR")]
+    artifacts: Option<PathBuf>,
 }
 
 fn scenario_name(name: &str) -> Result<String, String> {
@@ -93,6 +100,7 @@ fn parse() -> Args {
             tick: Duration::from_millis(cli.tick_ms),
             keep_trace: cli.trace,
             replicated: cli.replicated,
+            artifacts: cli.artifacts.or_else(artifacts::dir_from_env),
         },
         jobs: cli
             .jobs
@@ -144,6 +152,20 @@ fn main() {
                             println!("{line}");
                         }
                         println!("{}", report.summary());
+                    }
+                    // One seed asked for by number: its picture even when it passes.
+                    if report.passed()
+                        && args.count == 1
+                        && let Some(dir) = &args.options.artifacts
+                    {
+                        match artifacts::write_for(&args.scenario, &args.options, &report, dir) {
+                            Ok(files) => println!(
+                                "timeline: {}\ntrace: {}",
+                                files.timeline.display(),
+                                files.trace.display()
+                            ),
+                            Err(e) => println!("timeline and trace not written: {e}"),
+                        }
                     }
                     if !report.passed() {
                         println!("{report}");

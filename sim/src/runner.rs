@@ -2,16 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use super::artifacts::{self, Artifacts};
 use super::broker::replicas::ReplicationConfig;
 use super::broker::{BROKER_HOST, BrokerHost, BrokerStats};
 use super::checkers::{CheckInput, Violation, check_all};
 use super::clock::{SimClock, epoch};
 use super::faults::{self, BASE_LATENCY_MAX, ChurnPlan, Fault, FaultSchedule};
-use super::history::{ClusterObservation, History, OpKind, Outcome, format_time};
+use super::history::{ClusterObservation, History, Op, OpKind, Outcome, format_time};
 use super::scenarios::Scenario;
 use super::workload::{NAMESPACE, NodeContext};
 use super::{derive_seed, rng_for};
@@ -26,11 +28,16 @@ pub struct RunOptions {
     pub planted: PlantedBugs,
     /// turmoil tick.
     pub tick: Duration,
-    /// Keep the full trace in the report.
+    /// Keep the full trace (and every operation) in the report.
     pub keep_trace: bool,
     /// Run on the replicated broker model (three replicas, lagging followers, failovers)
     /// instead of one linearizable server.
     pub replicated: bool,
+    /// Where a failing seed writes its timeline (`<scenario>-<seed>.html`) and full trace
+    /// (`<scenario>-<seed>.trace.txt`); `None`: nowhere. Default: the directory in
+    /// `AETHER_SIM_ARTIFACTS`, if set. Writing them replays the seed with its trace kept
+    /// (a run is a pure function of its seed), unless the trace was kept already.
+    pub artifacts: Option<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -40,6 +47,7 @@ impl Default for RunOptions {
             tick: Duration::from_millis(10),
             keep_trace: false,
             replicated: false,
+            artifacts: artifacts::dir_from_env(),
         }
     }
 }
@@ -128,6 +136,13 @@ pub struct RunReport {
     pub simulated: Duration,
     /// The full trace, when asked for.
     pub trace: Option<Vec<String>>,
+    /// The nodes, in order.
+    pub nodes: Vec<String>,
+    /// Every operation (cluster observations in true time), kept with the trace.
+    pub ops: Option<Vec<Op>>,
+    /// The failure's timeline and trace files, when [`RunOptions::artifacts`] asked for them
+    /// (or why they could not be written).
+    pub artifacts: Option<Result<Artifacts, String>>,
 }
 
 impl RunReport {
@@ -205,6 +220,14 @@ impl fmt::Display for RunReport {
             }
         )?;
         writeln!(f, "replay: {}", self.replay_command())?;
+        match &self.artifacts {
+            Some(Ok(written)) => {
+                writeln!(f, "timeline: {}", written.timeline.display())?;
+                writeln!(f, "trace: {}", written.trace.display())?;
+            }
+            Some(Err(e)) => writeln!(f, "timeline and trace not written: {e}")?,
+            None => {}
+        }
         writeln!(f, "faults:")?;
         for (at, fault) in &self.faults {
             writeln!(f, "  {:>9} {fault}", format_time(*at))?;
@@ -298,8 +321,20 @@ fn recorded_bucket(bucket: &str) -> bool {
         || bucket.starts_with("aether-projections-")
 }
 
-/// Runs `scenario` with `seed`.
+/// Runs `scenario` with `seed`. A failing seed writes its timeline and trace when
+/// [`RunOptions::artifacts`] names a directory.
 pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
+    let mut report = run_seed(scenario, seed, options);
+    if !report.passed()
+        && let Some(dir) = &options.artifacts
+    {
+        report.artifacts = Some(artifacts::write_for(scenario, options, &report, dir));
+    }
+    report
+}
+
+/// One run of `scenario` with `seed`, checked.
+fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
     let history = History::new(options.keep_trace);
     let broker = if options.replicated {
         BrokerHost::replicated(rng_for(seed, 1), ReplicationConfig::default())
@@ -559,6 +594,9 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         stream_lengths: raw.iter().map(|(a, r)| (a.clone(), r.len())).collect(),
         simulated,
         trace: history.trace(),
+        nodes: node_names,
+        ops: options.keep_trace.then_some(ops),
+        artifacts: None,
     }
 }
 

@@ -35,7 +35,7 @@ pub use message::{
 };
 #[cfg(feature = "nats")]
 pub use nats::{
-    MIN_SERVER_VERSION, NatsAuth, NatsBroker, NatsConnectError, NatsOptions, NatsTls,
+    MIN_SERVER_VERSION, NatsAuth, NatsBroker, NatsConnectError, NatsOptions, NatsTls, StreamState,
     server_version_supported,
 };
 pub use subscription::{KvWatch, Subscription, SubscriptionSource};

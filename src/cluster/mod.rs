@@ -14,7 +14,8 @@
 //!   assignment that takes it away.
 //! - [`node`](self) runs all of it on one task per node: the loop, its timers and watches.
 //! - **Observation** ([`view`]): [`Cluster::view`] snapshots one node's knowledge;
-//!   [`ClusterEvent`]s, stamped with the node's clock, record every change.
+//!   [`ClusterEvent`]s, stamped with the node's clock, record every change. From outside the
+//!   cluster, [`inspect`] reads what its buckets hold (members, leader, assignment).
 //!
 //! ```
 //! use aether::cluster::{Cluster, ClusterConfig, NodeId};
@@ -43,6 +44,7 @@
 pub mod assignment;
 pub mod election;
 pub mod hash;
+mod inspect;
 pub mod membership;
 mod node;
 pub mod placement;
@@ -59,6 +61,7 @@ use tokio::task::JoinHandle;
 
 pub use crate::node::NodeId;
 pub use assignment::{Assignment, AssignmentDecodeError};
+pub use inspect::{ClusterSnapshot, ShardLoad, inspect};
 pub use placement::Placement;
 pub use ring::HashRing;
 pub use shard::{ClusterInputError, ShardConfig, ShardId, shard_of};

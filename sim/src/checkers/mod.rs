@@ -55,6 +55,80 @@ pub struct Violation {
     pub detail: String,
 }
 
+impl Violation {
+    /// Ids of the operations the detail names, in the checkers' wording: `op #N`, `read #N`
+    /// (also `command op #N`), and lists `ops [a, b, ...]`. In order, without repeats.
+    pub fn op_ids(&self) -> Vec<usize> {
+        let mut ids = Vec::new();
+        let words: Vec<&str> = self.detail.split_whitespace().collect();
+        for (i, word) in words.iter().enumerate() {
+            let keyword = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+            let rest = &words[i + 1..];
+            match keyword {
+                "op" | "read" => {
+                    if let Some(n) = rest.first().and_then(|w| w.strip_prefix('#')) {
+                        ids.extend(leading_number::<usize>(n));
+                    }
+                }
+                "ops" => ids.extend(number_list(rest).into_iter().map(|n| n as usize)),
+                _ => {}
+            }
+        }
+        dedup_in_order(ids)
+    }
+
+    /// Stream sequences the detail names (`seq N`, `seq [a, b]`): records of the namespace's
+    /// events stream, which the timeline maps back to the operations that stored them.
+    pub fn stream_sequences(&self) -> Vec<u64> {
+        self.numbers_after("seq")
+    }
+
+    /// The numbers that follow `keyword` in the detail (`token 7`, `epoch [3, 4]`), in order,
+    /// without repeats.
+    pub fn numbers_after(&self, keyword: &str) -> Vec<u64> {
+        let mut numbers = Vec::new();
+        let words: Vec<&str> = self.detail.split_whitespace().collect();
+        for (i, word) in words.iter().enumerate() {
+            if word.trim_matches(|c: char| !c.is_ascii_alphanumeric()) == keyword {
+                numbers.extend(number_list(&words[i + 1..]));
+            }
+        }
+        dedup_in_order(numbers)
+    }
+}
+
+/// The number a word starts with (`12,` gives 12).
+fn leading_number<T: std::str::FromStr>(word: &str) -> Option<T> {
+    let end = word
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(word.len());
+    word[..end].parse().ok()
+}
+
+/// The numbers at the start of `words`: one number, or a bracketed list `[a, b, c]`.
+fn number_list(words: &[&str]) -> Vec<u64> {
+    let Some(first) = words.first() else {
+        return Vec::new();
+    };
+    let Some(open) = first.strip_prefix('[') else {
+        return leading_number(first).into_iter().collect();
+    };
+    let mut out = Vec::new();
+    for (i, word) in words.iter().enumerate() {
+        let word = if i == 0 { open } else { word };
+        out.extend(leading_number::<u64>(word));
+        if word.contains(']') {
+            break;
+        }
+    }
+    out
+}
+
+fn dedup_in_order<T: Ord + Copy>(items: Vec<T>) -> Vec<T> {
+    let mut seen = std::collections::BTreeSet::new();
+    items.into_iter().filter(|i| seen.insert(*i)).collect()
+}
+
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invariant {}: {}", self.invariant, self.detail)
@@ -173,4 +247,47 @@ pub fn check_all(input: &CheckInput<'_>) -> Vec<Violation> {
     out.extend(bus::check(input));
     out.extend(projections::check(input));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn violation(detail: &str) -> Violation {
+        Violation {
+            invariant: "test",
+            detail: detail.to_owned(),
+        }
+    }
+
+    #[test]
+    fn op_ids_are_read_from_the_checkers_wording() {
+        assert_eq!(
+            violation("hot-1: 2 appends expecting v3 all succeeded: ops [12, 345]").op_ids(),
+            vec![12, 345]
+        );
+        assert_eq!(
+            violation("a: read #7 on n1 from v2 (invoked 1s): op #9 and (op #7 from n2)").op_ids(),
+            vec![7, 9]
+        );
+        assert_eq!(
+            violation("n1: command op #40 sent at 3.000").op_ids(),
+            vec![40]
+        );
+        // Bus numbers are not operations.
+        assert!(
+            violation("s received #4 of n1/9 after #2")
+                .op_ids()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn stream_sequences_are_read_from_the_checkers_wording() {
+        assert_eq!(
+            violation("a: seq 221 carries commit x; reported damage at seq [5, 6]")
+                .stream_sequences(),
+            vec![221, 5, 6]
+        );
+    }
 }

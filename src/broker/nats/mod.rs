@@ -11,6 +11,9 @@
 //! | `publish` / `subscribe` / `request` | core NATS |
 //! | `kv_*` | a KV bucket (history 1; the bucket's max age is the TTL) |
 //!
+//! Tools also get two read-only inherent methods, [`NatsBroker::stream_state`] and
+//! [`NatsBroker::subjects`] (stream info, with subject details), which the trait does not need.
+//!
 //! NATS errors are mapped onto [`BrokerError`] in exactly one place, [`map_error`].
 //!
 //! aether needs nats-server **2.11 or newer**: 2.9 and 2.10 let several concurrent appends with the
@@ -20,6 +23,7 @@
 mod buckets;
 mod connect;
 mod errors;
+mod inspect;
 mod read;
 
 use std::collections::BTreeMap;
@@ -35,6 +39,7 @@ pub use connect::{
     MIN_SERVER_VERSION, NatsAuth, NatsConnectError, NatsOptions, NatsTls, server_version_supported,
 };
 use errors::{Op, map_error};
+pub use inspect::StreamState;
 use read::DIRECT_BATCH_MAX;
 
 use super::subject::{validate_pattern, validate_subject};
