@@ -26,8 +26,11 @@ impl NatsBroker {
 
     pub(super) async fn ensure_bucket(&self, config: KvConfig) -> Result<(), BrokerError> {
         config.validate()?;
-        if self.bucket(&config.bucket).await.is_ok() {
-            return Ok(());
+        match self.bucket(&config.bucket).await {
+            Ok(_) => return Ok(()),
+            // May not even look: creating would be refused too, or tell nothing new.
+            Err(e @ BrokerError::PermissionDenied { .. }) => return Err(e),
+            Err(_) => {}
         }
         let op = Op::KvBucket {
             bucket: &config.bucket,

@@ -305,26 +305,29 @@ impl Broker for NatsBroker {
             .await
             .map_err(|e| map_error(&op, &e))?;
         // The server answers a refused subscription only with an error on the connection.
-        // Requests are handled in order, so once a request sent after the subscription has
-        // been answered, a refusal of the subscription has arrived too.
-        let confirm = async {
-            self.js
-                .query_account()
+        // It handles a connection's messages in order, so the refusal comes before the answer
+        // to a request sent after the subscription; the connection reports it on a task of
+        // its own, which a second round trip leaves ample time to run.
+        for _ in 0..violations::CONFIRM_ROUND_TRIPS {
+            let confirm = async {
+                self.js
+                    .query_account()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| map_error(&op, &e))
+            };
+            let concern = Concern {
+                account_info: true,
+                ..self.concern()
+            };
+            self.guarded(concern, &op, confirm).await?;
+            if let Some(violation) = self
+                .violations
+                .refused_subscription(&mut violations, pattern)
                 .await
-                .map(|_| ())
-                .map_err(|e| map_error(&op, &e))
-        };
-        let concern = Concern {
-            account_info: true,
-            ..self.concern()
-        };
-        self.guarded(concern, &op, confirm).await?;
-        if let Some(violation) = self
-            .violations
-            .refused_subscription(&mut violations, pattern)
-            .await
-        {
-            return Err(denied(violation, &op));
+            {
+                return Err(denied(violation, &op));
+            }
         }
         Ok(Subscription::from_source(NatsSubscription(subscriber)))
     }
