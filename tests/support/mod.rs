@@ -6,10 +6,13 @@
 //! - `cluster_scenarios`: multi-node cluster scenarios, generic over the broker;
 //! - `lossy`: a broker wrapper that loses append replies on purpose;
 //! - `nats_server`: real nats-server processes (single node and 3-node cluster);
+//! - `certs`: a CA with server and client certificates (TLS, mutual TLS);
 //! - `race`: cross-process race workers.
 #![allow(dead_code)] // each test file uses a subset
 
 pub mod bodies;
+#[cfg(feature = "nats")]
+pub mod certs;
 pub mod cluster_scenarios;
 pub mod conformance;
 pub mod lossy;

@@ -424,9 +424,13 @@ impl NatsBroker {
     }
 }
 
-/// Whether an I/O error's text is rustls refusing the TLS handshake.
+/// Whether an I/O error's text is rustls refusing the TLS handshake, or the server refusing it
+/// with a TLS alert (with TLS 1.3 a server that requires a client certificate and gets none,
+/// or one it does not trust, says so after the client finished its half of the handshake:
+/// `received fatal alert: CertificateRequired`, `… UnknownCA`, `… BadCertificate`).
 fn is_tls_failure(reason: &str) -> bool {
     [
+        "fatal alert",
         "invalid peer certificate",
         "peer is incompatible",
         "peer misbehaved",
