@@ -7,6 +7,7 @@
 //! - `lossy`: a broker wrapper that loses append replies on purpose;
 //! - `nats_server`: real nats-server processes (single node and 3-node cluster);
 //! - `certs`: a CA with server and client certificates (TLS, mutual TLS);
+//! - `jwt`: operator, account and user JWTs and `.creds` files (operator mode);
 //! - `race`: cross-process race workers.
 #![allow(dead_code)] // each test file uses a subset
 
@@ -15,6 +16,8 @@ pub mod bodies;
 pub mod certs;
 pub mod cluster_scenarios;
 pub mod conformance;
+#[cfg(feature = "nats")]
+pub mod jwt;
 pub mod lossy;
 #[cfg(feature = "nats")]
 pub mod nats_server;
