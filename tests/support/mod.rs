@@ -8,7 +8,8 @@
 //! - `nats_server`: real nats-server processes (single node and 3-node cluster);
 //! - `certs`: a CA with server and client certificates (TLS, mutual TLS);
 //! - `jwt`: operator, account and user JWTs and `.creds` files (operator mode);
-//! - `race`: cross-process race workers.
+//! - `race`: cross-process race workers;
+//! - `tenancy`: a server in operator mode, users with a role's permissions, refusal checks.
 #![allow(dead_code)] // each test file uses a subset
 
 pub mod bodies;
@@ -23,3 +24,5 @@ pub mod lossy;
 pub mod nats_server;
 #[cfg(feature = "nats")]
 pub mod race;
+#[cfg(feature = "nats")]
+pub mod tenancy;
