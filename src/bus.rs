@@ -185,6 +185,12 @@ pub struct BusConfig {
     pub subscriber_queue_max: usize,
     /// Capacity of the outgoing queue of cross-node messages.
     pub outgoing_queue_max: usize,
+    /// The namespaces whose events this bus receives from other nodes: `None` (the default)
+    /// for every namespace, with one broker subscription to `aether.bus.>`; otherwise one
+    /// subscription to each namespace's subject. Credentials that cover only some namespaces
+    /// (see [`crate::permissions`]) may not subscribe to `aether.bus.>`: name them here.
+    /// Publishing is not limited by it.
+    pub namespaces: Option<BTreeSet<String>>,
 }
 
 impl Default for BusConfig {
@@ -192,6 +198,7 @@ impl Default for BusConfig {
         Self {
             subscriber_queue_max: BUS_SUBSCRIBER_QUEUE_MAX,
             outgoing_queue_max: BUS_OUTGOING_QUEUE_MAX,
+            namespaces: None,
         }
     }
 }
@@ -211,6 +218,12 @@ impl BusConfig {
     /// Sets the capacity of the outgoing queue of cross-node messages.
     pub fn outgoing_queue_max(mut self, max: usize) -> Self {
         self.outgoing_queue_max = max;
+        self
+    }
+
+    /// Receives other nodes' events of these namespaces only (see [`BusConfig::namespaces`]).
+    pub fn namespaces<I: IntoIterator<Item = S>, S: Into<String>>(mut self, namespaces: I) -> Self {
+        self.namespaces = Some(namespaces.into_iter().map(Into::into).collect());
         self
     }
 }
@@ -352,11 +365,11 @@ impl<B: Broker> EventBus<B> {
         Ok(bus)
     }
 
-    /// Subscribes to the bus subjects of all namespaces on the broker and forwards other nodes'
-    /// publications to local subscribers; from then on, publications also leave for other
-    /// nodes, in order, through the outgoing queue. Both run on tasks of the caller's tokio
-    /// runtime that end when the last handle to the bus is dropped. Calling it twice does nothing
-    /// the second time.
+    /// Subscribes to the bus subjects of all namespaces (or of [`BusConfig::namespaces`]) on
+    /// the broker and forwards other nodes' publications to local subscribers; from then on,
+    /// publications also leave for other nodes, in order, through the outgoing queue. Both run
+    /// on tasks of the caller's tokio runtime that end when the last handle to the bus is
+    /// dropped. Calling it twice does nothing the second time.
     ///
     /// # Errors
     /// A [`BrokerError`] if the broker subscription fails.
@@ -364,9 +377,19 @@ impl<B: Broker> EventBus<B> {
         if lock(&self.inner.outgoing).is_some() {
             return Ok(());
         }
-        let mut subscription = self.inner.broker.subscribe(&bus_pattern()).await?;
+        let subjects = match &self.inner.config.namespaces {
+            None => vec![bus_pattern()],
+            Some(namespaces) => namespaces.iter().map(|n| bus_subject(n)).collect(),
+        };
+        let mut subscriptions = Vec::with_capacity(subjects.len());
+        for subject in &subjects {
+            subscriptions.push(self.inner.broker.subscribe(subject).await?);
+        }
+        // One subject per namespace: each namespace's messages stay in order.
+        let mut subscription = futures::stream::select_all(subscriptions);
         let weak: Weak<Inner<B>> = Arc::downgrade(&self.inner);
         let receiver = tokio::spawn(async move {
+            use futures::StreamExt;
             while let Some(message) = subscription.next().await {
                 let Some(inner) = weak.upgrade() else { return };
                 let bus = EventBus { inner };

@@ -11,6 +11,7 @@
 //!   balanced assignment, all through broker KV operations.
 //! - [`actor`]: aggregates activated on their shard's owner, commands routed to it.
 //! - [`projection`]: checkpointed, fenced consumers of a namespace's commits.
+//! - [`permissions`]: the NATS permissions each role needs in a namespace, generated.
 //! - [`broker`]: the seam to NATS. [`broker::MemoryBroker`] is the embedded default;
 //!   `NatsBroker` (feature `nats`) is production; the `aether-sim` crate runs a simulated broker
 //!   under turmoil. Everything above is written once against it.
@@ -50,6 +51,7 @@ pub mod codec;
 pub mod event;
 pub mod names;
 pub mod node;
+pub mod permissions;
 #[cfg(feature = "sim")]
 pub mod planted;
 #[cfg(not(feature = "sim"))]

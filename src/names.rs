@@ -10,6 +10,8 @@
 //! | cluster | KV buckets `<cluster>-members`, `<cluster>-leader`, `<cluster>-assignment` |
 //! | projection checkpoints | KV bucket `aether-projections-<ns>` |
 //! | a KV bucket `b` | stream `KV_<b>`, subjects `$KV.<b>.<key>` (NATS's own layout) |
+//! | replies to a connection working for `ns` | subjects under `_INBOX_<ns>` (when configured) |
+//! | the JetStream API | subjects under `$JS.API` (NATS's default domain) |
 //!
 //! The actor token is [`crate::codec::encode_actor_id`]: an injective escape,
 //! so two actors never share a subject. Namespaces are checked by
@@ -156,6 +158,17 @@ pub fn kv_subject_prefix(bucket: &str) -> String {
     format!("$KV.{bucket}.")
 }
 
+/// The prefix of NATS's JetStream API subjects (the default domain).
+pub const JS_API_PREFIX: &str = "$JS.API";
+
+/// The reply-subject prefix (inbox prefix) of a connection working for `namespace`, which the
+/// permission sets of [`crate::permissions`] let it subscribe to. With NATS's shared default,
+/// `_INBOX`, a tenant allowed to receive its own replies could subscribe to every other
+/// tenant's replies as well (JetStream answers carry stored events).
+pub fn inbox_prefix(namespace: &str) -> String {
+    format!("_INBOX_{namespace}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +193,6 @@ mod tests {
         assert_eq!(ClusterBuckets::new("c").leader, "c-leader");
         assert_eq!(kv_stream("b"), "KV_b");
         assert_eq!(kv_subject_prefix("b"), "$KV.b.");
+        assert_eq!(inbox_prefix("bank"), "_INBOX_bank");
     }
 }

@@ -167,65 +167,16 @@ async fn an_nkey_seed_is_accepted_and_an_unknown_key_is_refused() {
     );
 }
 
-/// A CA and a server certificate for 127.0.0.1 and localhost signed by it (rcgen, ECDSA P-256),
-/// written as PEM files into `dir`. Returns (CA certificate, server certificate, server key).
-fn certificates(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "aether test CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().expect("CA key");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("self-signed CA");
-    let ca = Issuer::new(ca_params, ca_key);
-
-    let mut server_params =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .expect("server certificate parameters");
-    server_params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    server_params.is_ca = IsCa::ExplicitNoCa;
-    server_params.use_authority_key_identifier_extension = true;
-    server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_key = KeyPair::generate().expect("server key");
-    let server_cert = server_params
-        .signed_by(&server_key, &ca)
-        .expect("server certificate signed by the CA");
-
-    let files = (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    );
-    std::fs::write(&files.0, ca_cert.pem()).expect("write ca.pem");
-    std::fs::write(&files.1, server_cert.pem()).expect("write server.pem");
-    std::fs::write(&files.2, server_key.serialize_pem()).expect("write server.key");
-    files
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_trusted_root_works_and_an_untrusted_certificate_is_a_typed_tls_error() {
     let dir = tempfile::Builder::new()
         .prefix("aether-tls-")
         .tempdir()
         .expect("create temp dir");
-    let (ca, cert, key) = certificates(dir.path());
+    let certs = support::certs::certificates(dir.path(), "trusted");
+    let ca = certs.ca;
     let server = NatsServer::start_with(ServerSettings {
-        tls: Some((cert, key)),
+        tls: Some(certs.server),
         ..Default::default()
     });
     let url = format!("tls://127.0.0.1:{}", server.port);
@@ -245,5 +196,62 @@ async fn tls_with_a_trusted_root_works_and_an_untrusted_certificate_is_a_typed_t
     )
     .await
     .expect_err("a certificate from a CA nobody trusts");
+    assert!(matches!(err, NatsConnectError::Tls { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::disallowed_methods)] // measures the time to the refusal, never asserts on it
+async fn mutual_tls_accepts_a_client_certificate_and_refuses_none_or_a_strangers_with_a_tls_error()
+{
+    let dir = tempfile::Builder::new()
+        .prefix("aether-mtls-")
+        .tempdir()
+        .expect("create temp dir");
+    let certs = support::certs::certificates(dir.path(), "trusted");
+    let server = NatsServer::start_with(ServerSettings {
+        tls: Some(certs.server.clone()),
+        tls_client_ca: Some(certs.ca.clone()),
+        ..Default::default()
+    });
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    let tls = || aether::broker::NatsTls::required().root_certificates(&certs.ca);
+    let (cert, key) = certs.client.clone();
+    let broker =
+        NatsBroker::connect(NatsOptions::new(&url).tls(tls().client_certificate(cert, key)))
+            .await
+            .expect("a client certificate signed by the server's CA");
+    broker
+        .kv_ensure(aether::broker::KvConfig::new("mtls_ok"))
+        .await
+        .expect("JetStream usable over mutual TLS");
+
+    let started = std::time::Instant::now();
+    let err = NatsBroker::connect(
+        NatsOptions::new(&url)
+            .tls(tls())
+            .connection_timeout(Duration::from_secs(3)),
+    )
+    .await
+    .expect_err("no client certificate");
+    println!(
+        "REFUSED mTLS without a client certificate -> {err:?} in {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, NatsConnectError::Tls { .. }), "{err:?}");
+
+    let stranger = support::certs::certificates(dir.path(), "stranger");
+    let (cert, key) = stranger.client;
+    let started = std::time::Instant::now();
+    let err = NatsBroker::connect(
+        NatsOptions::new(&url)
+            .tls(tls().client_certificate(cert, key))
+            .connection_timeout(Duration::from_secs(3)),
+    )
+    .await
+    .expect_err("a client certificate from a CA the server does not trust");
+    println!(
+        "REFUSED mTLS with a stranger's certificate -> {err:?} in {:?}",
+        started.elapsed()
+    );
     assert!(matches!(err, NatsConnectError::Tls { .. }), "{err:?}");
 }

@@ -80,12 +80,44 @@ pub enum BrokerError {
         /// What the backend said.
         reason: String,
     },
+    /// The server refused the operation for lack of permission: the connection's credentials
+    /// may not publish to, or subscribe to, `subject`. Nothing was stored or changed. Definite,
+    /// never ambiguous: retrying with the same credentials is refused again.
+    #[error("permission denied: may not {action} {subject:?} ({operation})")]
+    PermissionDenied {
+        /// Whether publishing or subscribing was refused.
+        action: PermissionAction,
+        /// The subject the server refused, as it named it (a JetStream API subject such as
+        /// `$JS.API.STREAM.INFO.AETHER_EV_orders` when the refused part was an API request).
+        subject: String,
+        /// The broker operation that needed it.
+        operation: String,
+    },
     /// Anything else the backend reported.
     #[error("broker error: {reason}")]
     Other {
         /// What the backend said.
         reason: String,
     },
+}
+
+/// What a [`BrokerError::PermissionDenied`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PermissionAction {
+    /// Publishing to the subject (a message, a request, a JetStream API call).
+    Publish,
+    /// Subscribing to the subject.
+    Subscribe,
+}
+
+impl fmt::Display for PermissionAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PermissionAction::Publish => "publish to",
+            PermissionAction::Subscribe => "subscribe to",
+        })
+    }
 }
 
 /// The server resource limits a broker reports as [`BrokerError::LimitReached`].

@@ -25,7 +25,7 @@ use bytes::Bytes;
 #[cfg(feature = "nats")]
 pub use async_nats;
 pub use config::{KvConfig, StorageKind, StreamConfig};
-pub use error::{BrokerError, BrokerLimit};
+pub use error::{BrokerError, BrokerLimit, PermissionAction};
 /// The broker state machine behind [`MemoryBroker`], for the simulation's broker host.
 #[cfg(feature = "sim")]
 pub use memory::{BrokerState, Now};

@@ -6,14 +6,23 @@
 //! - `cluster_scenarios`: multi-node cluster scenarios, generic over the broker;
 //! - `lossy`: a broker wrapper that loses append replies on purpose;
 //! - `nats_server`: real nats-server processes (single node and 3-node cluster);
-//! - `race`: cross-process race workers.
+//! - `certs`: a CA with server and client certificates (TLS, mutual TLS);
+//! - `jwt`: operator, account and user JWTs and `.creds` files (operator mode);
+//! - `race`: cross-process race workers;
+//! - `tenancy`: a server in operator mode, users with a role's permissions, refusal checks.
 #![allow(dead_code)] // each test file uses a subset
 
 pub mod bodies;
+#[cfg(feature = "nats")]
+pub mod certs;
 pub mod cluster_scenarios;
 pub mod conformance;
+#[cfg(feature = "nats")]
+pub mod jwt;
 pub mod lossy;
 #[cfg(feature = "nats")]
 pub mod nats_server;
 #[cfg(feature = "nats")]
 pub mod race;
+#[cfg(feature = "nats")]
+pub mod tenancy;

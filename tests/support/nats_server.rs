@@ -114,6 +114,11 @@ pub struct ServerSettings {
     pub nkey_user: Option<String>,
     /// `tls { cert_file, key_file }`: PEM files of the server's certificate and key.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// With `tls`: `ca_file` and `verify: true`, client certificates signed by this CA
+    /// required (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Configuration appended as it is (operator mode: `operator`, `resolver`, …).
+    pub extra: Option<String>,
 }
 
 /// One nats-server process.
@@ -233,9 +238,17 @@ impl NatsServer {
             ));
         }
         if let Some((cert, key)) = &settings.tls {
+            let verify = settings
+                .tls_client_ca
+                .as_ref()
+                .map(|ca| format!("  ca_file: {ca:?}\n  verify: true\n"))
+                .unwrap_or_default();
             text.push_str(&format!(
-                "tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n}}\n"
+                "tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n{verify}}}\n"
             ));
+        }
+        if let Some(extra) = &settings.extra {
+            text.push_str(extra);
         }
         std::fs::write(&self.config, text).expect("write server config");
     }

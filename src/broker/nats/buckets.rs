@@ -9,16 +9,28 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::errors::{Op, map_error};
+use super::violations::Concern;
 use super::{HEADER_KV_OPERATION, NatsBroker, kv_entry, storage};
 use crate::broker::subject::{validate_kv_key, validate_pattern};
 use crate::broker::{BrokerError, KvConfig, KvEntry, KvOperation, KvWatch};
 use crate::names::{kv_stream, kv_subject_prefix};
 
 impl NatsBroker {
+    /// The concern of a write of `key` in `bucket`: its subject and the bucket's stream.
+    fn key_concern(&self, bucket: &str, key: &str) -> Concern<'_> {
+        Concern {
+            publishes: vec![format!("{}{key}", kv_subject_prefix(bucket))],
+            ..self.stream_concern(&kv_stream(bucket))
+        }
+    }
+
     pub(super) async fn ensure_bucket(&self, config: KvConfig) -> Result<(), BrokerError> {
         config.validate()?;
-        if self.bucket(&config.bucket).await.is_ok() {
-            return Ok(());
+        match self.bucket(&config.bucket).await {
+            Ok(_) => return Ok(()),
+            // May not even look: creating would be refused too, or tell nothing new.
+            Err(e @ BrokerError::PermissionDenied { .. }) => return Err(e),
+            Err(_) => {}
         }
         let op = Op::KvBucket {
             bucket: &config.bucket,
@@ -34,15 +46,30 @@ impl NatsBroker {
             storage: storage(config.storage),
             ..Default::default()
         };
-        match self.js.create_key_value(native).await {
+        let concern = Concern {
+            account_info: true,
+            ..self.stream_concern(&kv_stream(&config.bucket))
+        };
+        let created = self
+            .guarded(concern, &op, async {
+                self.js.create_key_value(native).await.map_err(|e| {
+                    let mapped = map_error(&op, &e);
+                    tracing::debug!(bucket = %config.bucket, error = %e, "bucket not created");
+                    mapped
+                })
+            })
+            .await;
+        match created {
             Ok(store) => {
                 self.lock_buckets().insert(config.bucket.clone(), store);
                 Ok(())
             }
+            // Refused: the lookup that follows would be refused or tell nothing new.
+            Err(e @ BrokerError::PermissionDenied { .. }) => Err(e),
             Err(e) => match self.bucket(&config.bucket).await {
                 // Created concurrently by someone else.
                 Ok(_) => Ok(()),
-                Err(_) => Err(map_error(&op, &e)),
+                Err(_) => Err(e),
             },
         }
     }
@@ -54,10 +81,12 @@ impl NatsBroker {
     ) -> Result<Option<KvEntry>, BrokerError> {
         validate_kv_key(key)?;
         let store = self.bucket(bucket).await?;
-        let entry = store
-            .entry(key)
-            .await
-            .map_err(|e| map_error(&Op::KvRead { bucket }, &e))?;
+        let op = Op::KvRead { bucket };
+        let entry = self
+            .guarded(self.stream_concern(&kv_stream(bucket)), &op, async {
+                store.entry(key).await.map_err(|e| map_error(&op, &e))
+            })
+            .await?;
         Ok(entry
             .map(kv_entry)
             .filter(|e| e.operation == KvOperation::Put))
@@ -71,10 +100,14 @@ impl NatsBroker {
     ) -> Result<u64, BrokerError> {
         validate_kv_key(key)?;
         let store = self.bucket(bucket).await?;
-        store
-            .create(key, value)
-            .await
-            .map_err(|e| map_error(&Op::KvCreate { key }, &e))
+        let op = Op::KvCreate { key };
+        self.guarded(self.key_concern(bucket, key), &op, async {
+            store
+                .create(key, value)
+                .await
+                .map_err(|e| map_error(&op, &e))
+        })
+        .await
     }
 
     pub(super) async fn update_entry(
@@ -86,10 +119,14 @@ impl NatsBroker {
     ) -> Result<u64, BrokerError> {
         validate_kv_key(key)?;
         let store = self.bucket(bucket).await?;
-        store
-            .update(key, value, revision)
-            .await
-            .map_err(|e| map_error(&Op::KvUpdate { key, revision }, &e))
+        let op = Op::KvUpdate { key, revision };
+        self.guarded(self.key_concern(bucket, key), &op, async {
+            store
+                .update(key, value, revision)
+                .await
+                .map_err(|e| map_error(&op, &e))
+        })
+        .await
     }
 
     pub(super) async fn put_entry(
@@ -101,19 +138,21 @@ impl NatsBroker {
         validate_kv_key(key)?;
         let size = value.len();
         let store = self.bucket(bucket).await?;
-        store
-            .put(key, value)
-            .await
-            .map_err(|e| map_error(&Op::KvWrite { key, size }, &e))
+        let op = Op::KvWrite { key, size };
+        self.guarded(self.key_concern(bucket, key), &op, async {
+            store.put(key, value).await.map_err(|e| map_error(&op, &e))
+        })
+        .await
     }
 
     pub(super) async fn delete_entry(&self, bucket: &str, key: &str) -> Result<(), BrokerError> {
         validate_kv_key(key)?;
         let store = self.bucket(bucket).await?;
-        store
-            .delete(key)
-            .await
-            .map_err(|e| map_error(&Op::KvWrite { key, size: 0 }, &e))
+        let op = Op::KvWrite { key, size: 0 };
+        self.guarded(self.key_concern(bucket, key), &op, async {
+            store.delete(key).await.map_err(|e| map_error(&op, &e))
+        })
+        .await
     }
 
     pub(super) async fn entries(&self, bucket: &str) -> Result<Vec<KvEntry>, BrokerError> {
@@ -125,36 +164,33 @@ impl NatsBroker {
         // start gives each key's latest entry, tombstones included — with batched direct gets,
         // so a poll leaves nothing behind on the server.
         let mut entries: BTreeMap<String, KvEntry> = BTreeMap::new();
-        self.read_pages(
-            &op,
-            &kv_stream(bucket),
-            &format!("{prefix}>"),
-            1,
-            |message| {
-                if let Some(key) = message.subject.strip_prefix(&prefix) {
-                    let deleted = message
-                        .headers
-                        .get(HEADER_KV_OPERATION)
-                        .is_some_and(|v| v == "DEL" || v == "PURGE");
-                    if deleted {
-                        entries.remove(key);
-                    } else {
-                        entries.insert(
-                            key.to_owned(),
-                            KvEntry {
-                                bucket: bucket.to_owned(),
-                                key: key.to_owned(),
-                                value: message.payload,
-                                revision: message.sequence,
-                                operation: KvOperation::Put,
-                            },
-                        );
-                    }
+        let stream = kv_stream(bucket);
+        let filter = format!("{prefix}>");
+        let read = self.read_pages(&op, &stream, &filter, 1, |message| {
+            if let Some(key) = message.subject.strip_prefix(&prefix) {
+                let deleted = message
+                    .headers
+                    .get(HEADER_KV_OPERATION)
+                    .is_some_and(|v| v == "DEL" || v == "PURGE");
+                if deleted {
+                    entries.remove(key);
+                } else {
+                    entries.insert(
+                        key.to_owned(),
+                        KvEntry {
+                            bucket: bucket.to_owned(),
+                            key: key.to_owned(),
+                            value: message.payload,
+                            revision: message.sequence,
+                            operation: KvOperation::Put,
+                        },
+                    );
                 }
-                true
-            },
-        )
-        .await?;
+            }
+            true
+        });
+        self.guarded(self.stream_concern(&stream), &op, read)
+            .await?;
         Ok(entries.into_values().collect())
     }
 
@@ -167,10 +203,15 @@ impl NatsBroker {
         let store = self.bucket(bucket).await?;
         // Buckets are created with history 1, so "all history" is exactly the current entry
         // of every key (tombstones included) followed by every later write.
-        let watch = store
-            .watch_with_history(key_pattern)
-            .await
-            .map_err(|e| map_error(&Op::KvRead { bucket }, &e))?;
+        let op = Op::KvRead { bucket };
+        let watch = self
+            .guarded(self.stream_concern(&kv_stream(bucket)), &op, async {
+                store
+                    .watch_with_history(key_pattern)
+                    .await
+                    .map_err(|e| map_error(&op, &e))
+            })
+            .await?;
         Ok(KvWatch::new(watch.filter_map(|entry| async move {
             entry.ok().map(kv_entry)
         })))

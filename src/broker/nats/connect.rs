@@ -10,7 +10,12 @@ use std::time::Duration;
 use async_nats::ServerAddr;
 use async_nats::jetstream;
 
+use super::violations::{Concern, Violations};
 use super::{JS_API_PREFIX, NatsBroker};
+use crate::broker::BrokerError;
+
+/// NATS's default prefix of reply subjects.
+const DEFAULT_INBOX_PREFIX: &str = "_INBOX";
 
 /// The oldest nats-server release aether runs against, as (major, minor).
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 11);
@@ -119,6 +124,10 @@ pub struct NatsOptions {
     pub request_timeout: Duration,
     /// Give up reconnecting after this many attempts; `None` retries forever.
     pub max_reconnects: Option<usize>,
+    /// The prefix of the connection's reply subjects; `None` is NATS's `_INBOX`. Give each
+    /// tenant its own (the permission sets of [`crate::permissions`] use
+    /// [`crate::names::inbox_prefix`]), so that no tenant may subscribe to another's replies.
+    pub inbox_prefix: Option<String>,
 }
 
 impl NatsOptions {
@@ -137,6 +146,7 @@ impl NatsOptions {
             connection_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             max_reconnects: None,
+            inbox_prefix: None,
         }
     }
 
@@ -191,6 +201,12 @@ impl NatsOptions {
         self
     }
 
+    /// Sets the prefix of the connection's reply subjects (see [`NatsOptions::inbox_prefix`]).
+    pub fn inbox_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.inbox_prefix = Some(prefix.into());
+        self
+    }
+
     /// Sets the initial connection timeout.
     pub fn connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;
@@ -241,6 +257,15 @@ pub enum NatsConnectError {
         server: String,
         /// The version it reported.
         version: String,
+    },
+    /// The credentials may not use a subject that connecting needs (`$JS.API.INFO`, to check
+    /// JetStream, or the reply inbox).
+    #[error("the NATS credentials may not {action} {subject:?}, which connecting needs")]
+    PermissionDenied {
+        /// Publishing or subscribing.
+        action: crate::broker::PermissionAction,
+        /// The refused subject.
+        subject: String,
     },
     /// The server answered but JetStream is not enabled for this account.
     #[error("JetStream is not available on the NATS server: {reason}; start nats-server with -js")]
@@ -318,6 +343,19 @@ impl NatsBroker {
         if let Some(name) = &options.name {
             connect = connect.name(name);
         }
+        let inbox_prefix = options
+            .inbox_prefix
+            .clone()
+            .unwrap_or_else(|| DEFAULT_INBOX_PREFIX.to_owned());
+        if options.inbox_prefix.is_some() {
+            connect = connect.custom_inbox_prefix(&inbox_prefix);
+        }
+        let violations = Violations::new(&inbox_prefix);
+        let events = violations.clone();
+        connect = connect.event_callback(move |event| {
+            events.on_event(&event);
+            std::future::ready(())
+        });
         connect = connect
             .connection_timeout(options.connection_timeout)
             .request_timeout(Some(options.request_timeout))
@@ -351,24 +389,48 @@ impl NatsBroker {
         let js = jetstream::ContextBuilder::new()
             .timeout(options.request_timeout)
             .build(client.clone());
-        js.query_account()
-            .await
-            .map_err(|e| NatsConnectError::JetStreamUnavailable {
-                reason: e.to_string(),
-            })?;
-        Ok(Self {
+        let broker = Self {
             client,
             js,
             api_prefix: JS_API_PREFIX.to_owned(),
+            inbox_prefix,
             request_timeout: options.request_timeout,
             buckets: Arc::new(Mutex::new(BTreeMap::new())),
-        })
+            violations,
+        };
+        let concern = Concern {
+            account_info: true,
+            ..broker.concern()
+        };
+        let op = "checking JetStream";
+        let check = async {
+            broker
+                .js
+                .query_account()
+                .await
+                .map_err(|e| BrokerError::Other {
+                    reason: e.to_string(),
+                })
+        };
+        match broker.violations.guard(concern, &op, Box::pin(check)).await {
+            Ok(_) => Ok(broker),
+            Err(BrokerError::PermissionDenied {
+                action, subject, ..
+            }) => Err(NatsConnectError::PermissionDenied { action, subject }),
+            Err(e) => Err(NatsConnectError::JetStreamUnavailable {
+                reason: e.to_string(),
+            }),
+        }
     }
 }
 
-/// Whether an I/O error's text is rustls refusing the TLS handshake.
+/// Whether an I/O error's text is rustls refusing the TLS handshake, or the server refusing it
+/// with a TLS alert (with TLS 1.3 a server that requires a client certificate and gets none,
+/// or one it does not trust, says so after the client finished its half of the handshake:
+/// `received fatal alert: CertificateRequired`, `… UnknownCA`, `… BadCertificate`).
 fn is_tls_failure(reason: &str) -> bool {
     [
+        "fatal alert",
         "invalid peer certificate",
         "peer is incompatible",
         "peer misbehaved",

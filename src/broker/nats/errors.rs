@@ -27,7 +27,9 @@ pub(super) enum Op<'a> {
         subject: &'a str,
         size: usize,
     },
-    Subscribe,
+    Subscribe {
+        pattern: &'a str,
+    },
     Request {
         subject: &'a str,
         size: usize,
@@ -56,12 +58,12 @@ impl fmt::Display for Op<'_> {
         match self {
             Op::EnsureStream { stream } => write!(f, "creating stream {stream}"),
             Op::Append { subject, .. } => {
-                write!(f, "the acknowledgement of an append to {subject}")
+                write!(f, "an append to {subject}")
             }
             Op::Last { stream } => write!(f, "the last message of a subject in {stream}"),
             Op::Read { stream } => write!(f, "reading {stream}"),
             Op::Publish { subject, .. } => write!(f, "publishing on {subject}"),
-            Op::Subscribe => f.write_str("subscribing"),
+            Op::Subscribe { pattern } => write!(f, "subscribing to {pattern}"),
             Op::Request { subject, .. } => write!(f, "a reply to {subject}"),
             Op::KvBucket { bucket } => write!(f, "KV bucket {bucket}"),
             Op::KvCreate { key } | Op::KvUpdate { key, .. } | Op::KvWrite { key, .. } => {

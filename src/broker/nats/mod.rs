@@ -22,36 +22,41 @@
 
 mod buckets;
 mod connect;
+mod convert;
 mod errors;
 mod inspect;
 mod read;
+mod streams;
+mod violations;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
 pub use connect::{
     MIN_SERVER_VERSION, NatsAuth, NatsConnectError, NatsOptions, NatsTls, server_version_supported,
 };
+use convert::{
+    HEADER_KV_OPERATION, NatsSubscription, core_message, from_header_map, kv_entry, storage,
+    stored_message, to_header_map,
+};
 use errors::{Op, map_error};
 pub use inspect::StreamState;
-use read::DIRECT_BATCH_MAX;
+use violations::{Concern, Violations, denied};
 
 use super::subject::{validate_pattern, validate_subject};
-use super::wire::{check_user_headers, is_reserved_header, wire_size};
+use super::wire::{check_user_headers, wire_size};
 use super::{
-    AppendAck, AppendOptions, Broker, BrokerError, Headers, KvConfig, KvEntry, KvOperation,
-    KvWatch, Message, ReadFrom, StorageKind, StoredMessage, StreamConfig, Subscription,
-    SubscriptionSource,
+    AppendAck, AppendOptions, Broker, BrokerError, Headers, KvConfig, KvEntry, KvWatch, Message,
+    ReadFrom, StoredMessage, StreamConfig, Subscription,
 };
 
-/// The JetStream API prefix of the default domain.
-const JS_API_PREFIX: &str = "$JS.API";
+use crate::names::JS_API_PREFIX;
 
 /// The NATS JetStream broker. Cheap to clone; clones share the connection.
 #[derive(Clone)]
@@ -60,8 +65,12 @@ pub struct NatsBroker {
     js: jetstream::Context,
     /// The JetStream API subject prefix the context uses (`$JS.API`).
     api_prefix: String,
+    /// The prefix of the connection's reply subjects (`_INBOX` unless configured).
+    inbox_prefix: String,
     request_timeout: Duration,
     buckets: Arc<Mutex<BTreeMap<String, kv::Store>>>,
+    /// The server's refusals of this connection's publishes and subscriptions.
+    violations: Violations,
 }
 
 impl fmt::Debug for NatsBroker {
@@ -92,130 +101,57 @@ impl NatsBroker {
         if let Some(store) = self.lock_buckets().get(bucket) {
             return Ok(store.clone());
         }
+        let op = Op::KvBucket { bucket };
         let store = self
-            .js
-            .get_key_value(bucket)
-            .await
-            .map_err(|e| map_error(&Op::KvBucket { bucket }, &e))?;
+            .guarded(
+                self.stream_concern(&crate::names::kv_stream(bucket)),
+                &op,
+                async {
+                    self.js
+                        .get_key_value(bucket)
+                        .await
+                        .map_err(|e| map_error(&op, &e))
+                },
+            )
+            .await?;
         self.lock_buckets().insert(bucket.to_owned(), store.clone());
         Ok(store)
     }
 
-    fn lock_buckets(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, kv::Store>> {
-        self.buckets.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-fn to_header_map(headers: &Headers) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (k, v) in headers {
-        map.insert(k.as_str(), v.as_str());
-    }
-    map
-}
-
-/// Headers as the publisher set them: the broker's own `Nats-*` headers are dropped.
-fn from_header_map(map: Option<&HeaderMap>) -> Headers {
-    let mut headers = Headers::new();
-    if let Some(map) = map {
-        for (name, values) in map.iter() {
-            let name: &str = name.as_ref();
-            if is_reserved_header(name) {
-                continue;
-            }
-            if let Some(value) = values.last() {
-                headers.insert(name.to_owned(), value.as_str().to_owned());
-            }
+    /// What an operation that waits for replies uses, before its subjects and streams are named.
+    fn concern(&self) -> Concern<'_> {
+        Concern {
+            api_prefix: &self.api_prefix,
+            inbox_prefix: &self.inbox_prefix,
+            replies: true,
+            ..Concern::default()
         }
     }
-    headers
-}
 
-fn core_message(message: async_nats::Message) -> Message {
-    Message {
-        subject: message.subject.to_string(),
-        headers: from_header_map(message.headers.as_ref()),
-        payload: message.payload,
-        reply: message.reply.map(|r| r.to_string()),
+    /// The concern of an operation on the JetStream API subjects of `stream`.
+    fn stream_concern(&self, stream: &str) -> Concern<'_> {
+        Concern {
+            streams: vec![stream.to_owned()],
+            ..self.concern()
+        }
     }
-}
 
-fn stored_message(message: &jetstream::Message) -> Option<StoredMessage> {
-    let info = message.info().ok()?;
-    Some(StoredMessage {
-        subject: message.subject.to_string(),
-        sequence: info.stream_sequence,
-        headers: from_header_map(message.headers.as_ref()),
-        payload: message.payload.clone(),
-        time: SystemTime::from(info.published),
-    })
-}
-
-fn stream_message(m: jetstream::message::StreamMessage) -> StoredMessage {
-    StoredMessage {
-        subject: m.subject.to_string(),
-        sequence: m.sequence,
-        headers: from_header_map(Some(&m.headers)),
-        payload: m.payload,
-        time: SystemTime::from(m.time),
+    /// Runs `run`, failing it with [`BrokerError::PermissionDenied`] as soon as the server
+    /// refuses a subject in `concern` (instead of letting it time out).
+    fn guarded<'a, T>(
+        &'a self,
+        concern: Concern<'a>,
+        op: &'a Op<'a>,
+        run: impl Future<Output = Result<T, BrokerError>> + Send + 'a,
+    ) -> impl Future<Output = Result<T, BrokerError>> + Send + 'a
+    where
+        T: Send + 'a,
+    {
+        self.violations.guard(concern, op, Box::pin(run))
     }
-}
 
-/// Whether a direct get found nobody to answer it (status 503): the stream is missing, or no
-/// replica serves direct gets right now; the leader read that follows tells which.
-fn is_unanswered(error: &stream::DirectGetError) -> bool {
-    matches!(error.kind(), stream::DirectGetErrorKind::ErrorResponse(status, _) if status.as_u16() == 503)
-}
-
-/// The header a KV bucket's stream marks deletions with (`DEL`, `PURGE`).
-const HEADER_KV_OPERATION: &str = "KV-Operation";
-
-/// A core subscription; draining is async-nats' drain (UNSUB, then what is in flight).
-struct NatsSubscription(async_nats::Subscriber);
-
-impl futures::Stream for NatsSubscription {
-    type Item = Message;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Message>> {
-        std::pin::Pin::new(&mut self.0)
-            .poll_next(cx)
-            .map(|m| m.map(core_message))
-    }
-}
-
-impl SubscriptionSource for NatsSubscription {
-    fn drain(&mut self) -> futures::future::BoxFuture<'_, ()> {
-        Box::pin(async move {
-            if let Err(error) = self.0.drain().await {
-                tracing::debug!(%error, "drain of a subscription failed");
-            }
-        })
-    }
-}
-
-fn storage(kind: StorageKind) -> stream::StorageType {
-    match kind {
-        StorageKind::File => stream::StorageType::File,
-        StorageKind::Memory => stream::StorageType::Memory,
-    }
-}
-
-fn kv_operation(op: kv::Operation) -> KvOperation {
-    match op {
-        kv::Operation::Put => KvOperation::Put,
-        kv::Operation::Delete | kv::Operation::Purge => KvOperation::Delete,
-    }
-}
-
-fn kv_entry(entry: kv::Entry) -> KvEntry {
-    KvEntry {
-        bucket: entry.bucket,
-        key: entry.key,
-        value: entry.value,
-        revision: entry.revision,
-        operation: kv_operation(entry.operation),
+    fn lock_buckets(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, kv::Store>> {
+        self.buckets.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -225,44 +161,9 @@ impl Broker for NatsBroker {
         let op = Op::EnsureStream {
             stream: &config.name,
         };
-        match self.js.get_stream_no_info(&config.name).await {
-            Ok(handle) => match handle.get_info().await {
-                Ok(_) => return Ok(()),
-                Err(e) => {
-                    let mapped = map_error(&op, &e);
-                    if !matches!(mapped, BrokerError::NotFound { .. }) {
-                        return Err(mapped);
-                    }
-                }
-            },
-            Err(e) => return Err(map_error(&op, &e)),
-        }
-        let native = stream::Config {
-            name: config.name.clone(),
-            subjects: config.subjects.clone(),
-            max_age: config.max_age.unwrap_or(Duration::ZERO),
-            max_messages_per_subject: config
-                .max_messages_per_subject
-                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
-            max_message_size: config
-                .max_message_size
-                .map_or(-1, |n| i32::try_from(n).unwrap_or(i32::MAX)),
-            num_replicas: config.replicas.max(1),
-            duplicate_window: config.duplicate_window,
-            storage: storage(config.storage),
-            deny_delete: config.deny_delete,
-            deny_purge: config.deny_purge,
-            allow_direct: true,
-            ..Default::default()
-        };
-        match self.js.create_stream(native).await {
-            Ok(_) => Ok(()),
-            Err(e) => match map_error(&op, &e) {
-                // Created concurrently by someone else: leave it as it is.
-                BrokerError::AlreadyExists { .. } => Ok(()),
-                other => Err(other),
-            },
-        }
+        let concern = self.stream_concern(&config.name);
+        self.guarded(concern, &op, self.create_stream(&op, config.clone()))
+            .await
     }
 
     async fn append(
@@ -284,58 +185,17 @@ impl Broker for NatsBroker {
             expected: options.expected_last_subject_sequence,
             size,
         };
-        let mut publish = jetstream::message::PublishMessage::build()
-            .payload(payload)
-            .headers(to_header_map(&headers));
-        if let Some(id) = &options.message_id {
-            publish = publish.message_id(id);
-        }
-        if let Some(expected) = options.expected_last_subject_sequence {
-            // Also for 0 ("the subject must be empty"): async-nats sends the header as given.
-            publish = publish.expected_last_subject_sequence(expected);
-        }
-        let result = match self.js.send_publish(subject.to_owned(), publish).await {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
+        let concern = Concern {
+            publishes: vec![subject.to_owned()],
+            stream_names: true,
+            ..self.concern()
         };
-        match result {
-            Ok(ack) => Ok(AppendAck {
-                sequence: ack.sequence,
-                duplicate: ack.duplicate,
-            }),
-            Err(e) => match map_error(&op, &e) {
-                BrokerError::NotFound { what } => {
-                    // No responders: either no stream captures the subject (definite), or the
-                    // stream exists and is between leaders (transient; nothing was stored).
-                    // Only the server's definite "no stream captures it" is NotFound; a lookup
-                    // that itself fails (the meta leader is moving too) leaves it transient.
-                    use jetstream::context::GetStreamByNameErrorKind as K;
-                    match self.js.stream_by_subject(subject.to_owned()).await {
-                        Err(e) if e.kind() == K::NotFound => Err(BrokerError::NotFound { what }),
-                        Ok(_) => Err(BrokerError::Unavailable {
-                            reason: format!("stream for subject {subject:?} has no leader"),
-                        }),
-                        Err(e) => Err(BrokerError::Unavailable {
-                            reason: format!(
-                                "no answer for subject {subject:?}, and the stream lookup failed: {e}"
-                            ),
-                        }),
-                    }
-                }
-                BrokerError::PayloadTooLarge { size, max: 0 } => {
-                    let max = match self.js.stream_by_subject(subject.to_owned()).await {
-                        Ok(name) => match self.js.get_stream(name).await {
-                            Ok(s) => usize::try_from(s.cached_info().config.max_message_size)
-                                .unwrap_or(0),
-                            Err(_) => 0,
-                        },
-                        Err(_) => 0,
-                    };
-                    Err(BrokerError::PayloadTooLarge { size, max })
-                }
-                other => Err(other),
-            },
-        }
+        self.guarded(
+            concern,
+            &op,
+            self.publish_append(&op, subject, headers, payload, options),
+        )
+        .await
     }
 
     async fn last(
@@ -346,25 +206,12 @@ impl Broker for NatsBroker {
     ) -> Result<Option<StoredMessage>, BrokerError> {
         validate_subject(subject)?;
         let op = Op::Last { stream };
-        let handle = self
-            .js
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| map_error(&op, &e))?;
-        if from == ReadFrom::AnyReplica {
-            match handle.direct_get_last_for_subject(subject).await {
-                Ok(m) => return Ok(Some(stream_message(m))),
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(None),
-                // No replica serves direct gets right now: ask the leader.
-                Err(e) if is_unanswered(&e) => {}
-                Err(e) => return Err(map_error(&op, &e)),
-            }
-        }
-        match handle.get_last_raw_message_by_subject(subject).await {
-            Ok(m) => Ok(Some(stream_message(m))),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(map_error(&op, &e)),
-        }
+        self.guarded(
+            self.stream_concern(stream),
+            &op,
+            self.last_in(&op, stream, subject, from),
+        )
+        .await
     }
 
     async fn next(
@@ -376,31 +223,8 @@ impl Broker for NatsBroker {
     ) -> Result<Option<StoredMessage>, BrokerError> {
         validate_subject(subject)?;
         let op = Op::Last { stream };
-        let handle = self
-            .js
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| map_error(&op, &e))?;
-        let from_sequence = from_sequence.max(1);
-        if from == ReadFrom::AnyReplica {
-            match handle
-                .direct_get_next_for_subject(subject, Some(from_sequence))
-                .await
-            {
-                Ok(m) => return Ok(Some(stream_message(m))),
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(None),
-                Err(e) if is_unanswered(&e) => {}
-                Err(e) => return Err(map_error(&op, &e)),
-            }
-        }
-        match handle
-            .get_first_raw_message_by_subject(subject, from_sequence)
-            .await
-        {
-            Ok(m) => Ok(Some(stream_message(m))),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(map_error(&op, &e)),
-        }
+        let next = self.next_in(&op, stream, subject, from_sequence, from);
+        self.guarded(self.stream_concern(stream), &op, next).await
     }
 
     async fn read(
@@ -424,11 +248,11 @@ impl Broker for NatsBroker {
     ) -> Result<(), BrokerError> {
         validate_pattern(subject)?;
         let op = Op::Read { stream };
-        self.read_pages(&op, stream, subject, from_sequence, |m| {
+        let read = self.read_pages(&op, stream, subject, from_sequence, |m| {
             visit(m);
             true
-        })
-        .await
+        });
+        self.guarded(self.stream_concern(stream), &op, read).await
     }
 
     async fn read_batch(
@@ -440,39 +264,8 @@ impl Broker for NatsBroker {
     ) -> Result<Vec<StoredMessage>, BrokerError> {
         validate_pattern(filter)?;
         let op = Op::Read { stream };
-        let mut out = Vec::new();
-        let mut from = from_sequence.max(1);
-        while out.len() < max {
-            let page = self
-                .direct_page(
-                    &op,
-                    stream,
-                    filter,
-                    from,
-                    (max - out.len()).min(DIRECT_BATCH_MAX),
-                    &mut |m| {
-                        out.push(m);
-                        true
-                    },
-                )
-                .await?;
-            if page.unanswered {
-                let wanted = max - out.len();
-                let mut taken = 0;
-                self.consume(&op, stream, filter, from, |m| {
-                    out.push(m);
-                    taken += 1;
-                    taken < wanted
-                })
-                .await?;
-                break;
-            }
-            match page.last_sequence {
-                Some(last) if page.pending > 0 => from = last + 1,
-                _ => break,
-            }
-        }
-        Ok(out)
+        let read = self.read_batch_in(&op, stream, filter, from_sequence, max);
+        self.guarded(self.stream_concern(stream), &op, read).await
     }
 
     async fn publish(
@@ -488,6 +281,15 @@ impl Broker for NatsBroker {
             return Err(BrokerError::PayloadTooLarge { size, max });
         }
         let op = Op::Publish { subject, size };
+        // Fire and forget: a refusal arrives after the message left, so only the next publish
+        // to a refused subject can be refused here (and is not sent).
+        if self.violations.publish_denied(subject) {
+            return Err(BrokerError::PermissionDenied {
+                action: super::PermissionAction::Publish,
+                subject: subject.to_owned(),
+                operation: op.to_string(),
+            });
+        }
         let result = if headers.is_empty() {
             self.client.publish(subject.to_owned(), payload).await
         } else {
@@ -500,11 +302,38 @@ impl Broker for NatsBroker {
 
     async fn subscribe(&self, pattern: &str) -> Result<Subscription, BrokerError> {
         validate_pattern(pattern)?;
+        let op = Op::Subscribe { pattern };
+        let mut violations = self.violations.subscribe();
         let subscriber = self
             .client
             .subscribe(pattern.to_owned())
             .await
-            .map_err(|e| map_error(&Op::Subscribe, &e))?;
+            .map_err(|e| map_error(&op, &e))?;
+        // The server answers a refused subscription only with an error on the connection.
+        // It handles a connection's messages in order, so the refusal comes before the answer
+        // to a request sent after the subscription; the connection reports it on a task of
+        // its own, which a second round trip leaves ample time to run.
+        for _ in 0..violations::CONFIRM_ROUND_TRIPS {
+            let confirm = async {
+                self.js
+                    .query_account()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| map_error(&op, &e))
+            };
+            let concern = Concern {
+                account_info: true,
+                ..self.concern()
+            };
+            self.guarded(concern, &op, confirm).await?;
+            if let Some(violation) = self
+                .violations
+                .refused_subscription(&mut violations, pattern)
+                .await
+            {
+                return Err(denied(violation, &op));
+            }
+        }
         Ok(Subscription::from_source(NatsSubscription(subscriber)))
     }
 
@@ -528,11 +357,18 @@ impl Broker for NatsBroker {
         if !headers.is_empty() {
             request = request.headers(to_header_map(&headers));
         }
-        self.client
-            .send_request(subject.to_owned(), request)
-            .await
-            .map(core_message)
-            .map_err(|e| map_error(&op, &e))
+        let concern = Concern {
+            publishes: vec![subject.to_owned()],
+            ..self.concern()
+        };
+        let request = async {
+            self.client
+                .send_request(subject.to_owned(), request)
+                .await
+                .map(core_message)
+                .map_err(|e| map_error(&op, &e))
+        };
+        self.guarded(concern, &op, request).await
     }
 
     async fn kv_ensure(&self, config: KvConfig) -> Result<(), BrokerError> {

@@ -53,6 +53,51 @@ impl NatsBroker {
         }
     }
 
+    /// Up to `max` messages of `stream` matching `filter` from `from_sequence` on, by batched
+    /// direct gets (from the leader through a consumer when no replica answers them).
+    pub(super) async fn read_batch_in(
+        &self,
+        op: &Op<'_>,
+        stream: &str,
+        filter: &str,
+        from_sequence: u64,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>, BrokerError> {
+        let mut out = Vec::new();
+        let mut from = from_sequence.max(1);
+        while out.len() < max {
+            let page = self
+                .direct_page(
+                    op,
+                    stream,
+                    filter,
+                    from,
+                    (max - out.len()).min(DIRECT_BATCH_MAX),
+                    &mut |m| {
+                        out.push(m);
+                        true
+                    },
+                )
+                .await?;
+            if page.unanswered {
+                let wanted = max - out.len();
+                let mut taken = 0;
+                self.consume(op, stream, filter, from, |m| {
+                    out.push(m);
+                    taken += 1;
+                    taken < wanted
+                })
+                .await?;
+                break;
+            }
+            match page.last_sequence {
+                Some(last) if page.pending > 0 => from = last + 1,
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// One batched direct get: up to `batch` messages of `filter` from `from_sequence`,
     /// answered by any replica, handed to `sink` as they arrive.
     pub(super) async fn direct_page<F: FnMut(StoredMessage) -> bool + Send>(
