@@ -31,6 +31,7 @@ bugs=(
   "projector_skips_fencing readside 35"
   "bus_hides_gaps readside 35"
   "tip_without_floor store 35 - replicated"
+  "snapshots_expire_with_events retention 35"
 )
 echo "| planted bug | scenario | failing seeds of $n | 99.9 % budget |"
 echo "|---|---|---|---|"

@@ -49,6 +49,9 @@ pub struct PlantedBugs {
     pub tip_without_floor: bool,
     /// The bus does not tell subscribers about gaps in other nodes' numbering.
     pub bus_hides_gaps: bool,
+    /// Under retention, the snapshots stream ages out like the events stream (the old
+    /// default): an actor whose events expired loses the snapshot that covered them.
+    pub snapshots_expire_with_events: bool,
 }
 
 /// `planted!(runtime, field)`: whether planted bug `field` is on. Always `false` without the

@@ -154,9 +154,12 @@ impl Clock for SimClock {
     }
 
     fn sleep(&self, duration: Duration) -> impl std::future::Future<Output = ()> + Send {
-        // A clock running at rate r sees `duration` pass after duration / r of true time.
+        // A clock running at rate r sees `duration` pass after duration / r of true time,
+        // rounded up: rounded down, a sleep of a nanosecond on a fast clock took no time at
+        // all, and a loop waiting for its clock to reach a deadline 1 ns away spun forever
+        // without time passing (long-horizon seed 8).
         let rate = self.lock().rate_ppm.max(1);
-        let true_nanos = duration.as_nanos() * 1_000_000 / rate as u128;
+        let true_nanos = (duration.as_nanos() * 1_000_000).div_ceil(rate as u128);
         tokio::time::sleep(Duration::from_nanos(true_nanos.min(u64::MAX as u128) as u64))
     }
 }

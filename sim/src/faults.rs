@@ -295,15 +295,24 @@ impl FaultSchedule {
 }
 
 impl FaultSchedule {
-    /// The replicated model's own faults over `[start, safety_end)`, about one every 4–8 s:
+    /// The replicated model's own faults over `[start, safety_end)`, about one every 4–8 s
+    /// (scaled with the profile's gap between faults):
     /// a stream-leader failover (election 0.5–2.5 s) or a follower falling behind by 0.3–3 s for
     /// 2–6 s. Drawn from their own generator, so the other faults of a seed stay the same on
     /// both models.
-    pub fn replication(rng: &SharedRng, start: Duration, safety_end: Duration) -> Self {
+    pub fn replication(
+        rng: &SharedRng,
+        start: Duration,
+        safety_end: Duration,
+        profile: &FaultProfile,
+    ) -> Self {
         let mut events = Vec::new();
         let mut t = start;
+        // As often as the profile's other faults allow (every 4–8 s with the default 1.5 s
+        // gap): a sparse long-horizon run must not spend its days in elections.
+        let gap = (profile.gap_mean * 8 / 3, profile.gap_mean * 16 / 3);
         loop {
-            t += rng.duration_between(Duration::from_secs(4), Duration::from_secs(8));
+            t += rng.duration_between(gap.0, gap.1);
             if t >= safety_end {
                 break;
             }

@@ -71,6 +71,18 @@ pub enum OpKind {
         /// The first version asked for.
         from: u64,
     },
+    /// Loading an actor as the actor host does: its latest snapshot, then the events after it.
+    Load {
+        /// The actor.
+        actor: String,
+    },
+    /// `EventStore::save_snapshot` of `actor` at `version`.
+    SaveSnapshot {
+        /// The actor.
+        actor: String,
+        /// The snapshot's version.
+        version: u64,
+    },
     /// `EventStore::latest_version(actor)`.
     LatestVersion {
         /// The actor.
@@ -276,6 +288,16 @@ pub enum Outcome {
     },
     /// `latest_version` answered this version.
     Version(u64),
+    /// A load found this snapshot (its version and the state's count) and these events after
+    /// it.
+    Loaded {
+        /// The snapshot's version and the count its state holds, if there was one.
+        snapshot: Option<(u64, u64)>,
+        /// The events after it.
+        events: Vec<EventDigest>,
+    },
+    /// A snapshot was saved.
+    Saved,
     /// A read reported a damaged record at this stream sequence, or a damage append stored one.
     Damaged {
         /// Stream sequence of the damaged record.

@@ -30,6 +30,7 @@ pub mod history;
 pub mod runner;
 pub mod scenarios;
 pub mod timeline;
+pub mod usage;
 pub mod workload;
 
 pub use runner::{RunOptions, RunReport, run};

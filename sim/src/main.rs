@@ -36,9 +36,10 @@ struct Cli {
     /// The scenario.
     #[arg(long, default_value = "store", value_parser = scenario_name)]
     scenario: String,
-    /// Simulated seconds per seed: the safety phase is this minus the scenario's liveness phase.
-    #[arg(long, default_value_t = 60)]
-    seconds: u64,
+    /// Simulated seconds per seed: the safety phase is this minus the scenario's liveness phase
+    /// [default: 60, or the scenario's own length when longer (long-horizon: 2 days)].
+    #[arg(long)]
+    seconds: Option<u64>,
     /// Planted bugs to switch on, comma-separated.
     #[arg(long, value_parser = parse_planted, default_value = "")]
     planted: PlantedBugs,
@@ -68,6 +69,7 @@ fn scenario_name(name: &str) -> Result<String, String> {
         .ok_or_else(|| {
             let known: Vec<&str> = Scenario::all()
                 .iter()
+                .chain(&Scenario::long())
                 .chain(&Scenario::beyond_guarantees())
                 .map(|s| s.name)
                 .collect();
@@ -86,7 +88,11 @@ struct Args {
 fn parse() -> Args {
     let cli = Cli::parse();
     let scenario = Scenario::by_name(&cli.scenario).expect("checked by the parser");
-    let safety = Duration::from_secs(cli.seconds).saturating_sub(scenario.liveness);
+    let length = cli.seconds.map_or(
+        scenario.duration().max(Duration::from_secs(60)),
+        Duration::from_secs,
+    );
+    let safety = length.saturating_sub(scenario.liveness);
     let (first, count) = match cli.seed {
         Some(seed) => (seed, 1),
         None => (cli.first, cli.seeds),
@@ -152,6 +158,13 @@ fn main() {
                             println!("{line}");
                         }
                         println!("{}", report.summary());
+                    }
+                    // One seed of a sampling scenario: its resource use per simulated day.
+                    if args.count == 1 && !report.usage.is_empty() {
+                        println!(
+                            "resource use (last sample of each simulated day):\n{}",
+                            aether_sim::usage::per_day_table(&report.usage)
+                        );
                     }
                     // One seed asked for by number: its picture even when it passes.
                     if report.passed()

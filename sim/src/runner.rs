@@ -15,6 +15,7 @@ use super::clock::{SimClock, epoch};
 use super::faults::{self, BASE_LATENCY_MAX, ChurnPlan, Fault, FaultSchedule};
 use super::history::{ClusterObservation, History, Op, OpKind, Outcome, format_time};
 use super::scenarios::Scenario;
+use super::usage::{NodeUsage, UsageSample};
 use super::workload::{NAMESPACE, NodeContext};
 use super::{derive_seed, rng_for};
 use aether::broker::Now;
@@ -140,6 +141,8 @@ pub struct RunReport {
     pub nodes: Vec<String>,
     /// Every operation (cluster observations in true time), kept with the trace.
     pub ops: Option<Vec<Op>>,
+    /// Resource use sampled during the run (scenarios with `sample_every`).
+    pub usage: Vec<UsageSample>,
     /// The failure's timeline and trace files, when [`RunOptions::artifacts`] asked for them
     /// (or why they could not be written).
     pub artifacts: Option<Result<Artifacts, String>>,
@@ -286,6 +289,9 @@ pub const PLANTED: &[(&str, Switch)] = &[
         &mut b.projector_skips_fencing
     }),
     ("bus_hides_gaps", |b| &mut b.bus_hides_gaps),
+    ("snapshots_expire_with_events", |b| {
+        &mut b.snapshots_expire_with_events
+    }),
     ("tip_without_floor", |b| &mut b.tip_without_floor),
 ];
 
@@ -358,8 +364,12 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         &scenario.profile,
     );
     if options.replicated {
-        let replication =
-            FaultSchedule::replication(&rng_for(seed, 4), Duration::from_secs(2), scenario.safety);
+        let replication = FaultSchedule::replication(
+            &rng_for(seed, 4),
+            Duration::from_secs(2),
+            scenario.safety,
+            &scenario.profile,
+        );
         schedule.events.extend(replication.events);
         // Stable: equal times keep their order (the main schedule's first).
         schedule.events.sort_by_key(|(at, _)| *at);
@@ -376,12 +386,14 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
     };
     let total = scenario.duration();
     let mut violations = Vec::new();
+    let node_usage = NodeUsage::default();
+    let mut samples: Vec<UsageSample> = Vec::new();
 
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut sim = turmoil::Builder::new()
             .rng_seed(derive_seed(seed, 0))
             .epoch(epoch())
-            .tick_duration(options.tick)
+            .tick_duration(scenario.tick.unwrap_or(options.tick))
             .simulation_duration(total + Duration::from_secs(3600))
             .min_message_latency(faults::BASE_LATENCY_MIN)
             .max_message_latency(BASE_LATENCY_MAX)
@@ -399,6 +411,7 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
                 history: history.clone(),
                 planted: options.planted,
                 wire: broker.wire(),
+                usage: node_usage.clone(),
             };
             let scenario = scenario.clone();
             sim.host(name.as_str(), move || scenario.node_software(ctx.clone()));
@@ -419,8 +432,24 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         let mut scheduled = pending.len();
         let mut churn = churn.events.iter().peekable();
         let mut healed = false;
+        let mut next_sample = scenario.sample_every;
         while sim.elapsed() < total {
             let now = sim.elapsed();
+            if let Some(every) = scenario.sample_every
+                && let Some(at) = next_sample
+                && now >= at
+            {
+                let broker_now = Now {
+                    monotonic: now,
+                    wall: epoch() + now,
+                };
+                samples.push(UsageSample {
+                    at: now,
+                    broker: broker.with_state(|state| state.usage(broker_now)),
+                    nodes: node_usage.snapshot(),
+                });
+                next_sample = Some(at + every);
+            }
             while let Some((at, aimed)) = churn.peek() {
                 if *at > now {
                     break;
@@ -504,6 +533,22 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
     };
     let stream = format!("AETHER_EV_{NAMESPACE}");
     let mut raw = BTreeMap::new();
+    let mut snapshots = BTreeMap::new();
+    broker.with_state(|state| {
+        for actor in scenario.actors() {
+            let subject = format!(
+                "aether.snap.{NAMESPACE}.{}",
+                encode_actor_id(&actor).expect("scenario actor ids are valid")
+            );
+            let version = state
+                .last(&format!("AETHER_SNAP_{NAMESPACE}"), &subject, now)
+                .ok()
+                .flatten()
+                .and_then(|m| serde_json::from_slice::<aether::event::Snapshot>(&m.payload).ok())
+                .map_or(0, |s| s.version);
+            snapshots.insert(actor, version);
+        }
+    });
     broker.with_state(|state| {
         for actor in scenario.actors() {
             let subject = format!(
@@ -527,7 +572,10 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         ops: &ops,
         streams: raw
             .iter()
-            .map(|(actor, records)| (actor.clone(), CheckInput::decode(actor, records)))
+            .map(|(actor, records)| {
+                let retention = scenario.retention_period().is_some();
+                (actor.clone(), CheckInput::decode(actor, records, retention))
+            })
             .collect(),
         damaged_actors: scenario.damaged_actors(),
         nodes: &node_names,
@@ -538,6 +586,9 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         shard_count: scenario.shard_count(),
         lease_ttl: aether::cluster::ClusterConfig::new().lease_ttl,
         replicated: options.replicated,
+        snapshots,
+        retention: scenario.retention_period(),
+        usage: &samples,
     };
     violations.extend(check_all(&input));
 
@@ -563,13 +614,19 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
             (OpKind::Append { .. }, Outcome::Failed(_)) => counts.appends_failed += 1,
             (OpKind::Append { .. }, _) => counts.appends_ambiguous += 1,
             (
-                OpKind::Read { .. } | OpKind::LatestVersion { .. },
-                Outcome::Read { .. } | Outcome::ReadAround { .. } | Outcome::Version(_),
+                OpKind::Read { .. } | OpKind::LatestVersion { .. } | OpKind::Load { .. },
+                Outcome::Read { .. }
+                | Outcome::ReadAround { .. }
+                | Outcome::Version(_)
+                | Outcome::Loaded { .. },
             ) => {
                 counts.reads_ok += 1;
             }
+            (OpKind::SaveSnapshot { .. }, _) => {}
             (OpKind::Read { .. }, Outcome::Damaged { .. }) => counts.reads_damaged += 1,
-            (OpKind::Read { .. } | OpKind::LatestVersion { .. }, _) => counts.reads_failed += 1,
+            (OpKind::Read { .. } | OpKind::LatestVersion { .. } | OpKind::Load { .. }, _) => {
+                counts.reads_failed += 1;
+            }
             (OpKind::Cluster(_), _) => counts.observations += 1,
             (OpKind::Damage { .. } | OpKind::KvWrite { .. }, _) => {}
             (OpKind::Command { .. }, Outcome::Commanded { .. }) => commands.ok += 1,
@@ -597,6 +654,7 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         nodes: node_names,
         ops: options.keep_trace.then_some(ops),
         artifacts: None,
+        usage: samples,
     }
 }
 

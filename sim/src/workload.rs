@@ -41,6 +41,8 @@ pub struct NodeContext {
     pub planted: PlantedBugs,
     /// The broker host's wire (frames in flight).
     pub wire: Wire,
+    /// Where the node publishes its store handle's memory for resource samples.
+    pub usage: crate::usage::NodeUsage,
 }
 
 /// One started incarnation of a node.
@@ -105,8 +107,16 @@ pub fn store_config() -> StoreConfig {
 
 /// Opens the store, retrying until the broker answers.
 pub async fn open_store(rt: &Runtime<SimBroker, SimClock>) -> EventStore<SimBroker, SimClock> {
+    open_store_with(rt, store_config()).await
+}
+
+/// Opens the store with `config`, retrying until the broker answers.
+pub async fn open_store_with(
+    rt: &Runtime<SimBroker, SimClock>,
+    config: StoreConfig,
+) -> EventStore<SimBroker, SimClock> {
     loop {
-        match EventStore::open(rt.clone(), store_config()).await {
+        match EventStore::open(rt.clone(), config.clone()).await {
             Ok(store) => return store,
             Err(_) => rt.clock().sleep(Duration::from_millis(200)).await,
         }

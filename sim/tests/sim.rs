@@ -101,6 +101,61 @@ fn readside_scenario_holds_every_invariant_on_the_ci_seeds() {
     assert!(fenced > 0, "projector instances fenced each other");
 }
 
+#[test]
+fn retention_scenario_holds_every_invariant_on_the_ci_seeds() {
+    let reports = run_seeds(
+        &Scenario::retention(),
+        &RunOptions::default(),
+        &seeds_from_env(0, CI_SEEDS),
+    );
+    for r in &reports {
+        eprintln!("{r}");
+    }
+    assert_all_pass(&reports);
+}
+
+/// Eight simulated hours of the long-horizon scenario (its sweep runs two days) on both broker
+/// models: events expire, leases and TTLs cycle thousands of times, and resource use must not
+/// grow (`resources`).
+#[test]
+fn long_horizon_holds_every_invariant_and_its_resource_use_stays_flat() {
+    let scenario = Scenario::long_horizon().with_safety(Duration::from_secs(7 * 3600));
+    for replicated in [false, true] {
+        let options = RunOptions {
+            replicated,
+            ..RunOptions::default()
+        };
+        let reports = run_seeds(&scenario, &options, &seeds_from_env(0, 1));
+        for r in &reports {
+            eprintln!("{r}");
+            eprintln!("{}", aether_sim::usage::per_day_table(&r.usage));
+        }
+        assert_all_pass(&reports);
+        let report = &reports[0];
+        assert!(
+            report.usage.len() >= 7,
+            "resource use was sampled every hour"
+        );
+        assert!(
+            report.counts.appends_ok > 300,
+            "the sparse workload appended ({} acknowledged)",
+            report.counts.appends_ok
+        );
+        let last = report.usage.last().expect("samples");
+        let events = last
+            .broker
+            .streams
+            .get("AETHER_EV_sim")
+            .expect("the events stream was sampled");
+        assert!(
+            (events.messages as u64) < report.counts.appends_ok,
+            "events expired under the 6 h retention ({} stored of {} acknowledged)",
+            events.messages,
+            report.counts.appends_ok
+        );
+    }
+}
+
 /// Every scenario's CI seeds on the replicated broker model: lagging followers answer direct
 /// gets, stream-leader failovers lose uncommitted writes.
 #[test]
@@ -301,6 +356,8 @@ teeth! {
         "projector_skips_fencing" => Scenario::readside(), "13 ", 300;
     planted_bus_hides_gaps_is_caught:
         "bus_hides_gaps" => Scenario::readside(), "12 ", 298;
+    planted_snapshots_expire_with_events_is_caught:
+        "snapshots_expire_with_events" => Scenario::retention(), "", 300;
 }
 
 /// Past the lease's clock margin the guarantee ends, and only it: two nodes can act as leader

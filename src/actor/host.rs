@@ -18,7 +18,7 @@ use super::{
 use crate::broker::Broker;
 use crate::clock::{Clock, SystemClock};
 use crate::event::{Event, ExpectedVersion, NewEvent, Snapshot};
-use crate::store::{AppendError, EventStore};
+use crate::store::{AppendError, ConflictError, EventStore};
 
 pub(super) struct Slot<A> {
     state: A,
@@ -166,8 +166,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         let store = &self.inner.store;
         let mut attempt = 0;
         loop {
-            let fresh = !slot.loaded;
-            if fresh {
+            if !slot.loaded {
                 self.load(actor_id, &mut slot).await?;
             }
             let ctx = CommandContext {
@@ -180,16 +179,27 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             let events = match command_events(&slot.state, &ctx, command) {
                 Ok(events) => events,
                 // A refusal is only as good as the state it was decided on. A cached state may
-                // be stale (another writer appended); an append would catch that, a refusal
-                // would not — so check the version (one round trip) before refusing.
-                Err(rejection) if !fresh => {
-                    if store.latest_version(actor_id).await? == slot.version {
+                // be stale (another writer appended), and so may a fresh load answered by a
+                // lagging replica; an append would catch that, a refusal would not — so confirm
+                // the version with the stream leader before refusing.
+                Err(rejection) => {
+                    let current = store.current_version(actor_id).await?;
+                    if current == slot.version {
                         return Err(rejection);
                     }
+                    if attempt >= self.inner.config.conflict_retry_max {
+                        // The actor kept moving under the decision: as for an append.
+                        return Err(AppendError::Conflict(ConflictError {
+                            actor: actor_id.to_owned(),
+                            expected: ExpectedVersion::Exact(slot.version),
+                            actual: current,
+                        })
+                        .into());
+                    }
+                    attempt += 1;
                     slot.loaded = false;
                     continue;
                 }
-                Err(rejection) => return Err(rejection),
             };
             if events.is_empty() {
                 return Ok(self.outcome(actor_id, slot.version, Vec::new()));
@@ -279,22 +289,40 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         slot.state = state;
         slot.version = version;
         slot.loaded = true;
+        // Under retention, events past the snapshot (e.g. of an append whose reply was lost)
+        // get a snapshot now, before they can expire with nothing covering them. The store
+        // finds the stream position from the tip this load read.
+        if store.config().retention.is_some() && slot.version > slot.snapshot_version {
+            self.save_snapshot(actor_id, slot, 0).await;
+        }
         Ok(())
     }
 
-    /// Saves a snapshot when `snapshot_every` events passed since the last one; `sequence` is
-    /// the stream position of the commit that ends at the slot's version.
+    /// Saves a snapshot when `snapshot_every` events passed since the last one — after every
+    /// command that wrote events when the store has retention (an event is safe from expiry
+    /// only once a snapshot covers it); `sequence` is the stream position of the commit that
+    /// ends at the slot's version.
     async fn maybe_snapshot(&self, actor_id: &str, slot: &mut Slot<A>, sequence: u64) {
-        let every = self.inner.config.snapshot_every;
+        let every = match self.inner.store.config().retention {
+            Some(_) => 1,
+            None => self.inner.config.snapshot_every,
+        };
         if every == 0 || slot.version - slot.snapshot_version < every {
             return;
         }
-        let snapshot = Snapshot::new(
+        self.save_snapshot(actor_id, slot, sequence).await;
+    }
+
+    /// Saves a snapshot of the slot (`sequence` 0: the store finds the stream position).
+    async fn save_snapshot(&self, actor_id: &str, slot: &mut Slot<A>, sequence: u64) {
+        let mut snapshot = Snapshot::new(
             actor_id,
             slot.version,
             serde_json::to_value(&slot.state).expect("aggregate state serialises"),
-        )
-        .at_sequence(sequence);
+        );
+        if sequence > 0 {
+            snapshot = snapshot.at_sequence(sequence);
+        }
         match self.inner.store.save_snapshot(&snapshot).await {
             Ok(()) => slot.snapshot_version = slot.version,
             // A failed snapshot costs only replay time later.

@@ -150,7 +150,10 @@ impl Router for SingleNode {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ActorConfig {
-    /// Save a snapshot after this many events since the last one (0: never).
+    /// Save a snapshot after this many events since the last one (0: never). Ignored when the
+    /// store has retention: the host then snapshots after every command that wrote events and
+    /// after every load that found events past the snapshot, since an event is safe from expiry
+    /// only once a snapshot covers it.
     pub snapshot_every: u64,
     /// Drop an actor from memory after this long without a command.
     pub idle_timeout: Duration,

@@ -41,6 +41,9 @@ pub(crate) async fn bounded<C: Clock, T>(
 /// `Sync`; the mutex is only ever accessed through `get_mut`, never locked).
 type HeldWatch = std::sync::Mutex<KvWatch>;
 
+/// At most this many waiting watch entries are handled before a round's timers run.
+const DRAIN_MAX: usize = 10_000;
+
 async fn next_entry(watch: &mut Option<HeldWatch>) -> Option<KvEntry> {
     match watch {
         Some(w) => w.get_mut().unwrap_or_else(|e| e.into_inner()).next().await,
@@ -74,6 +77,9 @@ pub(crate) struct NodeTask<B: Broker, C: Clock> {
     pub(super) member_watch: Option<HeldWatch>,
     pub(super) lease_watch: Option<HeldWatch>,
     pub(super) assignment_watch: Option<HeldWatch>,
+    /// No watch is (re)created before this: a watch that ends at once (the broker is
+    /// unreachable) must not turn the loop into a spin that retries without time passing.
+    pub(super) watch_retry_at: Duration,
     pub(super) next_heartbeat: Duration,
     pub(super) next_poll: Duration,
     /// Membership changed since the leader last considered publishing.
@@ -105,6 +111,7 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
             member_watch: None,
             lease_watch: None,
             assignment_watch: None,
+            watch_retry_at: Duration::ZERO,
             next_heartbeat: Duration::ZERO,
             next_poll: Duration::ZERO,
             members_dirty: true,
@@ -154,6 +161,9 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
             if let Some(l) = self.lease {
                 wake_at = wake_at.min(l.renew_at).min(l.deadline);
             }
+            if self.watches_missing() {
+                wake_at = wake_at.min(self.watch_retry_at);
+            }
             let clock = self.rt.clock().clone();
             let wake = tokio::select! {
                 biased;
@@ -165,20 +175,68 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
             };
             match wake {
                 Wake::Shutdown => break,
-                Wake::Member(None) => self.member_watch = None,
-                Wake::Lease(None) => self.lease_watch = None,
-                Wake::Assignment(None) => self.assignment_watch = None,
+                Wake::Member(None) => self.watch_ended(|t| &mut t.member_watch),
+                Wake::Lease(None) => self.watch_ended(|t| &mut t.lease_watch),
+                Wake::Assignment(None) => self.watch_ended(|t| &mut t.assignment_watch),
                 Wake::Member(Some(e)) => self.on_member_entry(&e),
                 Wake::Lease(Some(e)) => self.on_lease_entry(&e).await,
                 Wake::Assignment(Some(e)) => self.on_assignment_entry(&e).await,
                 Wake::Timer => {}
             }
+            self.drain_watches().await;
             self.on_timers().await;
         }
         self.shut_down().await;
     }
 
+    /// Handles every watch entry that is already waiting before the round's timers run. One
+    /// entry per round would let a backlog build whenever a round's broker work (heartbeat,
+    /// renewal, polls) takes longer than the entries take to arrive — on a slow link (200 ms
+    /// round trips) membership entries queued by the thousand and the task spun through
+    /// them, retrying its broker work for each.
+    async fn drain_watches(&mut self) {
+        use futures::FutureExt as _;
+        for _ in 0..DRAIN_MAX {
+            if let Some(entry) = next_entry(&mut self.member_watch).now_or_never() {
+                match entry {
+                    Some(e) => self.on_member_entry(&e),
+                    None => self.watch_ended(|t| &mut t.member_watch),
+                }
+            } else if let Some(entry) = next_entry(&mut self.lease_watch).now_or_never() {
+                match entry {
+                    Some(e) => self.on_lease_entry(&e).await,
+                    None => self.watch_ended(|t| &mut t.lease_watch),
+                }
+            } else if let Some(entry) = next_entry(&mut self.assignment_watch).now_or_never() {
+                match entry {
+                    Some(e) => self.on_assignment_entry(&e).await,
+                    None => self.watch_ended(|t| &mut t.assignment_watch),
+                }
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn watches_missing(&self) -> bool {
+        self.member_watch.is_none() || self.lease_watch.is_none() || self.assignment_watch.is_none()
+    }
+
+    /// A watch ended (its connection broke): it is re-created after a pause, and the polls
+    /// cover the gap meanwhile.
+    fn watch_ended(&mut self, watch: fn(&mut Self) -> &mut Option<HeldWatch>) {
+        *watch(self) = None;
+        self.watch_retry_at = self
+            .watch_retry_at
+            .max(self.now() + self.config.heartbeat_interval);
+    }
+
     async fn ensure_watches(&mut self) {
+        if !self.watches_missing() || self.now() < self.watch_retry_at {
+            return;
+        }
+        // Whatever happens below, the next attempt waits.
+        self.watch_retry_at = self.now() + self.config.heartbeat_interval;
         let buckets = self.config.buckets();
         if self.member_watch.is_none() {
             self.member_watch = self

@@ -54,6 +54,16 @@ pub const TIPS_MAX_DEFAULT: usize = 100_000;
 /// The event type of the notification published on the bus for every stored event.
 pub const EVENT_STORED: &str = "EventStored";
 
+/// What an [`EventStore`] handle remembers: see [`EventStore::cache_usage`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheUsage {
+    /// Actors with a remembered tip.
+    pub tips: usize,
+    /// Actors with a remembered snapshot floor.
+    pub snapshot_floors: usize,
+}
+
 /// Store configuration.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -64,7 +74,7 @@ pub struct StoreConfig {
     /// sourcing needs. Retention is only safe with snapshots: an actor whose oldest events
     /// expired loads from its latest snapshot (which records the stream position it covers),
     /// and reading versions that expired without a covering snapshot is
-    /// [`ReadError::Expired`](error::ReadError::Expired), never damage. Snapshots themselves never
+    /// [`ReadError::Expired`], never damage. Snapshots themselves never
     /// expire by age: the newest `snapshot_history` per actor are kept.
     pub retention: Option<Duration>,
     /// Stream replicas (3 on a 3-node cluster).
@@ -206,10 +216,14 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         events.max_age = config.retention;
         events.replicas = config.replicas;
         events.duplicate_window = config.retention.map_or(window, |r| window.min(r));
-        rt.broker().ensure_stream(events).await?;
+        rt.broker().ensure_stream(events.clone()).await?;
         let mut snapshots = StreamConfig::new(&snapshots_stream, vec![names.snapshots_pattern()]);
         snapshots.replicas = config.replicas;
         snapshots.max_messages_per_subject = Some(config.snapshot_history.max(1));
+        if crate::planted::planted!(rt, snapshots_expire_with_events) {
+            snapshots.max_age = config.retention;
+            snapshots.duplicate_window = events.duplicate_window;
+        }
         rt.broker().ensure_stream(snapshots).await?;
         let tips_max = std::num::NonZeroUsize::new(config.tips_max.max(1)).expect("at least 1");
         Ok(Self {
@@ -239,6 +253,30 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// The namespace.
     pub fn namespace(&self) -> &str {
         &self.inner.config.namespace
+    }
+
+    /// How many actors this handle remembers a tip and a snapshot floor for (each bounded by
+    /// [`StoreConfig::tips_max`]): the handle's memory, which does not grow with time.
+    pub fn cache_usage(&self) -> CacheUsage {
+        CacheUsage {
+            tips: self
+                .inner
+                .tips
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len(),
+            snapshot_floors: self
+                .inner
+                .snapshot_floors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len(),
+        }
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
     }
 
     /// The runtime bundle.

@@ -121,12 +121,12 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         actor: &str,
         subject: &str,
         anchor: Tip,
-        from_version: u64,
+        asked_from: u64,
     ) -> Result<ReplayResult, ReadError> {
         let from_version = if crate::planted::planted!(self.inner.rt, read_from_off_by_one) {
-            from_version + 1
+            asked_from + 1
         } else {
-            from_version
+            asked_from
         };
         let mut checker = self.checker(actor, anchor, from_version);
         self.broker()
@@ -167,8 +167,11 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             && self.inner.config.retention.is_some()
         {
             // Nothing stored: a new actor, or one whose every event expired — its latest
-            // snapshot says which.
-            let tip = self.fetch_tip(actor, subject).await?;
+            // snapshot says which. Records that turned up meanwhile are replayed afresh.
+            let tip = self.tip_of_empty_subject(actor, subject).await?;
+            if tip.sequence > 0 {
+                return Box::pin(self.replay_from(actor, subject, anchor, asked_from)).await;
+            }
             if tip.version > 0 {
                 checker.replay.expired_before = Some(tip.version + 1);
             }
@@ -231,12 +234,28 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     }
 
     /// The actor's latest version (0 if it has no events), asked of the broker in one round trip.
+    /// On a replicated stream a lagging replica may answer: the version is never behind what
+    /// this handle appended or read, but may be behind another process's acknowledged append
+    /// (see [`current_version`](Self::current_version)).
     ///
     /// # Errors
     /// Broker failures; invalid names.
     pub async fn latest_version(&self, actor: &str) -> Result<u64, ReadError> {
         let subject = self.inner.names.event_subject(actor)?;
         Ok(self.fetch_tip(actor, &subject).await?.version)
+    }
+
+    /// The actor's version as the stream leader holds it: it includes every append
+    /// acknowledged to anyone before the call (one more round trip than
+    /// [`latest_version`](Self::latest_version) on a replicated stream). For decisions that no
+    /// compare-and-set will check, such as refusing a command.
+    ///
+    /// # Errors
+    /// Broker failures; invalid names.
+    pub async fn current_version(&self, actor: &str) -> Result<u64, ReadError> {
+        let subject = self.inner.names.event_subject(actor)?;
+        let tip = self.fetch_tip(actor, &subject).await?;
+        Ok(self.confirm_tip(actor, &subject, tip, 0).await?.version)
     }
 }
 
@@ -363,12 +382,12 @@ impl<'a> ReplayChecker<'a> {
             raw: record.payload.clone(),
             cause,
         };
-        // Under retention, a history read from the start may begin past version 1: the
-        // versions before its first valid commit expired (this is not damage).
+        // Under retention, the first valid commit read — from the start, or after a position
+        // checked earlier — may start past the next version: what came between expired (this
+        // is not damage). A gap after that is.
         if self.prefix_may_expire
-            && self.next_version == 1
             && self.seen.is_empty()
-            && commit.first_version() > 1
+            && commit.first_version() > self.next_version
         {
             self.replay.expired_before = Some(commit.first_version());
             self.next_version = commit.first_version();

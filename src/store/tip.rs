@@ -111,30 +111,48 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         };
         let mut tip = self.advance(actor, subject, floor).await?;
         if tip == Tip::default() && self.inner.config.retention.is_some() {
-            // Every event may have expired: the actor's versions continue from its latest
-            // snapshot, which covers them.
-            match self.latest_snapshot(actor).await {
-                Ok(Some(snapshot)) => tip.version = snapshot.version,
-                Ok(None) => {}
-                Err(SnapshotError::Damaged { sequence, cause }) => {
-                    return Err(ReadError::DamagedSnapshot {
-                        actor: actor.to_owned(),
-                        sequence,
-                        cause,
-                    });
-                }
-                Err(SnapshotError::Read(e)) => return Err(e),
-                Err(SnapshotError::Broker(e)) => return Err(e.into()),
-                Err(SnapshotError::InvalidName(e)) => return Err(e.into()),
-                Err(
-                    e @ (SnapshotError::AheadOfStream { .. }
-                    | SnapshotError::Stale { .. }
-                    | SnapshotError::TooLarge { .. }),
-                ) => unreachable!("only a snapshot write fails with {e}"),
-            }
+            tip = self.tip_of_empty_subject(actor, subject).await?;
         }
         self.set_hint(actor, tip);
         Ok(tip)
+    }
+
+    /// Under retention, the tip of an actor whose subject held nothing: every event may have
+    /// expired, and the versions continue from its latest snapshot, which covers them. The
+    /// snapshot is read first and the subject again after it, so that a snapshot newer than the
+    /// empty read cannot be mistaken for one of expired events: if records turned up meanwhile,
+    /// their tip is the answer.
+    pub(super) async fn tip_of_empty_subject(
+        &self,
+        actor: &str,
+        subject: &str,
+    ) -> Result<Tip, ReadError> {
+        let snapshot = match self.latest_snapshot(actor).await {
+            Ok(snapshot) => snapshot,
+            Err(SnapshotError::Damaged { sequence, cause }) => {
+                return Err(ReadError::DamagedSnapshot {
+                    actor: actor.to_owned(),
+                    sequence,
+                    cause,
+                });
+            }
+            Err(SnapshotError::Read(e)) => return Err(e),
+            Err(SnapshotError::Broker(e)) => return Err(e.into()),
+            Err(SnapshotError::InvalidName(e)) => return Err(e.into()),
+            Err(
+                e @ (SnapshotError::AheadOfStream { .. }
+                | SnapshotError::Stale { .. }
+                | SnapshotError::TooLarge { .. }),
+            ) => unreachable!("only a snapshot write fails with {e}"),
+        };
+        let again = self.advance(actor, subject, Tip::default()).await?;
+        if again != Tip::default() {
+            return Ok(again);
+        }
+        Ok(Tip {
+            sequence: 0,
+            version: snapshot.map_or(0, |s| s.version),
+        })
     }
 
     /// Makes sure `tip` reaches the actor's real end — at least stream sequence `at_least`, and

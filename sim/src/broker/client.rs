@@ -94,6 +94,23 @@ impl ClientSub {
     }
 }
 
+/// Kills a connection when dropped, unless disarmed.
+struct KillOnDrop(Option<Arc<Conn>>);
+
+impl KillOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.kill();
+        }
+    }
+}
+
 pub(super) struct Conn {
     pub(super) tx: mpsc::Sender<Frame>,
     pub(super) pending: Mutex<BTreeMap<u64, oneshot::Sender<Response>>>,
@@ -241,6 +258,11 @@ impl SimBroker {
             }
         });
         lock(&conn.tasks).extend([writer_task.abort_handle(), reader_task.abort_handle()]);
+        // Until the hello is answered the connection is this future's alone: if the caller
+        // gives up (an operation timeout drops this future), its tasks must go with it, or
+        // the reader waits on a dead link forever, holding its socket — a port leak that
+        // exhausted turmoil's ephemeral ports after ~34 simulated hours (long-horizon seed 1).
+        let unanswered = KillOnDrop(Some(conn.clone()));
         let session =
             self.inner.config.session_base + self.inner.sessions.fetch_add(1, Ordering::SeqCst);
         let hello = conn.send(
@@ -270,6 +292,7 @@ impl SimBroker {
                 return Err(unavailable("connection to the broker lost during hello"));
             }
         }
+        unanswered.disarm();
         *lock(&self.inner.conn) = Some(conn.clone());
         Ok(conn)
     }

@@ -31,7 +31,11 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
                 let found = input
                     .chain(actor)
                     .any(|(seq, c)| seq == *sequence && c.commit_id == *commit_id);
-                if !found {
+                let last = match &op.outcome {
+                    Outcome::Appended { events, .. } => events.last().map_or(0, |e| e.version),
+                    _ => 0,
+                };
+                if !found && !input.expired(actor, last) {
                     out.push(Violation {
                         invariant: INVARIANT,
                         detail: format!(

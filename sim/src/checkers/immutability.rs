@@ -32,6 +32,7 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
                         event.version, op.id, op.node, event.id, event.data, stored.id, stored.data
                     ),
                 }),
+                None if input.expired(actor, event.version) => {}
                 None => out.push(Violation {
                     invariant: INVARIANT,
                     detail: format!(

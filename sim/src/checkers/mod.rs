@@ -18,6 +18,7 @@
 //! | `ownership` | 7. one owner per shard per assignment epoch; epochs applied in order |
 //! | `liveness` | 8. progress within a bound once faults stop |
 //! | `bus` | 12. each origin's events in order and once; every gap reported; notifications name stored events; nothing lost once faults stop |
+//! | `retention` | 14. under retention every load works from the snapshot and the events after it, exactly |
 //! | `projections` | 13. every commit below the checkpoint handled at least once; checkpoints only move forward; caught up once faults stop |
 
 pub mod bus;
@@ -34,6 +35,8 @@ pub mod liveness;
 pub mod ownership;
 pub mod projections;
 pub mod reads;
+pub mod resources;
+pub mod retention;
 pub mod sessions;
 pub mod versions;
 
@@ -173,21 +176,34 @@ pub struct CheckInput<'a> {
     pub shard_count: u32,
     /// The cluster's lease TTL (how long the server keeps a lease after its last write).
     pub lease_ttl: Duration,
+    /// Per actor, the version of its latest snapshot in the broker's final state (0: none).
+    pub snapshots: BTreeMap<String, u64>,
+    /// The store kept events only this long (`None`: forever).
+    pub retention: Option<Duration>,
     /// The broker was the replicated model: direct gets may be answered by a lagging replica,
     /// so reads are checked against each session's guarantees instead of against every
     /// acknowledgement.
     pub replicated: bool,
+    /// Resource use sampled during the run (empty unless the scenario samples).
+    pub usage: &'a [crate::usage::UsageSample],
 }
 
 impl CheckInput<'_> {
     /// Decodes the raw final records of `actor`, in stream order, and marks its valid chain:
     /// the records replay accepts (each a valid commit continuing the versions before it).
-    pub fn decode(actor: &str, messages: &[StoredMessage]) -> Vec<Record> {
+    pub fn decode(actor: &str, messages: &[StoredMessage], retention: bool) -> Vec<Record> {
         let mut next = 1u64;
+        let mut started = false;
         messages
             .iter()
             .map(|m| {
                 let commit = check_record(m, actor).map_err(|e| e.to_string());
+                // Under retention the first valid commit may start past 1: what came before
+                // expired (as replay sees it).
+                if let (true, false, Ok(c)) = (retention, started, &commit) {
+                    next = c.first_version();
+                }
+                started |= commit.is_ok();
                 let in_chain = commit.as_ref().is_ok_and(|c| c.first_version() == next);
                 if let (true, Ok(c)) = (in_chain, &commit) {
                     next = c.last_version() + 1;
@@ -200,6 +216,12 @@ impl CheckInput<'_> {
                 }
             })
             .collect()
+    }
+
+    /// Whether version `version` of `actor` is gone from the final stream by design: expired
+    /// under retention and covered by the actor's final snapshot.
+    pub fn expired(&self, actor: &str, version: u64) -> bool {
+        self.retention.is_some() && self.snapshots.get(actor).is_some_and(|s| version <= *s)
     }
 
     /// The commits of each actor's valid chain, in version order.
@@ -246,6 +268,8 @@ pub fn check_all(input: &CheckInput<'_>) -> Vec<Violation> {
     out.extend(liveness::check(input));
     out.extend(bus::check(input));
     out.extend(projections::check(input));
+    out.extend(retention::check(input));
+    out.extend(resources::check(input));
     out
 }
 

@@ -51,7 +51,8 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
         let tip = events.last().map_or(from.saturating_sub(1), |e| e.version);
         // No newer than the history, and nothing below `from`: exactly the chain's events.
         if problem.is_none()
-            && let Some(missing) = (*from..=tip).find(|v| !history.contains_key(v))
+            && let Some(missing) =
+                (*from..=tip).find(|v| !history.contains_key(v) && !input.expired(actor, *v))
         {
             problem = Some(format!(
                 "returned v{missing}, which the valid history does not hold"

@@ -44,6 +44,15 @@ fn lesson(op: &Op) -> Option<(&str, Lesson)> {
         ),
         (OpKind::Read { actor, .. }, Outcome::Damaged { sequence }) => (actor, 0, vec![*sequence]),
         (OpKind::LatestVersion { actor }, Outcome::Version(v)) => (actor, *v, Vec::new()),
+        (OpKind::Load { actor }, Outcome::Loaded { snapshot, events }) => (
+            actor,
+            events
+                .last()
+                .map(|e| e.version)
+                .or(snapshot.map(|(v, _)| v))
+                .unwrap_or(0),
+            Vec::new(),
+        ),
         _ => return None,
     };
     Some((
@@ -75,7 +84,7 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
     for op in input.ops.iter().filter(|op| op.incarnation > 0) {
         let (actor, from) = match &op.kind {
             OpKind::Read { actor, from } => (actor, *from),
-            OpKind::LatestVersion { actor } => (actor, 0),
+            OpKind::LatestVersion { actor } | OpKind::Load { actor } => (actor, 0),
             _ => continue,
         };
         let known: Vec<&Lesson> = lessons

@@ -5,11 +5,14 @@
 //! | `store` | hot actors: concurrent writers with stale expected versions, retries, readers, one damaged record | all (partitions both ways and one way, holds, latency, crashes, broker bounces, skew, drift, reply loss) |
 //! | `cluster` | 3 nodes + a 4th that joins and leaves, each running membership, leader election and shard assignment, owner-based writers (`Exact` versions), counter commands sent through `ActorHost` from every node (adds and refusable takes), and a foreign writer appending counter decisions straight through the store | all, plus leader churn (the leader crashed, partitioned, its link held for about a lease TTL, or slowed — clock down to 0.70–0.76 — and cut off) |
 //! | `readside` | 3 nodes appending through stores that publish `EventStored` on a connected bus; on every node a prompt and a slow (4-event queue) bus subscriber, and an instance of one projection whose handler does broker work before recording a page | all |
+//! | `retention` | 3 nodes, 2 writers each on 4 long-lived actors, under a store that keeps events 8 s; a snapshot after every acknowledged append (naming its position); loaders loading actors from snapshot + events after it | all |
+//! | `long-horizon` | 2 simulated days, time-compressed: 40 actors written sparsely under a 6 h retention with snapshots, one dormant most of each day, the cluster layer running on every node; resource use sampled hourly | rare (one every ~10 min) |
 //! | `cluster-beyond-margin` | as `cluster` | as `cluster`, but the slowed leader's clock runs at 0.50–0.60: past the lease's margin, **expected to fail** (see [`Scenario::cluster_beyond_margin`]) |
 
 pub mod cluster;
 pub mod counter;
 pub mod readside;
+pub mod retention;
 pub mod store;
 
 use std::future::Future;
@@ -37,6 +40,11 @@ pub struct Scenario {
     pub liveness_bound: Duration,
     /// How hard faults hit.
     pub profile: FaultProfile,
+    /// The turmoil tick this scenario needs (`None`: the run's, 10 ms by default). A
+    /// time-compressed scenario takes a coarser one.
+    pub tick: Option<Duration>,
+    /// Sample the broker's and every node's resource use this often (`None`: never).
+    pub sample_every: Option<Duration>,
     kind: Kind,
 }
 
@@ -45,6 +53,7 @@ enum Kind {
     Store(store::StoreWorkload),
     Cluster(cluster::ClusterWorkload),
     Readside(readside::ReadsideWorkload),
+    Retention(retention::RetentionWorkload),
 }
 
 impl Scenario {
@@ -57,6 +66,8 @@ impl Scenario {
             liveness: Duration::from_secs(15),
             liveness_bound: Duration::from_secs(12),
             profile: FaultProfile::default(),
+            tick: None,
+            sample_every: None,
             kind: Kind::Store(Default::default()),
         }
     }
@@ -74,6 +85,8 @@ impl Scenario {
                 leader_churn: true,
                 ..FaultProfile::default()
             },
+            tick: None,
+            sample_every: None,
             kind: Kind::Cluster(Default::default()),
         }
     }
@@ -89,7 +102,66 @@ impl Scenario {
             liveness: Duration::from_secs(15),
             liveness_bound: Duration::from_secs(8),
             profile: FaultProfile::default(),
+            tick: None,
+            sample_every: None,
             kind: Kind::Readside(Default::default()),
+        }
+    }
+
+    /// The retention scenario: events expire after 8 s; actors live on through snapshots (20 s
+    /// of faults, 15 s fault-free).
+    pub fn retention() -> Self {
+        Self {
+            name: "retention",
+            nodes: 3,
+            safety: Duration::from_secs(20),
+            liveness: Duration::from_secs(15),
+            liveness_bound: Duration::from_secs(12),
+            profile: FaultProfile::default(),
+            tick: None,
+            sample_every: None,
+            kind: Kind::Retention(Default::default()),
+        }
+    }
+
+    /// Days of sparse activity, time-compressed (a 100 ms tick): a store keeping events 6 h,
+    /// 40 actors written every 30 s–3 min per writer with a snapshot after each append, one
+    /// actor dormant for 18 h of every day, the cluster layer (library defaults) running on
+    /// every node, and rare faults (one every ~10 min). Resource use is sampled every simulated
+    /// hour; `resources` checks that nothing grows with time (2 days: 47 h of faults, 1 h
+    /// fault-free).
+    pub fn long_horizon() -> Self {
+        let hour = Duration::from_secs(3600);
+        Self {
+            name: "long-horizon",
+            nodes: 3,
+            safety: 47 * hour,
+            liveness: hour,
+            liveness_bound: Duration::from_secs(600),
+            profile: FaultProfile {
+                gap_mean: Duration::from_secs(600),
+                fault_duration_max: Duration::from_secs(60),
+                ..FaultProfile::default()
+            },
+            tick: Some(Duration::from_millis(100)),
+            sample_every: Some(hour),
+            kind: Kind::Retention(retention::RetentionWorkload {
+                retention: 6 * hour,
+                actors: 40,
+                writers_per_node: 1,
+                think: (Duration::from_secs(30), Duration::from_secs(180)),
+                load_every: (Duration::from_secs(60), Duration::from_secs(300)),
+                dormancy: (24 * hour, 6 * hour),
+                cluster: true,
+            }),
+        }
+    }
+
+    /// How long the scenario's store keeps events (`None`: forever).
+    pub fn retention_period(&self) -> Option<Duration> {
+        match &self.kind {
+            Kind::Retention(w) => Some(w.retention),
+            _ => None,
         }
     }
 
@@ -107,7 +179,18 @@ impl Scenario {
 
     /// Every scenario whose seeds must all pass.
     pub fn all() -> Vec<Self> {
-        vec![Self::store(), Self::cluster(), Self::readside()]
+        vec![
+            Self::store(),
+            Self::cluster(),
+            Self::readside(),
+            Self::retention(),
+        ]
+    }
+
+    /// Scenarios of simulated days: too long for a seed set in CI (one seed of a shortened run
+    /// is CI's), swept with fewer seeds.
+    pub fn long() -> Vec<Self> {
+        vec![Self::long_horizon()]
     }
 
     /// Scenarios that run past a documented guarantee and are expected to fail some seeds.
@@ -119,6 +202,7 @@ impl Scenario {
     pub fn by_name(name: &str) -> Option<Self> {
         Self::all()
             .into_iter()
+            .chain(Self::long())
             .chain(Self::beyond_guarantees())
             .find(|s| s.name == name)
     }
@@ -143,7 +227,7 @@ impl Scenario {
     pub fn shard_count(&self) -> u32 {
         match &self.kind {
             Kind::Cluster(w) => w.shard_count,
-            Kind::Store(_) | Kind::Readside(_) => 0,
+            Kind::Store(_) | Kind::Readside(_) | Kind::Retention(_) => 0,
         }
     }
 
@@ -159,6 +243,7 @@ impl Scenario {
             }
             Kind::Cluster(w) => w.actors().into_iter().chain(w.counters()).collect(),
             Kind::Readside(w) => w.actors(),
+            Kind::Retention(w) => w.actors(),
         }
     }
 
@@ -179,6 +264,7 @@ impl Scenario {
             Kind::Store(w) => Box::pin(store::store_node(ctx, w.clone())),
             Kind::Cluster(w) => cluster::node(ctx, w.clone(), self.nodes, self.safety),
             Kind::Readside(w) => Box::pin(readside::readside_node(ctx, w.clone())),
+            Kind::Retention(w) => Box::pin(retention::retention_node(ctx, w.clone())),
         }
     }
 }

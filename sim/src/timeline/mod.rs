@@ -183,6 +183,8 @@ fn describe(kind: &OpKind) -> String {
         ),
         OpKind::Read { actor, from } => format!("read {actor} from v{from}"),
         OpKind::LatestVersion { actor } => format!("latest version of {actor}"),
+        OpKind::Load { actor } => format!("load {actor}"),
+        OpKind::SaveSnapshot { actor, version } => format!("snapshot {actor} at v{version}"),
         OpKind::Damage { actor } => format!("plant damage on {actor}"),
         OpKind::Cluster(observation) => observation_text(observation),
         OpKind::Command { actor, delta, id } => format!("command {actor} {delta:+} ({id})"),
@@ -261,6 +263,15 @@ fn outcome_text(op: &Op) -> (&'static str, String) {
         ),
         Outcome::Read { events } => ("ok", format!("ok: read {} events", events.len())),
         Outcome::Version(v) => ("ok", format!("ok: version {v}")),
+        Outcome::Loaded { snapshot, events } => (
+            "ok",
+            format!(
+                "ok: snapshot {:?}, {} events after it",
+                snapshot.map(|(v, _)| v),
+                events.len()
+            ),
+        ),
+        Outcome::Saved => ("ok", "ok: saved".to_owned()),
         Outcome::ReadAround { events, damaged } => (
             "ok",
             format!(

@@ -27,7 +27,13 @@ pub(super) struct BucketState {
 }
 
 impl BucketState {
-    fn expire(&mut self, now: Duration) {
+    /// Live keys.
+    #[cfg(any(test, feature = "sim"))]
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn expire(&mut self, now: Duration) {
         if let Some(ttl) = self.config.ttl {
             self.entries.retain(|_, v| v.written_at + ttl > now);
         }
@@ -187,7 +193,7 @@ impl BrokerState {
 
     /// Notes watches that were dropped, forgets the ones whose consumer has expired, and
     /// returns how many consumers `bucket`'s stream holds now.
-    fn bucket_consumers(&mut self, bucket: &str, now: Duration) -> usize {
+    pub(super) fn bucket_consumers(&mut self, bucket: &str, now: Duration) -> usize {
         for w in self.watchers.values_mut() {
             if w.closed_at.is_none() && w.sender.is_closed() {
                 w.closed_at = Some(now);

@@ -53,6 +53,40 @@ struct Subscriber {
     sender: mpsc::Sender<Message>,
 }
 
+/// What a [`BrokerState`] holds: see [`BrokerState::usage`].
+#[cfg(any(test, feature = "sim"))]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerUsage {
+    /// Per stream (KV buckets' streams excluded).
+    pub streams: BTreeMap<String, StreamUsage>,
+    /// Stored stream messages, all streams (KV buckets excluded).
+    pub messages: usize,
+    /// Their size (headers and payload, as the server counts toward `max_payload`).
+    pub bytes: usize,
+    /// Message ids remembered for deduplication.
+    pub dedupe_ids: usize,
+    /// Live KV keys, all buckets.
+    pub kv_keys: usize,
+    /// Consumers held by KV watches (live, or dropped and not yet expired).
+    pub watch_consumers: usize,
+    /// Core subscriptions.
+    pub subscribers: usize,
+}
+
+/// What one stream holds.
+#[cfg(any(test, feature = "sim"))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamUsage {
+    /// Stored messages.
+    pub messages: usize,
+    /// Their size.
+    pub bytes: usize,
+    /// Message ids remembered for deduplication.
+    pub dedupe_ids: usize,
+}
+
 /// The broker state machine. Every operation takes the current [`Now`]; nothing inside reads a
 /// clock, so the simulation can drive it with virtual time.
 #[derive(Default)]
@@ -137,6 +171,39 @@ impl BrokerState {
             true
         });
         Ok(delivered)
+    }
+
+    /// What the broker holds right now, after expiring what is due at `now`: the model of the
+    /// server's resource use (a long-running simulation reports it per simulated day).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn usage(&mut self, now: Now) -> BrokerUsage {
+        let mut usage = BrokerUsage::default();
+        for (name, stream) in &mut self.streams {
+            stream.expire(now.monotonic);
+            let (messages, bytes, dedupe_ids) = stream.usage();
+            usage.messages += messages;
+            usage.bytes += bytes;
+            usage.dedupe_ids += dedupe_ids;
+            usage.streams.insert(
+                name.clone(),
+                StreamUsage {
+                    messages,
+                    bytes,
+                    dedupe_ids,
+                },
+            );
+        }
+        for bucket in self.buckets.values_mut() {
+            bucket.expire(now.monotonic);
+            usage.kv_keys += bucket.len();
+        }
+        let buckets: Vec<String> = self.buckets.keys().cloned().collect();
+        for bucket in buckets {
+            usage.watch_consumers += self.bucket_consumers(&bucket, now.monotonic);
+        }
+        self.subscribers.retain(|_, sub| !sub.sender.is_closed());
+        usage.subscribers = self.subscribers.len();
+        usage
     }
 
     /// A fresh, unique inbox subject for a request.

@@ -29,7 +29,7 @@ pub(super) struct StreamState {
 }
 
 impl StreamState {
-    fn expire(&mut self, now: Duration) {
+    pub(super) fn expire(&mut self, now: Duration) {
         if let Some(max_age) = self.config.max_age {
             while let Some((&seq, entry)) = self.messages.first_key_value() {
                 if entry.stored_at + max_age > now {
@@ -58,6 +58,17 @@ impl StreamState {
                 self.subjects.remove(subject);
             }
         }
+    }
+
+    /// (messages, bytes, remembered message ids).
+    #[cfg(any(test, feature = "sim"))]
+    pub(super) fn usage(&self) -> (usize, usize, usize) {
+        let bytes = self
+            .messages
+            .values()
+            .map(|e| crate::broker::wire::message_size(&e.message.headers, &e.message.payload))
+            .sum();
+        (self.messages.len(), bytes, self.dedupe.len())
     }
 
     fn last_of(&self, subject: &str) -> u64 {
