@@ -171,6 +171,21 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                         events: commit.events,
                     });
                 }
+                Err(SendError::Moved { actual_sequence })
+                    if actual_sequence == 0
+                        && tip.sequence > 0
+                        && self.inner.config.retention.is_some()
+                        && races < self.inner.config.retry_max =>
+                {
+                    // The server holds nothing for the actor: the record our tip points at
+                    // expired (a remembered tip is otherwise never wrong). Continue from the
+                    // later of it and the latest snapshot. Without this, every append to an
+                    // actor idle for longer than the retention lost its "race" against a
+                    // record that no longer exists (the replicated model's long elections
+                    // let records expire under remembered tips).
+                    races += 1;
+                    self.tip_after_expiry(actor, &subject, tip).await?;
+                }
                 Err(SendError::Moved { actual_sequence }) => {
                     // Someone else wrote first; nothing of ours is stored.
                     let mut tip = self.fetch_tip(actor, &subject).await?;

@@ -56,8 +56,12 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             // Never move a tip backwards: a slow reader must not undo a newer writer's tip.
             Some(known) if tip.sequence < known.sequence => {}
             Some(known) => {
+                // Tips without a position (every event expired; the version comes from a
+                // snapshot) may move forward in version at sequence 0.
                 assert!(
-                    tip.sequence > known.sequence || tip.version == known.version,
+                    tip.sequence > known.sequence
+                        || tip.version == known.version
+                        || tip.sequence == 0,
                     "two tips at stream sequence {} disagree: versions {} and {}",
                     tip.sequence,
                     known.version,
@@ -114,6 +118,29 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             tip = self.tip_of_empty_subject(actor, subject).await?;
         }
         self.set_hint(actor, tip);
+        Ok(tip)
+    }
+
+    /// Under retention, when the server holds nothing for an actor whose remembered tip
+    /// `remembered` points at a record: that record expired. The versions continue from the
+    /// later of it and the latest snapshot (or from records that turned up meanwhile); the
+    /// remembered tip is replaced, although its position goes back.
+    pub(super) async fn tip_after_expiry(
+        &self,
+        actor: &str,
+        subject: &str,
+        remembered: Tip,
+    ) -> Result<Tip, ReadError> {
+        let fresh = self.tip_of_empty_subject(actor, subject).await?;
+        let tip = if fresh.sequence > 0 {
+            fresh
+        } else {
+            Tip {
+                sequence: 0,
+                version: fresh.version.max(remembered.version),
+            }
+        };
+        self.lock_tips().put(actor.to_owned(), tip);
         Ok(tip)
     }
 

@@ -255,8 +255,36 @@ impl BrokerHost {
                 conn.node = Some((node.clone(), *session));
             }
             let is_write = body.is_write();
+            // During a stream-leader election, as a real R3 cluster behaves (measured in
+            // tests/nats_replicas.rs): a leader read gets no answer (the client times out), a
+            // write fails at once with "no leader", and a write in flight when the election
+            // began is never answered but may still be stored by the new leader.
+            let electing = lock(&self.shared.replicas)
+                .as_mut()
+                .is_some_and(|r| r.electing(sim_now()));
+            if electing && body.is_leader_read() {
+                continue;
+            }
+            if electing && body.is_replicated_write() {
+                let refused = Response::Error(BrokerError::Unavailable {
+                    reason: "stream has no leader (election in progress)".into(),
+                });
+                if conn
+                    .tx
+                    .send(Frame::Resp { id, body: refused })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                continue;
+            }
             if body.is_replicated_write() && !self.await_commit().await {
-                // An election: the write is never committed, and never answered.
+                // The election began while the write was on its way to a quorum: never
+                // answered; half of the time the new leader has it after all.
+                if self.shared.rng.next_u64().is_multiple_of(2) {
+                    let _ = self.handle(&mut conn, sent_at, body);
+                }
                 continue;
             }
             let response = self.handle(&mut conn, sent_at, body);

@@ -117,6 +117,20 @@ impl Request {
         }
     }
 
+    /// Reads only the stream leader answers (`ReadFrom::Leader`).
+    pub(super) fn is_leader_read(&self) -> bool {
+        matches!(
+            self,
+            Request::Last {
+                from: ReadFrom::Leader,
+                ..
+            } | Request::Next {
+                from: ReadFrom::Leader,
+                ..
+            }
+        )
+    }
+
     /// Writes a replicated stream commits through its leader (stream and bucket creation
     /// included).
     pub(super) fn is_replicated_write(&self) -> bool {

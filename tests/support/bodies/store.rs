@@ -1157,4 +1157,18 @@ pub async fn under_retention_expired_versions_are_a_typed_condition_and_snapshot
         .map(|e| e.version)
         .collect();
     assert_eq!(after, vec![6]);
+    // The first handle still remembers "partial" at v3, whose record expires too: its next
+    // append must go on at v4, not lose "races" against a record that no longer exists.
+    for _ in 0..100 {
+        if fresh.events("partial", 3).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let after_expiry = store
+        .append("partial", ExpectedVersion::Exact(3), vec![ev("A", 4)])
+        .await
+        .expect("a handle whose remembered tip expired appends at the next version");
+    assert_eq!(after_expiry.first_version(), 4);
+    assert_eq!(fresh.latest_version("partial").await.unwrap(), 4);
 }
