@@ -24,9 +24,11 @@
 pub mod artifacts;
 pub mod broker;
 pub mod checkers;
+pub mod churn;
 pub mod clock;
 pub mod faults;
 pub mod history;
+pub mod report;
 pub mod runner;
 pub mod scenarios;
 pub mod timeline;

@@ -8,14 +8,12 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use aether::broker::{
-    BrokerError, BrokerState, DEFAULT_MAX_PAYLOAD, KvEntry, Message, Now, ReadFrom,
-};
+use aether::broker::{BrokerError, BrokerState, DEFAULT_MAX_PAYLOAD, Message, Now};
 use aether::clock::SharedRng;
 
 use super::client::{SimBroker, SimBrokerConfig};
 use super::protocol::{Frame, Request, Response};
-use super::replicas::{Replicas, ReplicationConfig, Write};
+use super::replicas::{Replicas, ReplicationConfig};
 use super::wire::{TOKEN_BYTES, Wire, read_frame, write_frames};
 use super::{BROKER_PORT, CONNECTION_QUEUE_MAX, PUSH_QUEUE_MAX, lock};
 use crate::clock::{SimClock, epoch, sim_now};
@@ -40,10 +38,10 @@ pub struct BrokerStats {
 }
 
 pub(super) struct HostShared {
-    state: Mutex<BrokerState>,
+    pub(super) state: Mutex<BrokerState>,
     faults: Mutex<BrokerFaults>,
     stats: Mutex<BrokerStats>,
-    rng: SharedRng,
+    pub(super) rng: SharedRng,
     /// node → (latest session, its connection's close signal).
     sessions: Mutex<BTreeMap<String, (u64, Arc<tokio::sync::Notify>)>>,
     /// Frames in flight on every connection.
@@ -51,7 +49,7 @@ pub(super) struct HostShared {
     /// Where KV writes to the buckets of interest are recorded, if anywhere.
     kv_log: Mutex<Option<KvLog>>,
     /// The replicated model's followers and election state (`None`: one linearizable server).
-    replicas: Mutex<Option<Replicas>>,
+    pub(super) replicas: Mutex<Option<Replicas>>,
 }
 
 /// Records the KV writes the host applies, for the checkers that look at what a leader or a
@@ -66,7 +64,7 @@ struct KvLog {
 /// not. Cheap to clone.
 #[derive(Clone)]
 pub struct BrokerHost {
-    shared: Arc<HostShared>,
+    pub(super) shared: Arc<HostShared>,
 }
 
 impl std::fmt::Debug for BrokerHost {
@@ -147,7 +145,7 @@ impl BrokerHost {
         *lock(&self.shared.kv_log) = Some(KvLog { history, buckets });
     }
 
-    fn log_kv_write(
+    pub(super) fn log_kv_write(
         &self,
         conn: &HostConn,
         sent_at: Duration,
@@ -364,338 +362,18 @@ impl BrokerHost {
         });
         (sender, task)
     }
-
-    pub(super) fn handle(&self, conn: &mut HostConn, sent_at: Duration, body: Request) -> Response {
-        let now = host_now();
-        let mut state = lock(&self.shared.state);
-        let mut replicas = lock(&self.shared.replicas);
-        // Direct gets: any replica answers (the leader's state, or a lagging follower's).
-        let rng = &self.shared.rng;
-        fn replica<'a>(
-            replicas: &'a mut Option<Replicas>,
-            now: Now,
-            rng: &SharedRng,
-        ) -> Option<(&'a mut BrokerState, Now)> {
-            replicas.as_mut().and_then(|r| r.pick(now, rng))
-        }
-        let electing = replicas.as_mut().is_some_and(|r| r.electing(now.monotonic));
-        let no_leader = || BrokerError::Unavailable {
-            reason: "stream leader election in progress".into(),
-        };
-        let result: Result<Response, BrokerError> = match body {
-            Request::Hello { .. } | Request::Ping => Ok(Response::Unit),
-            Request::EnsureStream(config) => {
-                let result = state.ensure_stream(config.clone());
-                if let (Ok(()), Some(r)) = (&result, replicas.as_mut()) {
-                    r.committed(now, Write::EnsureStream(config));
-                }
-                result.map(|()| Response::Unit)
-            }
-            Request::Append {
-                subject,
-                headers,
-                payload,
-                options,
-            } => {
-                let result = state.append(
-                    &subject,
-                    headers.clone(),
-                    payload.clone(),
-                    options.clone(),
-                    now,
-                );
-                if let (Ok(ack), Some(r)) = (&result, replicas.as_mut()) {
-                    r.committed(
-                        now,
-                        Write::Append {
-                            subject,
-                            headers,
-                            payload,
-                            options,
-                            result: (ack.sequence, ack.duplicate),
-                        },
-                    );
-                }
-                result.map(|ack| Response::Ack {
-                    sequence: ack.sequence,
-                    duplicate: ack.duplicate,
-                })
-            }
-            Request::Last {
-                stream,
-                subject,
-                from: ReadFrom::AnyReplica,
-            } => match replica(&mut replicas, now, rng) {
-                Some((follower, as_of)) => follower.last(&stream, &subject, as_of),
-                None => state.last(&stream, &subject, now),
-            }
-            .map(Response::Stored),
-            Request::Next {
-                stream,
-                subject,
-                from_sequence,
-                from: ReadFrom::AnyReplica,
-            } => match replica(&mut replicas, now, rng) {
-                Some((follower, as_of)) => follower.next(&stream, &subject, from_sequence, as_of),
-                None => state.next(&stream, &subject, from_sequence, now),
-            }
-            .map(Response::Stored),
-            Request::Last { .. } | Request::Next { .. } if electing => Err(no_leader()),
-            Request::Last {
-                stream,
-                subject,
-                from: ReadFrom::Leader,
-            } => state.last(&stream, &subject, now).map(Response::Stored),
-            Request::Next {
-                stream,
-                subject,
-                from_sequence,
-                from: ReadFrom::Leader,
-            } => state
-                .next(&stream, &subject, from_sequence, now)
-                .map(Response::Stored),
-            Request::Read {
-                stream,
-                subject,
-                from_sequence,
-            } => match replica(&mut replicas, now, rng) {
-                Some((follower, as_of)) => follower.read(&stream, &subject, from_sequence, as_of),
-                None => state.read(&stream, &subject, from_sequence, now),
-            }
-            .map(Response::StoredList),
-            Request::Publish {
-                subject,
-                headers,
-                payload,
-            } => state
-                .publish(Message {
-                    subject,
-                    headers,
-                    payload,
-                    reply: None,
-                })
-                .map(|_| Response::Unit),
-            Request::Subscribe { sid, pattern } => {
-                let (sender, forwarder) = Self::forward_messages(&conn.tx, sid);
-                match state.subscribe(&pattern, sender) {
-                    Ok(id) => {
-                        if let Some(old) = conn.subs.insert(
-                            sid,
-                            HostSub {
-                                state_id: Some(id),
-                                forwarder,
-                            },
-                        ) {
-                            drop(state);
-                            self.drop_sub(old);
-                            return Response::Unit;
-                        }
-                        Ok(Response::Unit)
-                    }
-                    Err(e) => {
-                        forwarder.abort();
-                        Err(e)
-                    }
-                }
-            }
-            // Stop new deliveries; what the subscription already holds is still pushed before
-            // the answer, as a NATS server delivers what it sent before the UNSUB arrived.
-            Request::Unsubscribe { sid } => {
-                if let Some(sub) = conn.subs.remove(&sid) {
-                    match sub.state_id {
-                        Some(id) => {
-                            state.unsubscribe(id);
-                            conn.flush_before_reply = Some(sub.forwarder);
-                        }
-                        None => sub.forwarder.abort(),
-                    }
-                }
-                Ok(Response::Unit)
-            }
-            Request::Ask {
-                sid,
-                inbox,
-                subject,
-                headers,
-                payload,
-            } => {
-                let (sender, forwarder) = Self::forward_messages(&conn.tx, sid);
-                match state.subscribe(&inbox, sender) {
-                    Ok(id) => {
-                        let published = state.publish(Message {
-                            subject: subject.clone(),
-                            headers,
-                            payload,
-                            reply: Some(inbox),
-                        });
-                        match published {
-                            Ok(matched) if matched > 0 => {
-                                conn.subs.insert(
-                                    sid,
-                                    HostSub {
-                                        state_id: Some(id),
-                                        forwarder,
-                                    },
-                                );
-                                Ok(Response::Unit)
-                            }
-                            other => {
-                                state.unsubscribe(id);
-                                forwarder.abort();
-                                match other {
-                                    Err(e) => Err(e),
-                                    Ok(_) => Err(BrokerError::NoResponders { subject }),
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        forwarder.abort();
-                        Err(e)
-                    }
-                }
-            }
-            Request::KvEnsure(config) => {
-                let result = state.kv_ensure(config.clone());
-                if let (Ok(()), Some(r)) = (&result, replicas.as_mut()) {
-                    r.committed(now, Write::KvEnsure(config));
-                }
-                result.map(|()| Response::Unit)
-            }
-            Request::KvGet { bucket, key } => match replica(&mut replicas, now, rng) {
-                Some((follower, as_of)) => follower.kv_get(&bucket, &key, as_of),
-                None => state.kv_get(&bucket, &key, now),
-            }
-            .map(Response::Entry),
-            Request::KvEntries { bucket } => match replica(&mut replicas, now, rng) {
-                Some((follower, as_of)) => follower.kv_entries(&bucket, as_of),
-                None => state.kv_entries(&bucket, now),
-            }
-            .map(Response::Entries),
-            Request::KvCreate { bucket, key, value } => {
-                let result = state.kv_create(&bucket, &key, value.clone(), now);
-                if let Ok(revision) = &result {
-                    self.log_kv_write(conn, sent_at, &bucket, &key, &value, *revision);
-                    if let Some(r) = replicas.as_mut() {
-                        let revision = *revision;
-                        r.committed(
-                            now,
-                            Write::KvCreate {
-                                bucket,
-                                key,
-                                value,
-                                revision,
-                            },
-                        );
-                    }
-                }
-                result.map(Response::Revision)
-            }
-            Request::KvUpdate {
-                bucket,
-                key,
-                value,
-                revision: expected,
-            } => {
-                let result = state.kv_update(&bucket, &key, value.clone(), expected, now);
-                if let Ok(revision) = &result {
-                    self.log_kv_write(conn, sent_at, &bucket, &key, &value, *revision);
-                    if let Some(r) = replicas.as_mut() {
-                        let revision = *revision;
-                        r.committed(
-                            now,
-                            Write::KvUpdate {
-                                bucket,
-                                key,
-                                value,
-                                expected,
-                                revision,
-                            },
-                        );
-                    }
-                }
-                result.map(Response::Revision)
-            }
-            Request::KvPut { bucket, key, value } => {
-                let result = state.kv_put(&bucket, &key, value.clone(), now);
-                if let Ok(revision) = &result {
-                    self.log_kv_write(conn, sent_at, &bucket, &key, &value, *revision);
-                    if let Some(r) = replicas.as_mut() {
-                        let revision = *revision;
-                        r.committed(
-                            now,
-                            Write::KvPut {
-                                bucket,
-                                key,
-                                value,
-                                revision,
-                            },
-                        );
-                    }
-                }
-                result.map(Response::Revision)
-            }
-            Request::KvDelete { bucket, key } => {
-                let result = state.kv_delete(&bucket, &key, now);
-                if result.is_ok() {
-                    self.log_kv_write(conn, sent_at, &bucket, &key, &[], 0);
-                    if let Some(r) = replicas.as_mut() {
-                        r.committed(now, Write::KvDelete { bucket, key });
-                    }
-                }
-                result.map(|()| Response::Unit)
-            }
-            Request::KvWatch {
-                sid,
-                bucket,
-                pattern,
-            } => {
-                let (sender, mut receiver) = mpsc::channel::<KvEntry>(PUSH_QUEUE_MAX);
-                match state.kv_watch(&bucket, &pattern, sender, now) {
-                    Ok(_) => {
-                        let tx = conn.tx.clone();
-                        let forwarder = tokio::task::spawn_local(async move {
-                            while let Some(entry) = receiver.recv().await {
-                                if tx.send(Frame::Kv { sid, entry }).await.is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                        // A watcher has no unsubscribe: dropping the receiver retires it.
-                        if let Some(old) = conn.subs.insert(
-                            sid,
-                            HostSub {
-                                state_id: None,
-                                forwarder,
-                            },
-                        ) {
-                            drop(state);
-                            self.drop_sub(old);
-                            return Response::Unit;
-                        }
-                        Ok(Response::Unit)
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        match result {
-            Ok(r) => r,
-            Err(e) => Response::Error(e),
-        }
-    }
 }
 
 pub(super) struct HostSub {
-    state_id: Option<u64>,
-    forwarder: tokio::task::JoinHandle<()>,
+    pub(super) state_id: Option<u64>,
+    pub(super) forwarder: tokio::task::JoinHandle<()>,
 }
 
 pub(super) struct HostConn {
-    tx: mpsc::Sender<Frame>,
-    subs: BTreeMap<u64, HostSub>,
-    node: Option<(String, u64)>,
+    pub(super) tx: mpsc::Sender<Frame>,
+    pub(super) subs: BTreeMap<u64, HostSub>,
+    pub(super) node: Option<(String, u64)>,
     /// A forwarder that must push what it holds before the current request is answered: an
     /// unsubscribed subscription's messages already on their way (NATS delivers those).
-    flush_before_reply: Option<tokio::task::JoinHandle<()>>,
+    pub(super) flush_before_reply: Option<tokio::task::JoinHandle<()>>,
 }

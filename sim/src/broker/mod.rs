@@ -31,6 +31,7 @@
 //!   reconnects when a ping fails, like the NATS client's PING/PONG stale-connection check.
 
 pub mod client;
+mod handle;
 pub mod host;
 pub mod ops;
 pub mod protocol;

@@ -1,4 +1,7 @@
 //! Store and snapshot behaviour, generic over the broker.
+//!
+//! Longer than ~600 lines on purpose: one list of store bodies (`store_bodies!`) that every broker
+//! runs; each body stands alone and reads top to bottom.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
