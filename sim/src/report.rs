@@ -104,7 +104,7 @@ pub struct RunReport {
     pub ops: Option<Vec<Op>>,
     /// Resource use sampled during the run (scenarios with `sample_every`).
     pub usage: Vec<UsageSample>,
-    /// The failure's timeline and trace files, when [`RunOptions::artifacts`] asked for them
+    /// The failure's timeline and trace files, when [`RunOptions::artifacts`](crate::RunOptions::artifacts) asked for them
     /// (or why they could not be written).
     pub artifacts: Option<Result<Artifacts, String>>,
 }

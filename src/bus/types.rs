@@ -136,7 +136,7 @@ pub struct Delivery {
     pub sequence: u64,
 }
 
-/// Bus configuration. The node's id comes from the [`Runtime`].
+/// Bus configuration. The node's id comes from the [`Runtime`](crate::Runtime).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct BusConfig {
