@@ -357,7 +357,7 @@ teeth! {
     planted_bus_hides_gaps_is_caught:
         "bus_hides_gaps" => Scenario::readside(), "12 ", 298;
     planted_snapshots_expire_with_events_is_caught:
-        "snapshots_expire_with_events" => Scenario::retention(), "", 300;
+        "snapshots_expire_with_events" => Scenario::retention(), "", 295;
 }
 
 /// Past the lease's clock margin the guarantee ends, and only it: two nodes can act as leader

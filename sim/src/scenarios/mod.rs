@@ -5,7 +5,7 @@
 //! | `store` | hot actors: concurrent writers with stale expected versions, retries, readers, one damaged record | all (partitions both ways and one way, holds, latency, crashes, broker bounces, skew, drift, reply loss) |
 //! | `cluster` | 3 nodes + a 4th that joins and leaves, each running membership, leader election and shard assignment, owner-based writers (`Exact` versions), counter commands sent through `ActorHost` from every node (adds and refusable takes), and a foreign writer appending counter decisions straight through the store | all, plus leader churn (the leader crashed, partitioned, its link held for about a lease TTL, or slowed — clock down to 0.70–0.76 — and cut off) |
 //! | `readside` | 3 nodes appending through stores that publish `EventStored` on a connected bus; on every node a prompt and a slow (4-event queue) bus subscriber, and an instance of one projection whose handler does broker work before recording a page | all |
-//! | `retention` | 3 nodes, 2 writers each on 4 long-lived actors, under a store that keeps events 8 s; a snapshot after every acknowledged append (naming its position); loaders loading actors from snapshot + events after it | all |
+//! | `retention` | 3 nodes, 2 writers each on 4 long-lived actors, under a store that keeps events 20 s; a snapshot after every acknowledged append (naming its position); loaders loading actors from snapshot + events after it | all |
 //! | `long-horizon` | 2 simulated days, time-compressed: 40 actors written sparsely under a 6 h retention with snapshots, one dormant most of each day, the cluster layer running on every node; resource use sampled hourly | rare (one every ~10 min) |
 //! | `cluster-beyond-margin` | as `cluster` | as `cluster`, but the slowed leader's clock runs at 0.50–0.60: past the lease's margin, **expected to fail** (see [`Scenario::cluster_beyond_margin`]) |
 
@@ -108,7 +108,7 @@ impl Scenario {
         }
     }
 
-    /// The retention scenario: events expire after 8 s; actors live on through snapshots (20 s
+    /// The retention scenario: events expire after 20 s; actors live on through snapshots (20 s
     /// of faults, 15 s fault-free).
     pub fn retention() -> Self {
         Self {

@@ -51,12 +51,18 @@ pub struct RetentionWorkload {
 impl Default for RetentionWorkload {
     fn default() -> Self {
         Self {
-            retention: Duration::from_secs(8),
+            // Longer than the outages the faults make (on the replicated model up to three
+            // elections of 2–5 s within 11 s, while the writer that just appended crashes):
+            // with 8 s, 9 of 10,000 replicated seeds lost an acknowledged event no snapshot
+            // had covered yet, and its version was reused; with 12 s, 1 of 10,000 — the
+            // documented limit of retention, not a defect, but a retention as short as an
+            // outage is not what the scenario is about.
+            retention: Duration::from_secs(20),
             actors: 4,
             writers_per_node: 2,
             think: (Duration::from_millis(100), Duration::from_millis(400)),
             load_every: (Duration::from_millis(300), Duration::from_millis(1200)),
-            dormancy: (Duration::from_secs(20), Duration::from_secs(5)),
+            dormancy: (Duration::from_secs(30), Duration::from_secs(4)),
             cluster: false,
         }
     }
