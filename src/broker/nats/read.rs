@@ -152,6 +152,16 @@ impl NatsBroker {
                                 reason: format!("malformed direct get reply while {op}: {e}"),
                             }
                         })?;
+                    // A read never hands out a sequence twice or out of order, whatever the
+                    // replies do around a leader change (a real R3 leader kill under load
+                    // once showed 128 records twice in one read; replay itself was clean).
+                    if message.sequence < from_sequence
+                        || page
+                            .last_sequence
+                            .is_some_and(|last| message.sequence <= last)
+                    {
+                        continue;
+                    }
                     page.last_sequence = Some(message.sequence);
                     let stored = StoredMessage {
                         subject: message.subject.to_string(),
@@ -299,6 +309,13 @@ impl NatsBroker {
                 continue;
             };
             let left = message.info().map(|i| i.pending).unwrap_or(0);
+            if stored.sequence < *from {
+                // Already handed out (see `direct_page`): never twice, never backwards.
+                if left == 0 {
+                    return Ok(ConsumerEnd::Done);
+                }
+                continue;
+            }
             *from = stored.sequence + 1;
             if !sink(stored) || left == 0 {
                 return Ok(ConsumerEnd::Done);
