@@ -60,6 +60,8 @@ pub mod projection;
 pub mod retry;
 pub mod runtime;
 pub mod store;
+pub mod telemetry;
+pub mod trace;
 
 pub use actor::{
     ActorConfig, ActorHost, ActorState, Aggregate, CommandError, CommandOutcome, Router, SingleNode,

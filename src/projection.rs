@@ -22,6 +22,8 @@ use crate::broker::{Broker, BrokerError, KvConfig};
 use crate::clock::Clock;
 use crate::codec::InvalidName;
 use crate::store::{EventStore, Page, ReadError};
+use crate::telemetry;
+use tracing::Instrument;
 
 /// Default page size.
 pub const PAGE_MAX: usize = 256;
@@ -148,9 +150,57 @@ impl<B: Broker, C: Clock> Projector<B, C> {
         F: FnOnce(Page) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
+        let span = tracing::debug_span!(
+            "aether.projector.step",
+            namespace = self.store.namespace(),
+            projection = %self.name,
+            position = tracing::field::Empty,
+            records = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let result = self.step_in_span(handler).instrument(span.clone()).await;
+        let _entered = span.enter();
+        match &result {
+            Ok(records) => {
+                span.record("records", records);
+                span.record("outcome", "ok");
+                metrics::counter!(telemetry::PROJECTOR_RECORDS, "projection" => self.name.clone())
+                    .increment(*records as u64);
+            }
+            Err(ProjectionError::Fenced { .. }) => {
+                span.record("outcome", "fenced");
+                tracing::warn!("projection checkpoint moved by another instance");
+            }
+            Err(error) => {
+                span.record("outcome", "error");
+                tracing::warn!(%error, "projection step failed");
+            }
+        }
+        result
+    }
+
+    async fn step_in_span<E, F, Fut>(&self, handler: F) -> Result<usize, ProjectionError<E>>
+    where
+        E: std::fmt::Debug + std::fmt::Display,
+        F: FnOnce(Page) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
         let (position, revision) = self.checkpoint().await?;
+        tracing::Span::current().record("position", position);
         let page = self.store.read_all(position, self.page_max).await?;
         let records = page.commits.len() + page.errors.len();
+        let rt = self.store.runtime();
+        // Lag: how old the newest record of this page is (0 once caught up).
+        let lag = page
+            .commits
+            .last()
+            .and_then(|c| c.events.last())
+            .and_then(|e| rt.clock().wall().duration_since(e.timestamp).ok())
+            .unwrap_or_default();
+        metrics::gauge!(telemetry::PROJECTOR_LAG_SECONDS, "projection" => self.name.clone())
+            .set(telemetry::seconds(lag));
+        metrics::gauge!(telemetry::PROJECTOR_POSITION, "projection" => self.name.clone())
+            .set(position as f64);
         if records == 0 {
             return Ok(0);
         }

@@ -19,6 +19,9 @@ use crate::broker::Broker;
 use crate::clock::{Clock, SystemClock};
 use crate::event::{Event, ExpectedVersion, NewEvent, Snapshot};
 use crate::store::{AppendError, ConflictError, EventStore};
+use crate::telemetry;
+use crate::trace;
+use tracing::Instrument;
 
 pub(super) struct Slot<A> {
     state: A,
@@ -132,6 +135,57 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         command: &A::Command,
     ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
         let rt = self.inner.store.runtime();
+        // This command's span in the caller's trace (a sender's `traceparent`, or the
+        // application's scope), or the first span of a new trace.
+        let context = trace::next_span(rt.rng());
+        let namespace = self.inner.store.namespace();
+        let span = tracing::debug_span!(
+            "aether.command",
+            namespace,
+            actor = actor_id,
+            node = %rt.node_id(),
+            trace_id = %context.trace_id(),
+            span_id = %context.span_id(),
+            version = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let started = rt.clock().monotonic();
+        let result = trace::scope(
+            context,
+            self.execute_here(actor_id, command).instrument(span.clone()),
+        )
+        .await;
+        let outcome = command_outcome(&result);
+        span.record("outcome", outcome);
+        if let Ok(done) = &result {
+            span.record("version", done.version);
+        }
+        let elapsed = rt.clock().monotonic().saturating_sub(started);
+        let labels = [
+            ("namespace", namespace.to_owned()),
+            ("outcome", outcome.to_owned()),
+        ];
+        metrics::counter!(telemetry::ACTOR_COMMANDS, &labels).increment(1);
+        metrics::histogram!(telemetry::ACTOR_COMMAND_SECONDS, &labels)
+            .record(telemetry::seconds(elapsed));
+        let _entered = span.enter();
+        match &result {
+            Ok(done) => tracing::debug!(version = done.version, "command executed"),
+            Err(CommandError::Rejected(_) | CommandError::NotOwner { .. }) => {
+                tracing::debug!(outcome, "command not executed")
+            }
+            Err(error) => tracing::warn!(%error, outcome, "command failed"),
+        }
+        result
+    }
+
+    async fn execute_here(
+        &self,
+        actor_id: &str,
+        command: &A::Command,
+    ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
+        let rt = self.inner.store.runtime();
         let me = rt.node_id();
         let ownership = self.inner.router.ownership(actor_id);
         let epoch = match ownership {
@@ -227,8 +281,9 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 Err(AppendError::Conflict(conflict))
                     if attempt < self.inner.config.conflict_retry_max =>
                 {
-                    tracing::debug!(%conflict, "reloading actor after a conflict");
+                    tracing::debug!(%conflict, attempt, "reloading actor after a conflict");
                     attempt += 1;
+                    tracing::Span::current().record("attempts", attempt + 1);
                     if crate::planted::planted!(rt, host_retries_without_reload) {
                         // Planted bug: a lost update — decide again on the stale state, at the
                         // version the conflict reported.
@@ -261,6 +316,8 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         slot: &mut Slot<A>,
     ) -> Result<(), CommandError<A::Rejection>> {
         let store = &self.inner.store;
+        metrics::counter!(telemetry::ACTOR_ACTIVATIONS, "namespace" => store.namespace().to_owned())
+            .increment(1);
         let snapshot = store.latest_snapshot(actor_id).await?;
         let decoded = snapshot.as_ref().and_then(|snapshot| {
             match serde_json::from_value::<A>(snapshot.state.clone()) {
@@ -349,6 +406,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         let now = self.now();
         let idle = self.inner.config.idle_timeout;
         let mut slots = self.lock_slots();
+        let before = slots.len();
         let mut by_use: Vec<(Duration, String)> = Vec::new();
         slots.retain(|actor, slot| match slot.try_lock() {
             Ok(s) if now.saturating_sub(s.last_used) > idle => false,
@@ -365,6 +423,14 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 slots.remove(&actor);
             }
         }
+        let namespace = self.inner.store.namespace().to_owned();
+        let dropped = before - slots.len();
+        if dropped > 0 {
+            tracing::debug!(namespace, dropped, active = slots.len(), "actors passivated");
+        }
+        metrics::counter!(telemetry::ACTOR_PASSIVATIONS, "namespace" => namespace.clone())
+            .increment(dropped as u64);
+        metrics::gauge!(telemetry::ACTOR_ACTIVE, "namespace" => namespace).set(slots.len() as f64);
     }
 }
 
@@ -381,4 +447,19 @@ fn command_events<A: Aggregate>(
     command: &A::Command,
 ) -> Result<Vec<NewEvent>, CommandError<A::Rejection>> {
     state.handle(ctx, command).map_err(CommandError::Rejected)
+}
+
+/// The `outcome` label of a command's result.
+pub(super) fn command_outcome<R: std::fmt::Debug>(
+    result: &Result<CommandOutcome, CommandError<R>>,
+) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(CommandError::Rejected(_)) => "rejected",
+        Err(CommandError::NotOwner { .. }) => "not_owner",
+        Err(CommandError::Unroutable { .. }) => "unroutable",
+        Err(CommandError::Timeout { .. }) => "timeout",
+        Err(CommandError::Append(AppendError::Conflict(_))) => "conflict",
+        Err(_) => "error",
+    }
 }

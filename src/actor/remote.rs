@@ -9,12 +9,15 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::host::ActorHost;
+use super::host::{ActorHost, command_outcome};
 use super::{Aggregate, CommandError, CommandOutcome, Router};
 use crate::broker::{Broker, BrokerError, Headers};
 use crate::clock::Clock;
 use crate::node::NodeId;
 use crate::retry::Backoff;
+use crate::telemetry;
+use crate::trace::{self, TRACEPARENT, TraceContext};
+use tracing::Instrument;
 
 /// The longest wait between two routing attempts of a command.
 pub const ROUTE_RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
@@ -91,25 +94,92 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         actor_id: &str,
         command: &A::Command,
     ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
+        let rt = self.inner.store.runtime();
+        // The sender's span: a child of the application's trace context, or a new trace.
+        let context = trace::next_span(rt.rng());
+        let namespace = self.inner.store.namespace();
+        let span = tracing::debug_span!(
+            "aether.send",
+            namespace,
+            actor = actor_id,
+            node = %rt.node_id(),
+            trace_id = %context.trace_id(),
+            span_id = %context.span_id(),
+            owner = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let started = rt.clock().monotonic();
+        let result = trace::scope(context, self.route(actor_id, command).instrument(span.clone()))
+            .await;
+        let outcome = command_outcome(&result);
+        span.record("outcome", outcome);
+        let elapsed = rt.clock().monotonic().saturating_sub(started);
+        let labels = [
+            ("namespace", namespace.to_owned()),
+            ("outcome", outcome.to_owned()),
+        ];
+        metrics::counter!(telemetry::ACTOR_SENDS, &labels).increment(1);
+        metrics::histogram!(telemetry::ACTOR_SEND_SECONDS, &labels)
+            .record(telemetry::seconds(elapsed));
+        let _entered = span.enter();
+        match &result {
+            Ok(done) => tracing::debug!(version = done.version, node = %done.node_id, "command answered"),
+            Err(CommandError::Rejected(_)) => tracing::debug!("command rejected"),
+            Err(error) => tracing::warn!(%error, outcome, "sent command failed"),
+        }
+        result
+    }
+
+    /// Routes a command to its owner, re-routing while it certainly did not run.
+    async fn route(
+        &self,
+        actor_id: &str,
+        command: &A::Command,
+    ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
         let config = &self.inner.config;
         let rt = self.inner.store.runtime();
+        let namespace = self.inner.store.namespace();
+        let reroute = |reason: &'static str| {
+            tracing::debug!(reason, "re-routing command");
+            metrics::counter!(
+                telemetry::ACTOR_REROUTES,
+                "namespace" => namespace.to_owned(),
+                "reason" => reason
+            )
+            .increment(1);
+        };
         let mut backoff = Backoff::new(config.route_retry_delay, ROUTE_RETRY_DELAY_MAX);
         for attempt in 0..=config.route_retry_max {
             if attempt > 0 {
                 backoff.wait(rt.clock(), rt.rng()).await;
             }
+            let span = tracing::Span::current();
+            span.record("attempt", attempt + 1);
             let Some(owner) = self.inner.router.owner_of(actor_id) else {
+                reroute("no_owner");
                 continue;
             };
+            span.record("owner", tracing::field::display(&owner));
             if owner == *self.inner.store.runtime().node_id() {
                 match self.execute(actor_id, command).await {
-                    Err(CommandError::NotOwner { .. }) => continue, // the view moved meanwhile
+                    // The view moved meanwhile.
+                    Err(CommandError::NotOwner { .. }) => {
+                        reroute("not_owner");
+                        continue;
+                    }
                     other => return other,
                 }
             }
             match self.request(&owner, actor_id, command).await {
-                Err(CommandError::NotOwner { .. })
-                | Err(CommandError::Broker(BrokerError::NoResponders { .. })) => continue,
+                Err(CommandError::NotOwner { .. }) => {
+                    reroute("not_owner");
+                    continue;
+                }
+                Err(CommandError::Broker(BrokerError::NoResponders { .. })) => {
+                    reroute("no_responders");
+                    continue;
+                }
                 Err(CommandError::Broker(BrokerError::Timeout { .. })) => {
                     return Err(CommandError::Timeout { owner });
                 }
@@ -136,11 +206,16 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             command,
         })
         .expect("commands serialise");
+        // The owner continues this trace: the request carries the sender's context.
+        let mut headers = Headers::new();
+        if let Some(context) = trace::current() {
+            headers.insert(TRACEPARENT.to_owned(), context.to_traceparent());
+        }
         let reply = rt
             .broker()
             .request(
                 &self.inner.store.names().command_subject(owner),
-                Headers::new(),
+                headers,
                 Bytes::from(payload),
                 self.inner.config.request_timeout,
             )
@@ -268,8 +343,12 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 },
             };
             let host = self.clone();
+            let parent = message.headers.get(TRACEPARENT).and_then(|v| TraceContext::parse(v));
             running.spawn(async move {
-                let reply = host.answer(&message.payload).await;
+                let reply = match parent {
+                    Some(parent) => trace::scope(parent, host.answer(&message.payload)).await,
+                    None => host.answer(&message.payload).await,
+                };
                 let payload = serde_json::to_vec(&reply).expect("replies serialise");
                 host.publish_reply(&reply_to, payload).await;
                 drop(permit);

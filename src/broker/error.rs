@@ -149,6 +149,25 @@ impl fmt::Display for BrokerLimit {
 }
 
 impl BrokerError {
+    /// A short, stable name of the error's kind (`timeout`, `unavailable`, …): the `error`
+    /// label of [`BROKER_ERRORS`](crate::telemetry::BROKER_ERRORS) and a log field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BrokerError::WrongLastSequence { .. } => "wrong_last_sequence",
+            BrokerError::AlreadyExists { .. } => "already_exists",
+            BrokerError::WrongRevision { .. } => "wrong_revision",
+            BrokerError::NotFound { .. } => "not_found",
+            BrokerError::PayloadTooLarge { .. } => "payload_too_large",
+            BrokerError::Timeout { .. } => "timeout",
+            BrokerError::NoResponders { .. } => "no_responders",
+            BrokerError::Unavailable { .. } => "unavailable",
+            BrokerError::InvalidArgument { .. } => "invalid_argument",
+            BrokerError::LimitReached { .. } => "limit_reached",
+            BrokerError::PermissionDenied { .. } => "permission_denied",
+            BrokerError::Other { .. } => "other",
+        }
+    }
+
     /// Whether an operation that failed this way may nevertheless have taken effect on the server
     /// (the request may have been delivered and only the reply lost). Appends that fail this way
     /// are retried with the same message id.

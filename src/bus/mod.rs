@@ -37,6 +37,7 @@ use crate::event::Event;
 use crate::names::{bus_namespace, bus_pattern, bus_subject};
 use crate::node::NodeId;
 use crate::runtime::Runtime;
+use crate::telemetry;
 
 /// Default capacity of a bus subscriber's queue.
 pub const BUS_SUBSCRIBER_QUEUE_MAX: usize = 1024;
@@ -313,6 +314,7 @@ impl<B: Broker> EventBus<B> {
         if missed > 0 {
             counters.missed_remote.fetch_add(missed, Ordering::Relaxed);
             tracing::debug!(%origin, namespace, missed, "bus events lost in transit");
+            lagged(namespace, "lost_in_transit", missed);
         }
         let missed = if self.inner.hides_gaps { 0 } else { missed };
         self.deliver_local(namespace, &events, &origin, session, first, missed);
@@ -362,6 +364,12 @@ impl<B: Broker> EventBus<B> {
     /// # Errors
     /// [`PublishError::InvalidName`] for a bad namespace; [`PublishError::TooLarge`] when the
     /// events do not fit in one broker message (nothing is published).
+    #[tracing::instrument(
+        level = "debug",
+        name = "aether.bus.publish",
+        skip_all,
+        fields(namespace, events = events.len(), node = %self.inner.node)
+    )]
     pub async fn publish(&self, namespace: &str, events: &[Event]) -> Result<(), PublishError> {
         validate_namespace(namespace)?;
         if events.is_empty() {
@@ -382,6 +390,8 @@ impl<B: Broker> EventBus<B> {
             .counters
             .published
             .fetch_add(count, Ordering::Relaxed);
+        metrics::counter!(telemetry::BUS_PUBLISHED, "namespace" => namespace.to_owned())
+            .increment(count);
         let mut published = lock(&self.inner.published);
         let last = published.entry(namespace.to_owned()).or_insert(0);
         let first = *last + 1;
@@ -399,6 +409,8 @@ impl<B: Broker> EventBus<B> {
                     .counters
                     .unsent
                     .fetch_add(count, Ordering::Relaxed);
+                tracing::warn!(namespace, count, "bus events not sent: the outgoing queue is full");
+                lagged(namespace, "unsent", count);
             }
         }
         drop(published);
@@ -417,6 +429,7 @@ impl<B: Broker> EventBus<B> {
         missed: u64,
     ) {
         let counters = &self.inner.counters;
+        let mut dropped = 0;
         lock(&self.inner.subscribers).retain(|_, sub| {
             if sub.sender.is_closed() {
                 return false;
@@ -444,12 +457,17 @@ impl<B: Broker> EventBus<B> {
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         sub.missed.fetch_add(1, Ordering::Relaxed);
                         counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        dropped += 1;
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => return false,
                 }
             }
             true
         });
+        if dropped > 0 {
+            tracing::debug!(namespace, dropped, "bus events dropped: a subscriber's queue is full");
+            lagged(namespace, "queue_full", dropped);
+        }
     }
 
     /// The counters.
@@ -475,4 +493,14 @@ impl<B: Broker> EventBus<B> {
     pub fn session(&self) -> u64 {
         self.inner.session
     }
+}
+
+/// Counts events a subscriber will not receive.
+fn lagged(namespace: &str, reason: &'static str, count: u64) {
+    metrics::counter!(
+        telemetry::BUS_LAGGED,
+        "namespace" => namespace.to_owned(),
+        "reason" => reason
+    )
+    .increment(count);
 }

@@ -16,6 +16,7 @@ use super::{ClusterConfig, StartError};
 use crate::broker::{Broker, BrokerError, KvEntry, KvOperation};
 use crate::clock::Clock;
 use crate::runtime::Runtime;
+use crate::telemetry;
 
 /// The value of a membership entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +106,8 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
         self.members = members;
         self.members_dirty = true;
         self.shared.set_members(&self.members, &self.config.shards);
+        metrics::gauge!(telemetry::CLUSTER_MEMBERS, "node" => self.me.to_string())
+            .set(self.members.len() as f64);
         for member in joined.into_iter().filter(|m| *m != self.me) {
             self.emit(ClusterEventKind::MemberJoined { member });
         }

@@ -75,6 +75,7 @@ use crate::broker::{Broker, BrokerError, KvConfig, StorageKind};
 use crate::clock::Clock;
 use crate::names::ClusterBuckets;
 use crate::runtime::Runtime;
+use crate::telemetry;
 
 /// The key of the published assignment in the assignment bucket.
 pub const ASSIGNMENT_KEY: &str = "assignment";
@@ -274,6 +275,7 @@ impl Shared {
     }
 
     pub(crate) fn emit(&self, node: &NodeId, at: Duration, kind: ClusterEventKind) {
+        record(node, &kind);
         let event = ClusterEvent {
             node: node.clone(),
             at,
@@ -283,6 +285,68 @@ impl Shared {
             observer(&event);
         }
         let _ = self.events.send(event);
+    }
+}
+
+/// Logs a node's cluster event and records its metrics: changes at `info` (they are rare in
+/// steady state), renewals and acknowledgements at `debug`, losing leadership and a duplicate
+/// node id at `warn`.
+fn record(node: &NodeId, kind: &ClusterEventKind) {
+    use ClusterEventKind as K;
+    let label = || ("node", node.to_string());
+    match kind {
+        K::MemberJoined { member } => tracing::info!(%node, %member, "cluster member joined"),
+        K::MemberLeft { member } => tracing::info!(%node, %member, "cluster member left"),
+        K::LeaderObserved { leader } => match leader {
+            Some(l) => tracing::info!(%node, leader = %l.node, term = l.token, "leader observed"),
+            None => tracing::info!(%node, "no live leader"),
+        },
+        K::LeadershipAcquired { token, .. } => {
+            tracing::info!(%node, term = token, "leadership acquired");
+            metrics::counter!(telemetry::CLUSTER_LEADER_CHANGES, &[label()]).increment(1);
+        }
+        K::LeaseRenewed { token, .. } => tracing::debug!(%node, term = token, "lease renewed"),
+        K::LeadershipEnded { token, reason, .. } => match reason {
+            StepDownReason::Released => {
+                tracing::info!(%node, term = token, ?reason, "leadership released")
+            }
+            _ => tracing::warn!(%node, term = token, ?reason, "leadership lost"),
+        },
+        K::AssignmentPublished {
+            epoch,
+            token,
+            moved,
+            ..
+        } => {
+            tracing::info!(%node, epoch, term = token, moved, "assignment published");
+            metrics::counter!(telemetry::CLUSTER_ASSIGNMENTS, &[label()]).increment(1);
+            metrics::counter!(telemetry::CLUSTER_SHARD_MOVES, &[label()]).increment(*moved as u64);
+        }
+        K::ShardsReleased { epoch, shards } => {
+            tracing::info!(%node, epoch, shards = shards.len(), "shards released")
+        }
+        K::AssignmentApplied {
+            epoch,
+            hosted,
+            acquired,
+            ..
+        } => {
+            tracing::info!(
+                %node,
+                epoch,
+                hosted = hosted.len(),
+                acquired = acquired.len(),
+                "assignment applied"
+            );
+            metrics::gauge!(telemetry::CLUSTER_SHARDS_OWNED, &[label()]).set(hosted.len() as f64);
+        }
+        K::AssignmentAcknowledged { epoch } => {
+            tracing::debug!(%node, epoch, "assignment acknowledged")
+        }
+        K::DuplicateNodeDetected => {
+            tracing::warn!(%node, "another process uses this node id")
+        }
+        K::Stopped => tracing::info!(%node, "cluster node stopped"),
     }
 }
 

@@ -53,6 +53,40 @@ pub(super) enum Op<'a> {
     },
 }
 
+impl Op<'_> {
+    /// The operation's name: the `op` field of its span and the `op` label of
+    /// [`BROKER_ERRORS`](crate::telemetry::BROKER_ERRORS).
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Op::EnsureStream { .. } => "ensure_stream",
+            Op::Append { .. } => "append",
+            Op::Last { .. } => "last",
+            Op::Read { .. } => "read",
+            Op::Publish { .. } => "publish",
+            Op::Subscribe { .. } => "subscribe",
+            Op::Request { .. } => "request",
+            Op::KvBucket { .. } => "kv_bucket",
+            Op::KvCreate { .. } => "kv_create",
+            Op::KvUpdate { .. } => "kv_update",
+            Op::KvWrite { .. } => "kv_write",
+            Op::KvRead { .. } => "kv_read",
+        }
+    }
+
+    /// The stream, subject, bucket or key it works on.
+    pub(super) fn target(&self) -> &str {
+        match self {
+            Op::EnsureStream { stream } | Op::Last { stream } | Op::Read { stream } => stream,
+            Op::Append { subject, .. }
+            | Op::Publish { subject, .. }
+            | Op::Request { subject, .. } => subject,
+            Op::Subscribe { pattern } => pattern,
+            Op::KvBucket { bucket } | Op::KvRead { bucket } => bucket,
+            Op::KvCreate { key } | Op::KvUpdate { key, .. } | Op::KvWrite { key, .. } => key,
+        }
+    }
+}
+
 impl fmt::Display for Op<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
+use tracing::Instrument;
 
 pub use connect::{
     MIN_SERVER_VERSION, NatsAuth, NatsConnectError, NatsOptions, NatsTls, server_version_supported,
@@ -147,7 +148,34 @@ impl NatsBroker {
     where
         T: Send + 'a,
     {
-        self.violations.guard(concern, op, Box::pin(run))
+        let span = tracing::debug_span!(
+            "aether.broker",
+            op = op.name(),
+            target = op.target(),
+            outcome = tracing::field::Empty,
+        );
+        let run = self.violations.guard(concern, op, Box::pin(run));
+        let traced = span.clone();
+        async move {
+            let result = run.await;
+            match &result {
+                Ok(_) => {
+                    traced.record("outcome", "ok");
+                }
+                Err(error) => {
+                    traced.record("outcome", error.kind());
+                    tracing::debug!(%error, "broker operation failed");
+                    metrics::counter!(
+                        crate::telemetry::BROKER_ERRORS,
+                        "op" => op.name(),
+                        "error" => error.kind()
+                    )
+                    .increment(1);
+                }
+            }
+            result
+        }
+        .instrument(span)
     }
 
     fn lock_buckets(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, kv::Store>> {
