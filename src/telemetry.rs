@@ -156,11 +156,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Assignments this node published",
     ),
     (CLUSTER_MEMBERS, Kind::Gauge, "Live members in this view"),
-    (
-        CLUSTER_SHARDS_OWNED,
-        Kind::Gauge,
-        "Shards this node owns",
-    ),
+    (CLUSTER_SHARDS_OWNED, Kind::Gauge, "Shards this node owns"),
     (BUS_PUBLISHED, Kind::Counter, "Events published on the bus"),
     (
         BUS_LAGGED,

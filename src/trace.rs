@@ -84,7 +84,12 @@ impl TraceContext {
 
     /// The `traceparent` header value (version 00).
     pub fn to_traceparent(&self) -> String {
-        format!("00-{}-{}-{:02x}", self.trace_id(), self.span_id(), self.flags)
+        format!(
+            "00-{}-{}-{:02x}",
+            self.trace_id(),
+            self.span_id(),
+            self.flags
+        )
     }
 
     /// The trace id, 32 lowercase hex digits.

@@ -343,7 +343,7 @@ teeth! {
     planted_leader_skips_token_check_is_caught:
         "leader_skips_token_check" => Scenario::cluster_beyond_margin(), "11 assignment writes are fenced", 10;
     planted_apply_assignment_out_of_order_is_caught:
-        "apply_assignment_out_of_order" => Scenario::cluster(), "7 ", 195;
+        "apply_assignment_out_of_order" => Scenario::cluster(), "7 ", 95;
     planted_host_retries_without_reload_is_caught:
         "host_retries_without_reload" => Scenario::cluster(), "10 ", 300;
     planted_host_appends_with_any_is_caught:

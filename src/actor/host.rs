@@ -153,7 +153,8 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         let started = rt.clock().monotonic();
         let result = trace::scope(
             context,
-            self.execute_here(actor_id, command).instrument(span.clone()),
+            self.execute_here(actor_id, command)
+                .instrument(span.clone()),
         )
         .await;
         let outcome = command_outcome(&result);
@@ -231,7 +232,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 now: rt.clock().wall(),
             };
             let events = match command_events(&slot.state, &ctx, command) {
-                Ok(events) => events,
+                Ok(events) => with_trace(events),
                 // A refusal is only as good as the state it was decided on. A cached state may
                 // be stale (another writer appended), and so may a fresh load answered by a
                 // lagging replica; an append would catch that, a refusal would not — so confirm
@@ -426,7 +427,12 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         let namespace = self.inner.store.namespace().to_owned();
         let dropped = before - slots.len();
         if dropped > 0 {
-            tracing::debug!(namespace, dropped, active = slots.len(), "actors passivated");
+            tracing::debug!(
+                namespace,
+                dropped,
+                active = slots.len(),
+                "actors passivated"
+            );
         }
         metrics::counter!(telemetry::ACTOR_PASSIVATIONS, "namespace" => namespace.clone())
             .increment(dropped as u64);
@@ -439,6 +445,20 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
 fn clone_state<A: Aggregate>(state: &A) -> A {
     serde_json::from_value(serde_json::to_value(state).expect("aggregate state serialises"))
         .expect("aggregate state deserialises from its own serialisation")
+}
+
+/// Fills each event's trace and span ids from the command's trace context, where the
+/// aggregate did not set them: a stored event names the trace that wrote it.
+fn with_trace(mut events: Vec<NewEvent>) -> Vec<NewEvent> {
+    if let Some(context) = trace::current() {
+        for event in &mut events {
+            if event.metadata.trace_id().is_none() {
+                event.metadata.set_trace_id(context.trace_id());
+                event.metadata.set_span_id(context.span_id());
+            }
+        }
+    }
+    events
 }
 
 fn command_events<A: Aggregate>(

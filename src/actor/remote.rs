@@ -110,8 +110,11 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             outcome = tracing::field::Empty,
         );
         let started = rt.clock().monotonic();
-        let result = trace::scope(context, self.route(actor_id, command).instrument(span.clone()))
-            .await;
+        let result = trace::scope(
+            context,
+            self.route(actor_id, command).instrument(span.clone()),
+        )
+        .await;
         let outcome = command_outcome(&result);
         span.record("outcome", outcome);
         let elapsed = rt.clock().monotonic().saturating_sub(started);
@@ -124,7 +127,9 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             .record(telemetry::seconds(elapsed));
         let _entered = span.enter();
         match &result {
-            Ok(done) => tracing::debug!(version = done.version, node = %done.node_id, "command answered"),
+            Ok(done) => {
+                tracing::debug!(version = done.version, node = %done.node_id, "command answered")
+            }
             Err(CommandError::Rejected(_)) => tracing::debug!("command rejected"),
             Err(error) => tracing::warn!(%error, outcome, "sent command failed"),
         }
@@ -343,7 +348,10 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 },
             };
             let host = self.clone();
-            let parent = message.headers.get(TRACEPARENT).and_then(|v| TraceContext::parse(v));
+            let parent = message
+                .headers
+                .get(TRACEPARENT)
+                .and_then(|v| TraceContext::parse(v));
             running.spawn(async move {
                 let reply = match parent {
                     Some(parent) => trace::scope(parent, host.answer(&message.payload)).await,

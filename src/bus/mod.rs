@@ -409,7 +409,11 @@ impl<B: Broker> EventBus<B> {
                     .counters
                     .unsent
                     .fetch_add(count, Ordering::Relaxed);
-                tracing::warn!(namespace, count, "bus events not sent: the outgoing queue is full");
+                tracing::warn!(
+                    namespace,
+                    count,
+                    "bus events not sent: the outgoing queue is full"
+                );
                 lagged(namespace, "unsent", count);
             }
         }
@@ -465,7 +469,11 @@ impl<B: Broker> EventBus<B> {
             true
         });
         if dropped > 0 {
-            tracing::debug!(namespace, dropped, "bus events dropped: a subscriber's queue is full");
+            tracing::debug!(
+                namespace,
+                dropped,
+                "bus events dropped: a subscriber's queue is full"
+            );
             lagged(namespace, "queue_full", dropped);
         }
     }
