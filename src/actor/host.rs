@@ -203,19 +203,24 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             }
         };
         self.maybe_passivate();
-        let slot = self
-            .lock_slots()
-            .entry(actor_id.to_owned())
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(Slot {
-                    state: A::default(),
-                    version: 0,
-                    snapshot_version: 0,
-                    loaded: false,
-                    last_used: Duration::ZERO,
-                }))
-            })
-            .clone();
+        let (slot, active) = {
+            let mut slots = self.lock_slots();
+            let slot = slots
+                .entry(actor_id.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(Mutex::new(Slot {
+                        state: A::default(),
+                        version: 0,
+                        snapshot_version: 0,
+                        loaded: false,
+                        last_used: Duration::ZERO,
+                    }))
+                })
+                .clone();
+            (slot, slots.len())
+        };
+        metrics::gauge!(telemetry::ACTOR_ACTIVE, "namespace" => self.inner.store.namespace().to_owned())
+            .set(active as f64);
         let mut slot = slot.lock().await;
         slot.last_used = self.now();
         let store = &self.inner.store;

@@ -291,7 +291,6 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
         };
         match result {
             Ok(revision) => {
-                tracing::info!(node = %self.me, epoch, moved, "published assignment");
                 self.emit(ClusterEventKind::AssignmentPublished {
                     epoch,
                     token: lease.token,

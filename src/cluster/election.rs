@@ -136,7 +136,6 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
         };
         let acted_until = acted_until.min(l.deadline);
         self.shared.update(|v| v.leadership = None);
-        tracing::info!(node = %self.me, token = l.token, ?reason, "stepped down");
         self.emit(ClusterEventKind::LeadershipEnded {
             token: l.token,
             acted_until,
@@ -252,7 +251,6 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
                 deadline,
             })
         });
-        tracing::info!(node = %self.me, token, "became leader");
         self.emit(ClusterEventKind::LeadershipAcquired { token, deadline });
         if self.shared.set_leader(Some(leader.clone())) {
             self.emit(ClusterEventKind::LeaderObserved {
