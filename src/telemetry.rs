@@ -212,3 +212,22 @@ pub fn describe() {
 pub(crate) fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/observability.md lists every metric; a metric added here without a row there fails.
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../docs/observability.md");
+        for (name, _, _) in METRICS {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "{name} is missing from docs/observability.md"
+            );
+        }
+        let names: std::collections::BTreeSet<_> = METRICS.iter().map(|m| m.0).collect();
+        assert_eq!(names.len(), METRICS.len(), "metric names are unique");
+    }
+}

@@ -454,7 +454,14 @@ impl<B: Broker, C: Clock> Cluster<B, C> {
             incarnation,
             member_revision,
         );
-        let handle = tokio::spawn(task.run(shutdown_rx));
+        // Every line the node task logs names the node and its incarnation.
+        let span = tracing::info_span!(
+            "aether.cluster",
+            node = %rt.node_id(),
+            cluster = %config.name,
+            incarnation = %task.incarnation,
+        );
+        let handle = tokio::spawn(tracing::Instrument::instrument(task.run(shutdown_rx), span));
         Ok(Self {
             inner: Arc::new(ClusterInner {
                 rt,

@@ -292,10 +292,12 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "ensure_stream", target = %config.name), err(level = "debug"))]
     async fn ensure_stream(&self, config: StreamConfig) -> Result<(), BrokerError> {
         self.with_state(|s, _| s.ensure_stream(config))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "append", target = subject), err(level = "debug"))]
     async fn append(
         &self,
         subject: &str,
@@ -306,6 +308,7 @@ impl Broker for MemoryBroker {
         self.with_state(|s, now| s.append(subject, headers, payload, options, now))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "last", target = subject), err(level = "debug"))]
     async fn last(
         &self,
         stream: &str,
@@ -316,6 +319,7 @@ impl Broker for MemoryBroker {
         self.with_state(|s, now| s.last(stream, subject, now))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "next", target = subject), err(level = "debug"))]
     async fn next(
         &self,
         stream: &str,
@@ -326,6 +330,7 @@ impl Broker for MemoryBroker {
         self.with_state(|s, now| s.next(stream, subject, from_sequence, now))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "read", target = subject), err(level = "debug"))]
     async fn read(
         &self,
         stream: &str,
@@ -335,6 +340,7 @@ impl Broker for MemoryBroker {
         self.with_state(|s, now| s.read(stream, subject, from_sequence, now))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "read_batch", target = stream), err(level = "debug"))]
     async fn read_batch(
         &self,
         stream: &str,
@@ -345,6 +351,7 @@ impl Broker for MemoryBroker {
         self.with_state(|s, now| s.read_batch(stream, filter, from_sequence, max, now))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "publish", target = subject), err(level = "debug"))]
     async fn publish(
         &self,
         subject: &str,
@@ -362,6 +369,7 @@ impl Broker for MemoryBroker {
         .map(|_| ())
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "subscribe", target = pattern), err(level = "debug"))]
     async fn subscribe(&self, pattern: &str) -> Result<Subscription, BrokerError> {
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_QUEUE_MAX);
         let id = self.with_state(|s, _| s.subscribe(pattern, tx))?;
@@ -371,6 +379,7 @@ impl Broker for MemoryBroker {
         }))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "request", target = subject), err(level = "debug"))]
     async fn request(
         &self,
         subject: &str,
@@ -407,18 +416,22 @@ impl Broker for MemoryBroker {
         result
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "kv_ensure", target = %config.bucket), err(level = "debug"))]
     async fn kv_ensure(&self, config: KvConfig) -> Result<(), BrokerError> {
         self.with_state(|s, _| s.kv_ensure(config))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "kv_get", target = bucket), err(level = "debug"))]
     async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, BrokerError> {
         self.with_state(|s, now| s.kv_get(bucket, key, now))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "kv_create", target = bucket), err(level = "debug"))]
     async fn kv_create(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, BrokerError> {
         self.with_state(|s, now| s.kv_create(bucket, key, value, now))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "kv_update", target = bucket), err(level = "debug"))]
     async fn kv_update(
         &self,
         bucket: &str,
@@ -429,18 +442,22 @@ impl Broker for MemoryBroker {
         self.with_state(|s, now| s.kv_update(bucket, key, value, revision, now))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "kv_put", target = bucket), err(level = "debug"))]
     async fn kv_put(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, BrokerError> {
         self.with_state(|s, now| s.kv_put(bucket, key, value, now))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "kv_delete", target = bucket), err(level = "debug"))]
     async fn kv_delete(&self, bucket: &str, key: &str) -> Result<(), BrokerError> {
         self.with_state(|s, now| s.kv_delete(bucket, key, now))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "kv_entries", target = bucket), err(level = "debug"))]
     async fn kv_entries(&self, bucket: &str) -> Result<Vec<KvEntry>, BrokerError> {
         self.with_state(|s, now| s.kv_entries(bucket, now))
     }
 
+    #[tracing::instrument(level = "trace", name = "aether.broker", skip_all, fields(op = "kv_watch", target = bucket), err(level = "debug"))]
     async fn kv_watch(&self, bucket: &str, key_pattern: &str) -> Result<KvWatch, BrokerError> {
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_QUEUE_MAX);
         self.with_state(|s, now| s.kv_watch(bucket, key_pattern, tx, now))?;
