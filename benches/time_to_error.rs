@@ -14,7 +14,8 @@
 //!
 //! Each operation runs on its own connection and store handle (so they cannot delay one
 //! another), all of one fault at once, each timed from its own call to its result, with the
-//! library's defaults (`NatsOptions::new`, `StoreConfig::new`). An operation still running after
+//! library's defaults (`NatsOptions::new`, `StoreConfig::new`; `AETHER_BENCH_DEADLINE_MS=2000`
+//! sets `StoreConfig::deadline` to 2 s instead). An operation still running after
 //! `CAP` is reported as such. The table prints the error's variant (from its `Debug`) and its
 //! `Display`. Nothing here asserts a time: `tests/nats_deadlines.rs` checks the bounds.
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time to error
@@ -48,9 +49,16 @@ fn event(n: u64) -> Vec<NewEvent> {
     vec![NewEvent::new("Added", serde_json::json!({ "n": n }))]
 }
 
-/// The store configuration measured: the defaults.
+/// The store configuration measured: the defaults, or the deadline `AETHER_BENCH_DEADLINE_MS`.
 fn config() -> StoreConfig {
-    StoreConfig::new(NAMESPACE)
+    let config = StoreConfig::new(NAMESPACE);
+    match std::env::var("AETHER_BENCH_DEADLINE_MS") {
+        Ok(ms) => config.deadline(Duration::from_millis(
+            ms.parse()
+                .expect("AETHER_BENCH_DEADLINE_MS is a number of milliseconds"),
+        )),
+        Err(_) => config,
+    }
 }
 
 /// Times `op` from its call to its result: (time, variant, display).
@@ -195,11 +203,12 @@ async fn main() {
     let defaults = config();
     println!(
         "defaults: NatsOptions connection_timeout {:?}, request_timeout {:?}; StoreConfig \
-         retry_max {}, retry_delay {:?}",
+         retry_max {}, retry_delay {:?}, deadline {:?}",
         options.connection_timeout,
         options.request_timeout,
         defaults.retry_max,
         defaults.retry_delay,
+        defaults.deadline,
     );
     let mut rows = Vec::new();
 
