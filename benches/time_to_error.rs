@@ -44,6 +44,8 @@ const UNREAD: &str = "unread";
 
 type Store = EventStore<NatsBroker>;
 type Timed = Pin<Box<dyn Future<Output = (Duration, String, String)> + Send>>;
+/// An operation, named, to be started when the fault is in place.
+type Op = (&'static str, Box<dyn FnOnce() -> Timed>);
 
 fn event(n: u64) -> Vec<NewEvent> {
     vec![NewEvent::new("Added", serde_json::json!({ "n": n }))]
@@ -108,8 +110,8 @@ async fn warm_store(url: &str) -> Store {
 }
 
 /// Every public store operation, each on its own warm handle, plus connecting to `url`.
-async fn operations(url: &str) -> Vec<(&'static str, Box<dyn FnOnce() -> Timed>)> {
-    let mut ops: Vec<(&'static str, Box<dyn FnOnce() -> Timed>)> = Vec::new();
+async fn operations(url: &str) -> Vec<Op> {
+    let mut ops: Vec<Op> = Vec::new();
     macro_rules! op {
         ($name:expr, |$s:ident| $body:expr) => {{
             let $s = warm_store(url).await;
@@ -150,7 +152,7 @@ async fn operations(url: &str) -> Vec<(&'static str, Box<dyn FnOnce() -> Timed>)
 /// Runs every operation at once; their rows.
 async fn run_all(
     fault: &'static str,
-    ops: Vec<(&'static str, Box<dyn FnOnce() -> Timed>)>,
+    ops: Vec<Op>,
 ) -> Vec<(String, String, Duration, String, String)> {
     let names: Vec<&str> = ops.iter().map(|(n, _)| *n).collect();
     let futures: Vec<Timed> = ops.into_iter().map(|(_, f)| f()).collect();
@@ -242,7 +244,7 @@ async fn main() {
     let url = server.url();
     let wrong = NatsOptions::new(&url).user_password("ada", "wrong");
     let none = NatsOptions::new(&url);
-    let ops: Vec<(&'static str, Box<dyn FnOnce() -> Timed>)> = vec![
+    let ops: Vec<Op> = vec![
         (
             "NatsBroker::connect, wrong password",
             Box::new(move || timed(NatsBroker::connect(wrong))),
@@ -260,7 +262,7 @@ async fn main() {
     });
     let stranger = nkeys::KeyPair::new_user().seed().expect("seed");
     let unknown = NatsOptions::new(server.url()).nkey(stranger);
-    let ops: Vec<(&'static str, Box<dyn FnOnce() -> Timed>)> = vec![(
+    let ops: Vec<Op> = vec![(
         "NatsBroker::connect, unknown nkey",
         Box::new(move || timed(NatsBroker::connect(unknown))),
     )];
