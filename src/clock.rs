@@ -72,6 +72,59 @@ impl Clock for SystemClock {
     }
 }
 
+/// A point on a [`Clock`]'s monotonic time by which an operation must end: the one place that
+/// races work against a clock. Library code bounds an operation by racing it against
+/// [`Clock::sleep`] (never `tokio::time`), so the simulation runs the same code on its own time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    /// The clock's monotonic reading at which the deadline passes.
+    at: Duration,
+    /// How long the operation was given.
+    limit: Duration,
+}
+
+/// A [`Deadline`] passed before the work ended (the work was dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Elapsed;
+
+impl Deadline {
+    /// The deadline `limit` from now on `clock`.
+    pub(crate) fn after<C: Clock>(clock: &C, limit: Duration) -> Self {
+        Self {
+            at: clock.monotonic().saturating_add(limit),
+            limit,
+        }
+    }
+
+    /// How long the operation was given.
+    pub(crate) fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// The time left on `clock` (zero once the deadline passed).
+    pub(crate) fn remaining<C: Clock>(&self, clock: &C) -> Duration {
+        self.at.saturating_sub(clock.monotonic())
+    }
+
+    /// Runs `work` until it ends or the deadline passes on `clock`, whichever comes first. Work
+    /// that is ready when polled wins over a deadline that passed at the same moment.
+    ///
+    /// # Cancel safety
+    /// As cancel safe as `work`: when the deadline passes, `work` is dropped where it waits.
+    pub(crate) async fn run<C: Clock, F: Future>(
+        &self,
+        clock: &C,
+        work: F,
+    ) -> Result<F::Output, Elapsed> {
+        let expiry = clock.sleep(self.remaining(clock));
+        tokio::select! {
+            biased;
+            output = work => Ok(output),
+            () = expiry => Err(Elapsed),
+        }
+    }
+}
+
 /// A seeded, shareable random generator (ChaCha8). Every random choice the library makes — ids,
 /// jitter — is drawn from one of these, so a simulation run is a pure function of its seed.
 #[derive(Clone, Debug)]
@@ -167,6 +220,45 @@ mod tests {
             let d = rng.duration_between(Duration::from_millis(10), Duration::from_millis(20));
             assert!(d >= Duration::from_millis(10) && d <= Duration::from_millis(20));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_that_ends_in_time_wins_and_work_that_does_not_is_cut_at_the_deadline() {
+        let clock = SystemClock::new();
+        let deadline = Deadline::after(&clock, Duration::from_secs(2));
+        let quick = deadline.run(&clock, async {
+            clock.sleep(Duration::from_secs(1)).await;
+            7
+        });
+        assert_eq!(quick.await, Ok(7));
+        let left = deadline.remaining(&clock);
+        assert!(
+            left <= Duration::from_secs(1) && left > Duration::from_millis(990),
+            "{left:?}"
+        );
+        let slow = deadline.run(&clock, clock.sleep(Duration::from_secs(60)));
+        assert_eq!(slow.await, Err(Elapsed));
+        let now = clock.monotonic();
+        assert!(
+            now >= Duration::from_secs(2) && now < Duration::from_millis(2_010),
+            "cut at the deadline, not at the end of the work: {now:?}"
+        );
+        assert_eq!(deadline.remaining(&clock), Duration::ZERO);
+        // Work that is ready wins over a deadline that already passed.
+        assert_eq!(deadline.run(&clock, async { 1 }).await, Ok(1));
+        assert_eq!(
+            deadline.run(&clock, std::future::pending::<()>()).await,
+            Err(Elapsed)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_limit_does_not_overflow() {
+        let clock = SystemClock::new();
+        let deadline = Deadline::after(&clock, Duration::MAX);
+        assert_eq!(deadline.limit(), Duration::MAX);
+        assert!(deadline.remaining(&clock) > Duration::from_secs(1 << 40));
+        assert_eq!(deadline.run(&clock, async { 3 }).await, Ok(3));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::clock::{Clock, SharedRng};
+use crate::clock::{Clock, Deadline, Elapsed, SharedRng};
 
 /// An exponential backoff: the first wait is `base` plus up to half of it, and each later wait
 /// doubles, up to `max` (plus its jitter).
@@ -40,6 +40,27 @@ impl Backoff {
         let delay = self.next_delay(rng);
         clock.sleep(delay).await;
     }
+
+    /// Waits the next delay on `clock`, unless it would end at or after `deadline`: then returns
+    /// [`Elapsed`] at once, without waiting, because no attempt after it could start in time.
+    /// Draws the delay exactly as [`Backoff::wait`] does, so a schedule that stays inside its
+    /// deadline is the same either way.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the schedule has advanced either way.
+    pub(crate) async fn wait_within<C: Clock>(
+        &mut self,
+        clock: &C,
+        rng: &SharedRng,
+        deadline: &Deadline,
+    ) -> Result<(), Elapsed> {
+        let delay = self.next_delay(rng);
+        if delay >= deadline.remaining(clock) {
+            return Err(Elapsed);
+        }
+        clock.sleep(delay).await;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -59,6 +80,23 @@ mod tests {
                 "{wait:?} for {base:?}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_that_would_end_past_the_deadline_is_not_begun() {
+        let clock = crate::clock::SystemClock::new();
+        let rng = SharedRng::from_seed(3);
+        let deadline = Deadline::after(&clock, Duration::from_millis(80));
+        let mut backoff = Backoff::new(Duration::from_millis(30), Duration::from_secs(1));
+        // 30-45 ms, then 60-90 ms: the second would end past 80 ms.
+        assert_eq!(backoff.wait_within(&clock, &rng, &deadline).await, Ok(()));
+        let waited = clock.monotonic();
+        assert!(waited >= Duration::from_millis(30), "{waited:?}");
+        assert_eq!(
+            backoff.wait_within(&clock, &rng, &deadline).await,
+            Err(Elapsed)
+        );
+        assert_eq!(clock.monotonic(), waited, "refused without waiting");
     }
 
     #[test]

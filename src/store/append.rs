@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::deadline::InFlight;
 use super::error::{AppendError, ConflictError};
 use super::replay::decode_record;
 use super::tip::Tip;
@@ -10,7 +11,7 @@ use super::{EventStore, EventStored};
 use crate::broker::{
     AppendAck, AppendOptions, Broker, BrokerError, Headers, ReadFrom, wire::wire_size,
 };
-use crate::clock::Clock;
+use crate::clock::{Clock, Deadline, Elapsed};
 use crate::codec::{
     self, Commit, HEADER_COMMIT_ID, HEADER_FIRST_VERSION, HEADER_FORMAT, HEADER_LAST_VERSION,
 };
@@ -52,7 +53,10 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// [`AppendError::Conflict`] when the actor is not at `expected` (carrying the actual
     /// version); [`AppendError::Empty`], [`AppendError::InvalidName`],
     /// [`AppendError::InvalidEvent`] and [`AppendError::TooLarge`] for bad input (nothing is
-    /// stored); [`AppendError::Indeterminate`] when the broker never answered definitely.
+    /// stored); [`AppendError::Indeterminate`] when the broker never answered definitely, or the
+    /// store's deadline ([`StoreConfig::deadline`](super::StoreConfig::deadline)) passed while
+    /// the commit's outcome was unknown; [`AppendError::DeadlineExceeded`] when it passed with
+    /// nothing stored.
     ///
     /// # Cancel safety
     /// Not cancel safe in the sense that a cancelled append may or may not have been stored,
@@ -62,6 +66,30 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         actor: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, AppendError> {
+        let deadline = self.start_deadline();
+        let in_flight = InFlight::default();
+        let work = self.append_within(actor, expected, events, &deadline, &in_flight);
+        match deadline.run(self.inner.rt.clock(), work).await {
+            Ok(Ok(outcome)) => {
+                // Publishing on the bus never waits on the broker (it queues).
+                self.notify(&outcome.events).await;
+                Ok(outcome)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(Elapsed) => Err(in_flight.deadline_error(actor, &deadline)),
+        }
+    }
+
+    /// The append, retried and resolved within `deadline`; `in_flight` tells, at every moment,
+    /// whether a commit whose outcome is unknown was sent.
+    async fn append_within(
+        &self,
+        actor: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        deadline: &Deadline,
+        in_flight: &InFlight,
     ) -> Result<AppendOutcome, AppendError> {
         let subject = self.inner.names.event_subject(actor)?;
         if events.is_empty() {
@@ -143,7 +171,8 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 actor_id: actor.to_owned(),
                 events,
             };
-            match self.send_commit(actor, &subject, &commit, tip).await {
+            let sent = self.send_commit(actor, &subject, &commit, tip, deadline, in_flight);
+            match sent.await {
                 Ok(ack) => {
                     let last_version = commit.last_version();
                     assert_eq!(
@@ -164,7 +193,6 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                             version: last_version,
                         },
                     );
-                    self.notify(&commit.events).await;
                     return Ok(AppendOutcome {
                         commit_id: commit.commit_id,
                         sequence: ack.sequence,
@@ -220,13 +248,17 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         }
     }
 
-    /// Publishes one commit, retrying ambiguous failures with the same commit id.
+    /// Publishes one commit, retrying ambiguous failures with the same commit id while the next
+    /// attempt can start before `deadline`. `in_flight` names the commit from its first attempt
+    /// until a definite answer says it is not stored.
     async fn send_commit(
         &self,
         actor: &str,
         subject: &str,
         commit: &Commit,
         tip: Tip,
+        deadline: &Deadline,
+        in_flight: &InFlight,
     ) -> Result<AppendAck, SendError> {
         let payload = Bytes::from(codec::encode_commit(commit));
         let mut headers = Headers::new();
@@ -257,6 +289,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         let mut ambiguous: Option<BrokerError> = None;
         let mut backoff = Backoff::new(config.retry_delay, RETRY_DELAY_MAX);
         for _ in 0..=config.retry_max {
+            in_flight.sent(&commit.commit_id);
             let result = self
                 .broker()
                 .append(subject, headers.clone(), payload.clone(), options.clone())
@@ -264,11 +297,15 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             match result {
                 Ok(ack) => return Ok(ack),
                 Err(BrokerError::WrongLastSequence { .. }) if ambiguous.is_some() => {
-                    return self
-                        .resolve_after_ambiguity(actor, subject, commit, tip)
-                        .await;
+                    let resolved = self.resolve_after_ambiguity(actor, subject, commit, tip);
+                    let resolved = resolved.await;
+                    if let Err(SendError::Moved { .. }) = resolved {
+                        in_flight.refused();
+                    }
+                    return resolved;
                 }
                 Err(BrokerError::WrongLastSequence { actual, .. }) => {
+                    in_flight.refused();
                     return Err(SendError::Moved {
                         actual_sequence: actual,
                     });
@@ -278,14 +315,29 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 }
                 Err(e) if e.is_ambiguous() => {
                     tracing::debug!(commit = %commit.commit_id, error = %e, "append outcome unknown; retrying");
-                    ambiguous = Some(e);
+                    ambiguous = Some(e.clone());
                     if crate::planted::planted!(self.inner.rt, retry_with_fresh_commit_id) {
                         let fresh = self.inner.rt.rng().uuid().to_string();
                         options.message_id = Some(fresh.clone());
                         headers.insert(HEADER_COMMIT_ID.into(), fresh);
                     }
                     let rt = &self.inner.rt;
-                    backoff.wait(rt.clock(), rt.rng()).await;
+                    if backoff
+                        .wait_within(rt.clock(), rt.rng(), deadline)
+                        .await
+                        .is_err()
+                    {
+                        // The next attempt could not even start in time: the outcome stays
+                        // unknown, as it would at the deadline, but the caller hears it now.
+                        tracing::warn!(
+                            commit = %commit.commit_id, actor, error = %e,
+                            "append outcome unknown; no time left before the deadline to retry"
+                        );
+                        return Err(SendError::Append(AppendError::Indeterminate {
+                            commit_id: commit.commit_id.clone(),
+                            source: e,
+                        }));
+                    }
                 }
                 Err(e) => {
                     return Err(SendError::Append(match ambiguous {

@@ -1,5 +1,7 @@
 //! The store's errors: one enum per operation, built from small structs carrying the facts.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use crate::broker::BrokerError;
@@ -17,6 +19,20 @@ pub struct ConflictError {
     pub expected: ExpectedVersion,
     /// The actor's actual latest version.
     pub actual: u64,
+}
+
+/// A store operation did not end within the store's deadline
+/// ([`StoreConfig::deadline`](super::StoreConfig::deadline)); what it had in flight was
+/// abandoned.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{operation} did not finish within the store's deadline of {deadline:?}")]
+#[non_exhaustive]
+pub struct DeadlineError {
+    /// What was running, with its actor or namespace (`append to actor "a"`, `events of actor
+    /// "a"`, `open of namespace "ns"` …).
+    pub operation: String,
+    /// The deadline the operation had.
+    pub deadline: Duration,
 }
 
 /// Why an append stored nothing (or, for `Indeterminate`, may have stored its commit).
@@ -43,9 +59,10 @@ pub enum AppendError {
         /// The limit.
         max: usize,
     },
-    /// Every attempt failed without a definite answer: the commit (id `commit_id`) may or may not
-    /// be stored. Reading the actor tells; appending the same events again would duplicate them
-    /// if it was.
+    /// Every attempt failed without a definite answer, or the store's deadline passed while the
+    /// outcome of an attempt was unknown (then `source` is a [`BrokerError::Timeout`] naming the
+    /// deadline): the commit (id `commit_id`) may or may not be stored. Reading the actor tells;
+    /// appending the same events again would duplicate them if it was.
     #[error("outcome of commit {commit_id} is unknown after retries: {source}")]
     Indeterminate {
         /// The commit's id, as it would appear in the stream.
@@ -70,6 +87,12 @@ pub enum AppendError {
     /// Reading the actor's tail failed.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// The store's deadline passed before the commit was sent, or after every attempt was
+    /// definitely refused (reading the actor's tail, say, took too long). Nothing was stored. (A
+    /// deadline that passes while an attempt's outcome is unknown is
+    /// [`AppendError::Indeterminate`].)
+    #[error("{0}; nothing was stored")]
+    DeadlineExceeded(#[from] DeadlineError),
 }
 
 /// What is wrong with one damaged record.
@@ -163,6 +186,9 @@ pub enum ReadError {
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The store's deadline passed before the read ended.
+    #[error(transparent)]
+    DeadlineExceeded(#[from] DeadlineError),
 }
 
 /// Why a snapshot operation failed.
@@ -214,6 +240,10 @@ pub enum SnapshotError {
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The store's deadline passed first. A snapshot being saved may or may not have been
+    /// stored (a stored one is valid; saving it again is safe).
+    #[error(transparent)]
+    DeadlineExceeded(#[from] DeadlineError),
 }
 
 /// Why a store could not be opened.
@@ -226,4 +256,8 @@ pub enum OpenError {
     /// The broker refused to create the streams.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The store's deadline passed before the streams were checked or created (a stream
+    /// being created may or may not exist; opening again is safe).
+    #[error(transparent)]
+    DeadlineExceeded(#[from] DeadlineError),
 }

@@ -19,8 +19,15 @@
 //! commit id, which is also the broker's dedupe id — is sent again. If the retry is answered with
 //! wrong-last-sequence, the store reads the record that follows the expected sequence and compares
 //! commit ids before reporting a conflict: the first attempt may have landed.
+//!
+//! # Deadlines
+//! Every public operation ends within [`StoreConfig::deadline`], however many attempts, reads
+//! and timeouts it chains: a dead or frozen server surfaces as a typed error (see
+//! [`DeadlineError`]), and an append cut short while a commit was in flight says its outcome is
+//! unknown ([`AppendError::Indeterminate`]).
 
 mod append;
+mod deadline;
 mod error;
 mod replay;
 mod snapshot;
@@ -34,14 +41,15 @@ use serde_json::json;
 
 pub use append::AppendOutcome;
 pub use error::{
-    AppendError, ConflictError, OpenError, ReadError, ReplayError, ReplayErrorCause, SnapshotError,
+    AppendError, ConflictError, DeadlineError, OpenError, ReadError, ReplayError, ReplayErrorCause,
+    SnapshotError,
 };
 pub use replay::{Page, ReplayResult, StoredCommit, check_record};
 pub use snapshot::SnapshotStore;
 
 use crate::broker::{Broker, DEFAULT_MAX_PAYLOAD, StreamConfig};
 use crate::bus::EventBus;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, Deadline, SystemClock};
 use crate::codec::validate_namespace;
 use crate::event::Event;
 use crate::names::NamespaceNames;
@@ -50,6 +58,9 @@ use tip::TipCache;
 
 /// Default of [`StoreConfig::tips_max`].
 pub const TIPS_MAX_DEFAULT: usize = 100_000;
+
+/// Default of [`StoreConfig::deadline`]: 10 s (why: see there).
+pub const DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
 
 /// The event type of the notification published on the bus for every stored event.
 pub const EVENT_STORED: &str = "EventStored";
@@ -93,6 +104,22 @@ pub struct StoreConfig {
     /// used are forgotten beyond this. A forgotten actor costs one read of its history on its
     /// next append.
     pub tips_max: usize,
+    /// How long any one public operation may take in all — [`open`](EventStore::open), appends,
+    /// reads, snapshots —, however many attempts, reads and broker timeouts it chains; measured
+    /// on the runtime's [`Clock`]. When it passes, the operation is abandoned where it waits and
+    /// returns its `DeadlineExceeded` error ([`DeadlineError`]), except for an append with a
+    /// commit in flight, whose outcome is unknown: [`AppendError::Indeterminate`]. An ambiguous
+    /// append is not retried when the wait before the next attempt would already end past the
+    /// deadline.
+    ///
+    /// Default [`DEADLINE_DEFAULT`], 10 s: longer than a NATS stream leader election (appends
+    /// worked again 4.1–7.4 s after a leader was killed, `docs/nats.md`), during which appends
+    /// are refused at once and retried, so an append rides out a failover; and room for one
+    /// retry of a publish that timed out after the client's 5 s default request timeout. A
+    /// dead or frozen server surfaces after it, where the chain of timeouts of an append with the
+    /// default `retry_max` took 53 s (measured, `benches/time_to_error.rs`). Keep the broker's
+    /// request timeout well below it, or a single attempt uses it all.
+    pub deadline: Duration,
 }
 
 impl StoreConfig {
@@ -107,7 +134,14 @@ impl StoreConfig {
             retry_max: 8,
             retry_delay: Duration::from_millis(20),
             tips_max: TIPS_MAX_DEFAULT,
+            deadline: DEADLINE_DEFAULT,
         }
+    }
+
+    /// Sets how long any one operation may take in all (see [`StoreConfig::deadline`]).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// Sets the replica count.
@@ -205,9 +239,23 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     ///
     /// # Errors
     /// [`OpenError::InvalidName`] for a bad namespace, [`OpenError::Broker`] if the streams cannot
-    /// be created.
+    /// be created, [`OpenError::DeadlineExceeded`] if that takes longer than
+    /// [`StoreConfig::deadline`].
     pub async fn open(rt: Runtime<B, C>, config: StoreConfig) -> Result<Self, OpenError> {
         validate_namespace(&config.namespace)?;
+        let clock = rt.clock().clone();
+        let deadline = Deadline::after(&clock, config.deadline);
+        let operation = || format!("open of namespace {:?}", config.namespace);
+        deadline::bounded(
+            &clock,
+            &deadline,
+            operation,
+            Self::open_streams(rt, config.clone()),
+        )
+        .await
+    }
+
+    async fn open_streams(rt: Runtime<B, C>, config: StoreConfig) -> Result<Self, OpenError> {
         let names = NamespaceNames::new(&config.namespace);
         let events_stream = names.events_stream();
         let snapshots_stream = names.snapshots_stream();

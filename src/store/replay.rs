@@ -59,13 +59,19 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// The actor's events with version `>= from_version`, in order.
     ///
     /// # Errors
-    /// [`ReadError::Damaged`] for the first damaged record met (never skipped silently).
-    /// # Errors
     /// [`ReadError::Damaged`] for the first damaged record met (never skipped silently);
     /// [`ReadError::Expired`] when versions from `from_version` on expired under the store's
-    /// retention.
+    /// retention; [`ReadError::DeadlineExceeded`] past
+    /// [`StoreConfig::deadline`](super::StoreConfig::deadline).
     pub async fn events(&self, actor: &str, from_version: u64) -> Result<Vec<Event>, ReadError> {
-        let result = self.events_with_errors(actor, from_version).await?;
+        let operation = || format!("events of actor {actor:?}");
+        self.bounded(operation, self.read_events(actor, from_version))
+            .await
+    }
+
+    async fn read_events(&self, actor: &str, from_version: u64) -> Result<Vec<Event>, ReadError> {
+        let subject = self.inner.names.event_subject(actor)?;
+        let result = self.replay(actor, &subject, from_version).await?;
         into_events(actor, from_version, result)
     }
 
@@ -79,30 +85,44 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     pub async fn events_after(&self, snapshot: &Snapshot) -> Result<Vec<Event>, ReadError> {
         let actor = snapshot.actor_id.as_str();
         let from = snapshot.version.saturating_add(1);
-        if snapshot.sequence == 0 {
-            return self.events(actor, from).await;
-        }
-        let subject = self.inner.names.event_subject(actor)?;
-        let anchor = Tip {
-            sequence: snapshot.sequence,
-            version: snapshot.version,
+        let operation = || {
+            format!(
+                "events of actor {actor:?} after version {}",
+                snapshot.version
+            )
         };
-        let result = self.replay_from(actor, &subject, anchor, from).await?;
-        into_events(actor, from, result)
+        self.bounded(operation, async {
+            if snapshot.sequence == 0 {
+                return self.read_events(actor, from).await;
+            }
+            let subject = self.inner.names.event_subject(actor)?;
+            let anchor = Tip {
+                sequence: snapshot.sequence,
+                version: snapshot.version,
+            };
+            let result = self.replay_from(actor, &subject, anchor, from).await?;
+            into_events(actor, from, result)
+        })
+        .await
     }
 
     /// The actor's valid events with version `>= from_version`, and every damaged record (with
     /// its stream sequence, raw bytes and cause) met on the way.
     ///
     /// # Errors
-    /// Only for invalid names and broker failures; damage is reported in the result.
+    /// Only for invalid names, broker failures and the deadline
+    /// ([`ReadError::DeadlineExceeded`]); damage is reported in the result.
     pub async fn events_with_errors(
         &self,
         actor: &str,
         from_version: u64,
     ) -> Result<ReplayResult, ReadError> {
-        let subject = self.inner.names.event_subject(actor)?;
-        self.replay(actor, &subject, from_version).await
+        let operation = || format!("events of actor {actor:?}");
+        self.bounded(operation, async {
+            let subject = self.inner.names.event_subject(actor)?;
+            self.replay(actor, &subject, from_version).await
+        })
+        .await
     }
 
     pub(super) async fn replay(
@@ -188,12 +208,19 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// Records that are not valid commits are reported in [`Page::errors`], not skipped silently.
     ///
     /// # Errors
-    /// Broker failures.
+    /// Broker failures; [`ReadError::DeadlineExceeded`] past
+    /// [`StoreConfig::deadline`](super::StoreConfig::deadline).
     pub async fn read_all(
         &self,
         from_position: u64,
         max_commits: usize,
     ) -> Result<Page, ReadError> {
+        let operation = || format!("read_all from position {from_position}");
+        self.bounded(operation, self.read_page(from_position, max_commits))
+            .await
+    }
+
+    async fn read_page(&self, from_position: u64, max_commits: usize) -> Result<Page, ReadError> {
         let ns = &self.inner.config.namespace;
         let records = self
             .broker()
@@ -239,10 +266,15 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// (see [`current_version`](Self::current_version)).
     ///
     /// # Errors
-    /// Broker failures; invalid names.
+    /// Broker failures; invalid names; [`ReadError::DeadlineExceeded`] past
+    /// [`StoreConfig::deadline`](super::StoreConfig::deadline).
     pub async fn latest_version(&self, actor: &str) -> Result<u64, ReadError> {
-        let subject = self.inner.names.event_subject(actor)?;
-        Ok(self.fetch_tip(actor, &subject).await?.version)
+        let operation = || format!("latest version of actor {actor:?}");
+        self.bounded(operation, async {
+            let subject = self.inner.names.event_subject(actor)?;
+            Ok(self.fetch_tip(actor, &subject).await?.version)
+        })
+        .await
     }
 
     /// The actor's version as the stream leader holds it: it includes every append
@@ -251,11 +283,16 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// compare-and-set will check, such as refusing a command.
     ///
     /// # Errors
-    /// Broker failures; invalid names.
+    /// Broker failures; invalid names; [`ReadError::DeadlineExceeded`] past
+    /// [`StoreConfig::deadline`](super::StoreConfig::deadline).
     pub async fn current_version(&self, actor: &str) -> Result<u64, ReadError> {
-        let subject = self.inner.names.event_subject(actor)?;
-        let tip = self.fetch_tip(actor, &subject).await?;
-        Ok(self.confirm_tip(actor, &subject, tip, 0).await?.version)
+        let operation = || format!("current version of actor {actor:?}");
+        self.bounded(operation, async {
+            let subject = self.inner.names.event_subject(actor)?;
+            let tip = self.fetch_tip(actor, &subject).await?;
+            Ok(self.confirm_tip(actor, &subject, tip, 0).await?.version)
+        })
+        .await
     }
 }
 

@@ -5,10 +5,11 @@ use bytes::Bytes;
 
 use super::EventStore;
 use super::append::RETRY_DELAY_MAX;
+use super::deadline::{bounded, exceeded};
 use super::error::SnapshotError;
 use super::replay::check_record;
 use crate::broker::{AppendOptions, Broker, BrokerError, Headers, ReadFrom};
-use crate::clock::Clock;
+use crate::clock::{Clock, Deadline};
 use crate::event::Snapshot;
 use crate::retry::Backoff;
 
@@ -17,8 +18,21 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// snapshot.
     ///
     /// # Errors
-    /// [`SnapshotError::AheadOfStream`], [`SnapshotError::Stale`], [`SnapshotError::TooLarge`].
+    /// [`SnapshotError::AheadOfStream`], [`SnapshotError::Stale`], [`SnapshotError::TooLarge`];
+    /// [`SnapshotError::DeadlineExceeded`] past
+    /// [`StoreConfig::deadline`](super::StoreConfig::deadline).
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
+        let deadline = self.start_deadline();
+        let operation = || format!("snapshot of actor {:?}", snapshot.actor_id);
+        let work = self.store_snapshot(snapshot, &deadline);
+        bounded(self.inner.rt.clock(), &deadline, operation, work).await
+    }
+
+    async fn store_snapshot(
+        &self,
+        snapshot: &Snapshot,
+        deadline: &Deadline,
+    ) -> Result<(), SnapshotError> {
         let subject = self.inner.names.snapshot_subject(&snapshot.actor_id)?;
         let events_subject = self.inner.names.event_subject(&snapshot.actor_id)?;
         let tip = self.fetch_tip(&snapshot.actor_id, &events_subject).await?;
@@ -60,7 +74,15 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 ReadFrom::AnyReplica
             } else {
                 let rt = &self.inner.rt;
-                backoff.wait(rt.clock(), rt.rng()).await;
+                if backoff
+                    .wait_within(rt.clock(), rt.rng(), deadline)
+                    .await
+                    .is_err()
+                {
+                    // Lost a race; the next attempt could not even start in time.
+                    let operation = format!("snapshot of actor {:?}", snapshot.actor_id);
+                    return Err(exceeded(operation, deadline).into());
+                }
                 ReadFrom::Leader
             };
             let current = self
@@ -111,8 +133,20 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// before: a replica that answers with an older one is passed over for the stream leader.
     ///
     /// # Errors
-    /// [`SnapshotError::Damaged`] when the stored snapshot cannot be decoded.
+    /// [`SnapshotError::Damaged`] when the stored snapshot cannot be decoded;
+    /// [`SnapshotError::DeadlineExceeded`] past
+    /// [`StoreConfig::deadline`](super::StoreConfig::deadline).
     pub async fn latest_snapshot(&self, actor: &str) -> Result<Option<Snapshot>, SnapshotError> {
+        let operation = || format!("latest snapshot of actor {actor:?}");
+        self.bounded(operation, self.read_latest_snapshot(actor))
+            .await
+    }
+
+    /// [`EventStore::latest_snapshot`], without a deadline of its own.
+    pub(super) async fn read_latest_snapshot(
+        &self,
+        actor: &str,
+    ) -> Result<Option<Snapshot>, SnapshotError> {
         let subject = self.inner.names.snapshot_subject(actor)?;
         let floor = self.snapshot_floor(actor);
         let mut found = self

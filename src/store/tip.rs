@@ -154,7 +154,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         actor: &str,
         subject: &str,
     ) -> Result<Tip, ReadError> {
-        let snapshot = match self.latest_snapshot(actor).await {
+        let snapshot = match self.read_latest_snapshot(actor).await {
             Ok(snapshot) => snapshot,
             Err(SnapshotError::Damaged { sequence, cause }) => {
                 return Err(ReadError::DamagedSnapshot {
@@ -166,6 +166,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             Err(SnapshotError::Read(e)) => return Err(e),
             Err(SnapshotError::Broker(e)) => return Err(e.into()),
             Err(SnapshotError::InvalidName(e)) => return Err(e.into()),
+            Err(SnapshotError::DeadlineExceeded(e)) => return Err(e.into()),
             Err(
                 e @ (SnapshotError::AheadOfStream { .. }
                 | SnapshotError::Stale { .. }

@@ -341,6 +341,29 @@ impl NatsServer {
         }
     }
 
+    /// Stops the process with SIGSTOP: it keeps its sockets open (the kernel still accepts TCP
+    /// connections into the listen backlog) but answers nothing, like a server frozen by a long
+    /// GC pause, a debugger or an overloaded host. Resume it with [`NatsServer::resume`] (a
+    /// paused server is still killed on drop).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Continues a process stopped by [`NatsServer::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server is running").id();
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}: {status}");
+    }
+
     /// Starts the process again with the same configuration and store directory.
     pub fn restart(&mut self) {
         self.spawn();

@@ -352,7 +352,14 @@ impl NatsBroker {
         }
         let violations = Violations::new(&inbox_prefix);
         let events = violations.clone();
+        let log = EventLog {
+            urls: urls.clone(),
+            name: options.name.clone(),
+            server: Arc::new(Mutex::new(None)),
+        };
+        let connected = log.clone();
         connect = connect.event_callback(move |event| {
+            log.on_event(&event);
             events.on_event(&event);
             std::future::ready(())
         });
@@ -380,6 +387,7 @@ impl NatsBroker {
             }
         })?;
         let info = client.server_info();
+        connected.first_server(&info);
         if !server_version_supported(&info.version) {
             return Err(NatsConnectError::UnsupportedServer {
                 server: info.server_name.clone(),
@@ -420,6 +428,73 @@ impl NatsBroker {
             Err(e) => Err(NatsConnectError::JetStreamUnavailable {
                 reason: e.to_string(),
             }),
+        }
+    }
+}
+
+/// Logs a connection's events with `tracing`: `info!` when it (re)connects, drains or closes;
+/// `warn!` when it loses its server, the server enters lame-duck mode (it is shutting down and
+/// asks clients to move), a subscription falls behind (slow consumer: the client dropped
+/// messages), or the server or client reports an error. Permission violations are logged by
+/// [`Violations`], which also turns them into errors.
+#[derive(Clone, Debug)]
+struct EventLog {
+    /// The configured server URLs.
+    urls: String,
+    /// The connection's name, if configured.
+    name: Option<String>,
+    /// The server the connection first reached: name, `host:port` and version (async-nats does
+    /// not say which server a reconnect reached).
+    server: Arc<Mutex<Option<String>>>,
+}
+
+impl EventLog {
+    fn first_server(&self, info: &async_nats::ServerInfo) {
+        let server = format!(
+            "{} at {}:{} (nats-server {})",
+            info.server_name, info.host, info.port, info.version
+        );
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
+    }
+
+    fn on_event(&self, event: &async_nats::Event) {
+        use async_nats::{Event, ServerError};
+        let server = self
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| "not connected yet".to_owned());
+        let (urls, name) = (&self.urls, self.name.as_deref().unwrap_or(""));
+        match event {
+            Event::Connected => {
+                tracing::info!(urls, first_server = %server, name, "NATS connection established")
+            }
+            Event::Disconnected => tracing::warn!(
+                urls, first_server = %server, name,
+                "NATS connection lost; reconnecting (operations wait or time out meanwhile)"
+            ),
+            Event::LameDuckMode => tracing::warn!(
+                urls, first_server = %server, name,
+                "NATS server entered lame-duck mode (shutting down); the client will move to another server"
+            ),
+            Event::SlowConsumer(sid) => tracing::warn!(
+                urls, first_server = %server, name, subscription = sid,
+                "NATS slow consumer: messages for a subscription were dropped"
+            ),
+            Event::ServerError(ServerError::Other(text))
+                if super::violations::parse(text).is_some() => {}
+            Event::ServerError(error) => tracing::warn!(
+                urls, first_server = %server, name, %error,
+                "NATS server reported an error"
+            ),
+            Event::ClientError(error) => tracing::warn!(
+                urls, first_server = %server, name, %error,
+                "NATS client error"
+            ),
+            Event::Draining | Event::Closed => {
+                tracing::info!(urls, first_server = %server, name, event = %event, "NATS connection {event}")
+            }
         }
     }
 }
