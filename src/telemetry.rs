@@ -13,8 +13,9 @@
 
 use std::time::Duration;
 
-/// Appends, by `namespace` and `outcome` (`ok`, `ok_resolved` — an ambiguous publish found
-/// stored —, `conflict`, `indeterminate`, `contended`, `rejected` — invalid input —, `error`).
+/// Appends, by `namespace` and `outcome` (`ok`, `conflict`, `indeterminate` — the outcome is
+/// unknown —, `contended`, `deadline` — nothing stored in time —, `rejected` — invalid input
+/// —, `error`).
 pub const STORE_APPENDS: &str = "aether_store_appends_total";
 /// Append latency in seconds, by `namespace` and `outcome`.
 pub const STORE_APPEND_SECONDS: &str = "aether_store_append_seconds";
@@ -28,7 +29,7 @@ pub const STORE_REPLAY_SECONDS: &str = "aether_store_replay_seconds";
 pub const STORE_DAMAGED_RECORDS: &str = "aether_store_damaged_records_total";
 /// Tip-cache lookups on append, by `namespace` and `result` (`hit`, `miss`).
 pub const STORE_TIP_CACHE: &str = "aether_store_tip_cache_total";
-/// Snapshots saved, by `namespace` and `outcome`.
+/// Snapshots saved, by `namespace` and `outcome` (`ok`, `stale`, `deadline`, `error`).
 pub const STORE_SNAPSHOTS: &str = "aether_store_snapshots_total";
 
 /// Commands executed by their owner, by `namespace` and `outcome` (`ok`, `rejected`,
@@ -83,7 +84,7 @@ pub const PROJECTOR_POSITION: &str = "aether_projector_position";
 /// kind: `timeout`, `unavailable`, `no_responders`, …).
 pub const BROKER_ERRORS: &str = "aether_broker_errors_total";
 /// NATS connection events (feature `nats`), by `event` (`connected`, `disconnected`,
-/// `lame_duck`, `slow_consumer`, `error`).
+/// `lame_duck`, `slow_consumer`, `server_error`, `client_error`, `draining`, `closed`).
 pub const NATS_CONNECTION_EVENTS: &str = "aether_nats_connection_events_total";
 
 /// Every metric aether records: name, kind and help text.

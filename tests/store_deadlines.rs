@@ -470,3 +470,81 @@ async fn the_default_deadline_is_ten_seconds_and_bounds_an_append_against_a_froz
         "{took:?}"
     );
 }
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Tally {
+    total: u64,
+}
+
+impl aether::Aggregate for Tally {
+    type Command = u64;
+    type Rejection = String;
+
+    fn handle(
+        &self,
+        _: &aether::actor::CommandContext<'_>,
+        n: &u64,
+    ) -> Result<Vec<NewEvent>, String> {
+        Ok(event(*n))
+    }
+
+    fn apply(&mut self, event: &aether::Event) {
+        self.total += event.data["n"].as_u64().unwrap_or(0);
+    }
+}
+
+/// A command has a deadline of its own (`ActorConfig::deadline`), over everything it chains:
+/// against a frozen broker `execute` and `send` end at it with `DeadlineExceeded` — even when
+/// the store's deadline is longer — and a command whose append was stored before the answer
+/// was lost leaves no stale actor behind: the next command loads it afresh and continues at the
+/// next version.
+#[tokio::test(start_paused = true)]
+async fn a_command_ends_at_its_own_deadline_and_the_next_one_reloads_the_actor() {
+    use aether::{ActorConfig, ActorHost, CommandError, SingleNode};
+    let broker = Stallable::new();
+    let store = open(
+        &broker,
+        StoreConfig::new("dl").deadline(Duration::from_secs(60)),
+        1,
+    )
+    .await;
+    let clock = store.runtime().clock().clone();
+    let limit = Duration::from_secs(3);
+    let me = store.runtime().node_id().clone();
+    let host: ActorHost<Tally, Stallable> =
+        ActorHost::new(store, SingleNode(me), ActorConfig::new().deadline(limit));
+    assert_eq!(host.execute("t", &1).await.unwrap().version, 1);
+
+    broker.set(Mode::Stall);
+    for send in [false, true] {
+        let (result, took) = if send {
+            timed(&clock, host.send("t", &10)).await
+        } else {
+            timed(&clock, host.execute("t", &10)).await
+        };
+        assert!(
+            matches!(result, Err(CommandError::DeadlineExceeded { ref actor, deadline }) if actor == "t" && deadline == limit),
+            "{result:?}"
+        );
+        assert!(
+            took >= limit && took <= limit + Duration::from_millis(1),
+            "{took:?}"
+        );
+    }
+
+    // Stored, then the answer is lost: the command cannot tell, so it says it may have run.
+    broker.set(Mode::StoreThenStall);
+    let (result, _) = timed(&clock, host.execute("t", &100)).await;
+    assert!(
+        matches!(result, Err(CommandError::DeadlineExceeded { .. })),
+        "{result:?}"
+    );
+    broker.set(Mode::Serve);
+    let next = host.execute("t", &1_000).await.unwrap();
+    assert_eq!(
+        next.version, 3,
+        "the stored command is version 2; this one follows it"
+    );
+    let state = host.state("t").await.unwrap();
+    assert_eq!(state.state.total, 1 + 100 + 1_000);
+}

@@ -16,7 +16,7 @@ use super::{
     SingleNode,
 };
 use crate::broker::Broker;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, Deadline, Elapsed, SystemClock};
 use crate::event::{Event, ExpectedVersion, NewEvent, Snapshot};
 use crate::store::{AppendError, ConflictError, EventStore};
 use crate::telemetry;
@@ -151,12 +151,27 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             outcome = tracing::field::Empty,
         );
         let started = rt.clock().monotonic();
-        let result = trace::scope(
-            context,
+        let limit = self.inner.config.deadline;
+        // Boxed: a command's future nests the store's, and on the caller's stack the two
+        // together overflowed a 2 MiB test thread in debug builds.
+        let work = Box::pin(
             self.execute_here(actor_id, command)
                 .instrument(span.clone()),
-        )
-        .await;
+        );
+        let deadline = Deadline::after(rt.clock(), limit);
+        let bounded = deadline.run(rt.clock(), work);
+        let result = match trace::scope(context, bounded).await {
+            Ok(result) => result,
+            Err(Elapsed) => {
+                // Abandoned mid-command: what the actor holds in memory may be behind what was
+                // stored. The next command loads it afresh.
+                self.lock_slots().remove(actor_id);
+                Err(CommandError::DeadlineExceeded {
+                    actor: actor_id.to_owned(),
+                    deadline: limit,
+                })
+            }
+        };
         let outcome = command_outcome(&result);
         span.record("outcome", outcome);
         if let Ok(done) = &result {
@@ -237,7 +252,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 now: rt.clock().wall(),
             };
             let events = match command_events(&slot.state, &ctx, command) {
-                Ok(events) => with_trace(events),
+                Ok(events) => events,
                 // A refusal is only as good as the state it was decided on. A cached state may
                 // be stale (another writer appended), and so may a fresh load answered by a
                 // lagging replica; an append would catch that, a refusal would not — so confirm
@@ -452,20 +467,6 @@ fn clone_state<A: Aggregate>(state: &A) -> A {
         .expect("aggregate state deserialises from its own serialisation")
 }
 
-/// Fills each event's trace and span ids from the command's trace context, where the
-/// aggregate did not set them: a stored event names the trace that wrote it.
-fn with_trace(mut events: Vec<NewEvent>) -> Vec<NewEvent> {
-    if let Some(context) = trace::current() {
-        for event in &mut events {
-            if event.metadata.trace_id().is_none() {
-                event.metadata.set_trace_id(context.trace_id());
-                event.metadata.set_span_id(context.span_id());
-            }
-        }
-    }
-    events
-}
-
 fn command_events<A: Aggregate>(
     state: &A,
     ctx: &CommandContext<'_>,
@@ -484,6 +485,7 @@ pub(super) fn command_outcome<R: std::fmt::Debug>(
         Err(CommandError::NotOwner { .. }) => "not_owner",
         Err(CommandError::Unroutable { .. }) => "unroutable",
         Err(CommandError::Timeout { .. }) => "timeout",
+        Err(CommandError::DeadlineExceeded { .. }) => "deadline",
         Err(CommandError::Append(AppendError::Conflict(_))) => "conflict",
         Err(_) => "error",
     }

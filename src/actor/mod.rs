@@ -169,6 +169,13 @@ pub struct ActorConfig {
     pub request_timeout: Duration,
     /// Remote commands handled concurrently by [`ActorHost::serve`].
     pub inflight_max: usize,
+    /// How long [`ActorHost::execute`] and [`ActorHost::send`] may take in all — loading,
+    /// deciding, appending, reloading after conflicts, re-routing, waiting for a remote owner —
+    /// measured on the runtime's clock. Past it the command ends with
+    /// [`CommandError::DeadlineExceeded`] (it may or may not have been executed). Default 20 s:
+    /// above the store's own deadline (10 s), so that a store operation that fails in time
+    /// reports its own error.
+    pub deadline: Duration,
 }
 
 impl Default for ActorConfig {
@@ -189,7 +196,14 @@ impl ActorConfig {
             route_retry_delay: Duration::from_millis(50),
             request_timeout: Duration::from_secs(5),
             inflight_max: 256,
+            deadline: Duration::from_secs(20),
         }
+    }
+
+    /// Sets the overall command deadline (see [`ActorConfig::deadline`]).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 }
 
@@ -235,6 +249,17 @@ pub enum CommandError<R: std::fmt::Debug> {
     Timeout {
         /// The node asked.
         owner: NodeId,
+    },
+    /// The command did not end within [`ActorConfig::deadline`]: it may or may not have been
+    /// executed (reading the actor tells).
+    #[error(
+        "command to actor {actor:?} did not end within {deadline:?}; it may have been executed"
+    )]
+    DeadlineExceeded {
+        /// The actor.
+        actor: String,
+        /// The deadline it was given.
+        deadline: Duration,
     },
     /// The append kept conflicting (or failed) after reloading.
     #[error(transparent)]

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use super::host::{ActorHost, command_outcome};
 use super::{Aggregate, CommandError, CommandOutcome, Router};
 use crate::broker::{Broker, BrokerError, Headers};
-use crate::clock::Clock;
+use crate::clock::{Clock, Deadline, Elapsed};
 use crate::node::NodeId;
 use crate::retry::Backoff;
 use crate::telemetry;
@@ -110,11 +110,19 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             outcome = tracing::field::Empty,
         );
         let started = rt.clock().monotonic();
-        let result = trace::scope(
-            context,
-            self.route(actor_id, command).instrument(span.clone()),
-        )
-        .await;
+        let limit = self.inner.config.deadline;
+        // Boxed: routing nests a local command's future (see `execute`).
+        let work = Box::pin(self.route(actor_id, command).instrument(span.clone()));
+        let deadline = Deadline::after(rt.clock(), limit);
+        let bounded = deadline.run(rt.clock(), work);
+        let result = trace::scope(context, bounded)
+            .await
+            .unwrap_or_else(|Elapsed| {
+                Err(CommandError::DeadlineExceeded {
+                    actor: actor_id.to_owned(),
+                    deadline: limit,
+                })
+            });
         let outcome = command_outcome(&result);
         span.record("outcome", outcome);
         let elapsed = rt.clock().monotonic().saturating_sub(started);

@@ -15,8 +15,10 @@ use crate::clock::{Clock, Deadline, Elapsed};
 use crate::codec::{
     self, Commit, HEADER_COMMIT_ID, HEADER_FIRST_VERSION, HEADER_FORMAT, HEADER_LAST_VERSION,
 };
-use crate::event::{Event, ExpectedVersion, NewEvent};
+use crate::event::{Event, ExpectedVersion, Metadata, NewEvent};
 use crate::retry::Backoff;
+use crate::telemetry;
+use crate::trace;
 
 /// The longest wait between two attempts of an ambiguous append.
 pub const RETRY_DELAY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
@@ -61,16 +63,35 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// # Cancel safety
     /// Not cancel safe in the sense that a cancelled append may or may not have been stored,
     /// exactly like an `Indeterminate` error.
+    #[tracing::instrument(
+        level = "debug",
+        name = "aether.append",
+        skip_all,
+        fields(
+            namespace = %self.inner.config.namespace,
+            actor,
+            ?expected,
+            events = events.len(),
+            trace_id = trace::current().map(|c| c.trace_id()),
+            commit_id = tracing::field::Empty,
+            version = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        )
+    )]
     pub async fn append(
         &self,
         actor: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, AppendError> {
+        let clock = self.inner.rt.clock();
+        let started = clock.monotonic();
         let deadline = self.start_deadline();
         let in_flight = InFlight::default();
-        let work = self.append_within(actor, expected, events, &deadline, &in_flight);
-        match deadline.run(self.inner.rt.clock(), work).await {
+        // Boxed: kept off the caller's stack, which nests it in commands' futures.
+        let work = Box::pin(self.append_within(actor, expected, events, &deadline, &in_flight));
+        let result = match deadline.run(clock, work).await {
             Ok(Ok(outcome)) => {
                 // Publishing on the bus never waits on the broker (it queues).
                 self.notify(&outcome.events).await;
@@ -78,7 +99,32 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             }
             Ok(Err(e)) => Err(e),
             Err(Elapsed) => Err(in_flight.deadline_error(actor, &deadline)),
+        };
+        let outcome = append_outcome(&result);
+        let span = tracing::Span::current();
+        span.record("outcome", outcome);
+        match &result {
+            Ok(done) => {
+                span.record("version", done.last_version());
+                tracing::debug!(sequence = done.sequence, "appended");
+            }
+            Err(AppendError::Conflict(conflict)) => {
+                tracing::debug!(actual = conflict.actual, "append conflicts")
+            }
+            Err(error @ (AppendError::Indeterminate { .. } | AppendError::Broker(_))) => {
+                tracing::warn!(%error, "append failed")
+            }
+            Err(error) => tracing::debug!(%error, "append refused"),
         }
+        let labels = [
+            ("namespace", self.inner.config.namespace.clone()),
+            ("outcome", outcome.to_owned()),
+        ];
+        metrics::counter!(telemetry::STORE_APPENDS, &labels).increment(1);
+        metrics::histogram!(telemetry::STORE_APPEND_SECONDS, &labels).record(telemetry::seconds(
+            clock.monotonic().saturating_sub(started),
+        ));
+        result
     }
 
     /// The append, retried and resolved within `deadline`; `in_flight` tells, at every moment,
@@ -120,6 +166,15 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             .collect();
 
         let mut races = 0;
+        let cached = self
+            .hint(actor)
+            .is_some_and(|hint| expected.matches(hint.version));
+        metrics::counter!(
+            telemetry::STORE_TIP_CACHE,
+            "namespace" => self.inner.config.namespace.clone(),
+            "result" => if cached { "hit" } else { "miss" }
+        )
+        .increment(1);
         loop {
             let mut tip = match self.hint(actor) {
                 Some(hint) if expected.matches(hint.version) => hint,
@@ -163,7 +218,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                     version,
                     data: e.data.clone(),
                     timestamp: e.timestamp.unwrap_or(now),
-                    metadata: e.metadata.clone(),
+                    metadata: traced(&e.metadata),
                 });
             }
             let commit = Commit {
@@ -171,6 +226,9 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 actor_id: actor.to_owned(),
                 events,
             };
+            let span = tracing::Span::current();
+            span.record("commit_id", commit.commit_id.as_str());
+            span.record("attempt", races + 1);
             let sent = self.send_commit(actor, &subject, &commit, tip, deadline, in_flight);
             match sent.await {
                 Ok(ack) => {
@@ -314,7 +372,12 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                     return Err(SendError::Append(AppendError::TooLarge { size, max }));
                 }
                 Err(e) if e.is_ambiguous() => {
-                    tracing::debug!(commit = %commit.commit_id, error = %e, "append outcome unknown; retrying");
+                    tracing::warn!(commit = %commit.commit_id, error = %e, "append outcome unknown; retrying");
+                    metrics::counter!(
+                        telemetry::STORE_APPEND_RETRIES,
+                        "namespace" => self.inner.config.namespace.clone()
+                    )
+                    .increment(1);
                     ambiguous = Some(e.clone());
                     if crate::planted::planted!(self.inner.rt, retry_with_fresh_commit_id) {
                         let fresh = self.inner.rt.rng().uuid().to_string();
@@ -432,4 +495,35 @@ pub(super) enum SendError {
     Moved { actual_sequence: u64 },
     /// Anything else.
     Append(AppendError),
+}
+
+/// The `outcome` label of an append's result.
+fn append_outcome(result: &Result<AppendOutcome, AppendError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(AppendError::Conflict(_)) => "conflict",
+        Err(AppendError::Indeterminate { .. }) => "indeterminate",
+        Err(AppendError::Contended { .. }) => "contended",
+        Err(AppendError::DeadlineExceeded(_)) => "deadline",
+        Err(
+            AppendError::Empty
+            | AppendError::InvalidName(_)
+            | AppendError::InvalidEvent(_)
+            | AppendError::TooLarge { .. },
+        ) => "rejected",
+        Err(_) => "error",
+    }
+}
+
+/// An event's metadata with the trace and span ids of the running trace context, where the
+/// caller did not set them: a stored event names the trace that wrote it.
+fn traced(metadata: &Metadata) -> Metadata {
+    let mut metadata = metadata.clone();
+    if metadata.trace_id().is_none()
+        && let Some(context) = trace::current()
+    {
+        metadata.set_trace_id(context.trace_id());
+        metadata.set_span_id(context.span_id());
+    }
+    metadata
 }

@@ -241,6 +241,13 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// [`OpenError::InvalidName`] for a bad namespace, [`OpenError::Broker`] if the streams cannot
     /// be created, [`OpenError::DeadlineExceeded`] if that takes longer than
     /// [`StoreConfig::deadline`].
+    #[tracing::instrument(
+        level = "debug",
+        name = "aether.store.open",
+        skip_all,
+        fields(namespace = %config.namespace, replicas = config.replicas),
+        err(level = "warn")
+    )]
     pub async fn open(rt: Runtime<B, C>, config: StoreConfig) -> Result<Self, OpenError> {
         validate_namespace(&config.namespace)?;
         let clock = rt.clock().clone();

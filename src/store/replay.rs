@@ -12,6 +12,7 @@ use crate::codec::{
     self, Commit, HEADER_COMMIT_ID, HEADER_FIRST_VERSION, HEADER_FORMAT, HEADER_LAST_VERSION,
 };
 use crate::event::{Event, Snapshot};
+use crate::telemetry;
 
 /// Events read back along with every damaged record met on the way.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -63,6 +64,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// [`ReadError::Expired`] when versions from `from_version` on expired under the store's
     /// retention; [`ReadError::DeadlineExceeded`] past
     /// [`StoreConfig::deadline`](super::StoreConfig::deadline).
+    #[tracing::instrument(level = "debug", name = "aether.read", skip_all, fields(namespace = %self.inner.config.namespace, actor, from = from_version, op = "events", events = tracing::field::Empty), err(level = "debug"))]
     pub async fn events(&self, actor: &str, from_version: u64) -> Result<Vec<Event>, ReadError> {
         let operation = || format!("events of actor {actor:?}");
         self.bounded(operation, self.read_events(actor, from_version))
@@ -82,6 +84,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// # Errors
     /// As [`EventStore::events`]; damage before the snapshot's position is not read, so not
     /// reported.
+    #[tracing::instrument(level = "debug", name = "aether.read", skip_all, fields(namespace = %self.inner.config.namespace, actor = %snapshot.actor_id, from = snapshot.version + 1, op = "events_after", events = tracing::field::Empty), err(level = "debug"))]
     pub async fn events_after(&self, snapshot: &Snapshot) -> Result<Vec<Event>, ReadError> {
         let actor = snapshot.actor_id.as_str();
         let from = snapshot.version.saturating_add(1);
@@ -112,6 +115,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// # Errors
     /// Only for invalid names, broker failures and the deadline
     /// ([`ReadError::DeadlineExceeded`]); damage is reported in the result.
+    #[tracing::instrument(level = "debug", name = "aether.read", skip_all, fields(namespace = %self.inner.config.namespace, actor, from = from_version, op = "events_with_errors", events = tracing::field::Empty), err(level = "debug"))]
     pub async fn events_with_errors(
         &self,
         actor: &str,
@@ -135,8 +139,46 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             .await
     }
 
-    /// Replays what follows `anchor` (a checked position: the start, or a snapshot's).
+    /// Replays what follows `anchor` (a checked position: the start, or a snapshot's), and
+    /// records how long it was and took, and the damage it met.
     async fn replay_from(
+        &self,
+        actor: &str,
+        subject: &str,
+        anchor: Tip,
+        asked_from: u64,
+    ) -> Result<ReplayResult, ReadError> {
+        let clock = self.inner.rt.clock();
+        let started = clock.monotonic();
+        let result = self
+            .replay_checked(actor, subject, anchor, asked_from)
+            .await;
+        let namespace = self.inner.config.namespace.clone();
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::histogram!(
+            telemetry::STORE_REPLAY_SECONDS,
+            "namespace" => namespace.clone(),
+            "outcome" => outcome
+        )
+        .record(telemetry::seconds(
+            clock.monotonic().saturating_sub(started),
+        ));
+        if let Ok(replay) = &result {
+            metrics::histogram!(telemetry::STORE_REPLAY_EVENTS, "namespace" => namespace.clone())
+                .record(replay.events.len() as f64);
+            tracing::Span::current().record("events", replay.events.len());
+            if !replay.errors.is_empty() {
+                metrics::counter!(telemetry::STORE_DAMAGED_RECORDS, "namespace" => namespace)
+                    .increment(replay.errors.len() as u64);
+                for error in &replay.errors {
+                    tracing::warn!(actor, %error, "damaged record in an actor's stream");
+                }
+            }
+        }
+        result
+    }
+
+    async fn replay_checked(
         &self,
         actor: &str,
         subject: &str,
@@ -190,7 +232,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             // snapshot says which. Records that turned up meanwhile are replayed afresh.
             let tip = self.tip_of_empty_subject(actor, subject).await?;
             if tip.sequence > 0 {
-                return Box::pin(self.replay_from(actor, subject, anchor, asked_from)).await;
+                return Box::pin(self.replay_checked(actor, subject, anchor, asked_from)).await;
             }
             if tip.version > 0 {
                 checker.replay.expired_before = Some(tip.version + 1);
@@ -210,6 +252,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// # Errors
     /// Broker failures; [`ReadError::DeadlineExceeded`] past
     /// [`StoreConfig::deadline`](super::StoreConfig::deadline).
+    #[tracing::instrument(level = "debug", name = "aether.read", skip_all, fields(namespace = %self.inner.config.namespace, from = from_position, op = "read_all"), err(level = "debug"))]
     pub async fn read_all(
         &self,
         from_position: u64,
@@ -257,6 +300,13 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 events: commit.events,
             });
         }
+        if !page.errors.is_empty() {
+            metrics::counter!(telemetry::STORE_DAMAGED_RECORDS, "namespace" => ns.clone())
+                .increment(page.errors.len() as u64);
+            for error in &page.errors {
+                tracing::warn!(%error, "damaged record in the namespace's stream");
+            }
+        }
         Ok(page)
     }
 
@@ -268,6 +318,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// # Errors
     /// Broker failures; invalid names; [`ReadError::DeadlineExceeded`] past
     /// [`StoreConfig::deadline`](super::StoreConfig::deadline).
+    #[tracing::instrument(level = "debug", name = "aether.read", skip_all, fields(namespace = %self.inner.config.namespace, actor, op = "latest_version"), err(level = "debug"))]
     pub async fn latest_version(&self, actor: &str) -> Result<u64, ReadError> {
         let operation = || format!("latest version of actor {actor:?}");
         self.bounded(operation, async {
@@ -285,6 +336,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// # Errors
     /// Broker failures; invalid names; [`ReadError::DeadlineExceeded`] past
     /// [`StoreConfig::deadline`](super::StoreConfig::deadline).
+    #[tracing::instrument(level = "debug", name = "aether.read", skip_all, fields(namespace = %self.inner.config.namespace, actor, op = "current_version"), err(level = "debug"))]
     pub async fn current_version(&self, actor: &str) -> Result<u64, ReadError> {
         let operation = || format!("current version of actor {actor:?}");
         self.bounded(operation, async {

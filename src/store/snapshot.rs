@@ -12,6 +12,7 @@ use crate::broker::{AppendOptions, Broker, BrokerError, Headers, ReadFrom};
 use crate::clock::{Clock, Deadline};
 use crate::event::Snapshot;
 use crate::retry::Backoff;
+use crate::telemetry;
 
 impl<B: Broker, C: Clock> EventStore<B, C> {
     /// Stores a snapshot. It must not be ahead of the actor's stream nor older than the stored
@@ -21,11 +22,36 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// [`SnapshotError::AheadOfStream`], [`SnapshotError::Stale`], [`SnapshotError::TooLarge`];
     /// [`SnapshotError::DeadlineExceeded`] past
     /// [`StoreConfig::deadline`](super::StoreConfig::deadline).
+    #[tracing::instrument(
+        level = "debug",
+        name = "aether.snapshot",
+        skip_all,
+        fields(
+            namespace = %self.inner.config.namespace,
+            actor = %snapshot.actor_id,
+            op = "save",
+            version = snapshot.version,
+        ),
+        err(level = "debug")
+    )]
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
         let deadline = self.start_deadline();
         let operation = || format!("snapshot of actor {:?}", snapshot.actor_id);
         let work = self.store_snapshot(snapshot, &deadline);
-        bounded(self.inner.rt.clock(), &deadline, operation, work).await
+        let result = bounded(self.inner.rt.clock(), &deadline, operation, work).await;
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(SnapshotError::Stale { .. }) => "stale",
+            Err(SnapshotError::DeadlineExceeded(_)) => "deadline",
+            Err(_) => "error",
+        };
+        metrics::counter!(
+            telemetry::STORE_SNAPSHOTS,
+            "namespace" => self.inner.config.namespace.clone(),
+            "outcome" => outcome
+        )
+        .increment(1);
+        result
     }
 
     async fn store_snapshot(
@@ -136,6 +162,13 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// [`SnapshotError::Damaged`] when the stored snapshot cannot be decoded;
     /// [`SnapshotError::DeadlineExceeded`] past
     /// [`StoreConfig::deadline`](super::StoreConfig::deadline).
+    #[tracing::instrument(
+        level = "debug",
+        name = "aether.snapshot",
+        skip_all,
+        fields(namespace = %self.inner.config.namespace, actor, op = "load"),
+        err(level = "debug")
+    )]
     pub async fn latest_snapshot(&self, actor: &str) -> Result<Option<Snapshot>, SnapshotError> {
         let operation = || format!("latest snapshot of actor {actor:?}");
         self.bounded(operation, self.read_latest_snapshot(actor))

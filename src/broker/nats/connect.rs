@@ -466,6 +466,17 @@ impl EventLog {
             .clone()
             .unwrap_or_else(|| "not connected yet".to_owned());
         let (urls, name) = (&self.urls, self.name.as_deref().unwrap_or(""));
+        let kind = match event {
+            Event::Connected => "connected",
+            Event::Disconnected => "disconnected",
+            Event::LameDuckMode => "lame_duck",
+            Event::SlowConsumer(_) => "slow_consumer",
+            Event::ServerError(_) => "server_error",
+            Event::ClientError(_) => "client_error",
+            Event::Draining => "draining",
+            Event::Closed => "closed",
+        };
+        metrics::counter!(crate::telemetry::NATS_CONNECTION_EVENTS, "event" => kind).increment(1);
         match event {
             Event::Connected => {
                 tracing::info!(urls, first_server = %server, name, "NATS connection established")
