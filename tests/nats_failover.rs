@@ -145,16 +145,16 @@ async fn losing_stream_and_meta_leader_at_once_is_unavailable_never_missing(
     println!("META+STREAM LEADER KILL: {acked} acknowledged; failures by kind: {errors:?}");
     for kind in errors.keys() {
         assert!(
-            ["Unavailable", "Timeout", "Contended"].contains(&kind.as_str()),
+            ["Unavailable", "Timeout", "Contended", "DeadlineExceeded"].contains(&kind.as_str()),
             "losing the stream and meta leader produced {kind}: {errors:?}"
         );
     }
 }
 
 /// With two of three servers down there is no stream leader and no meta leader: appends and
-/// reads fail with retryable kinds (`Unavailable`, `Timeout`), never `NotFound` — the stream is
-/// there, it just cannot answer — and once the servers are back, the actor carries on where
-/// it was.
+/// reads fail with retryable kinds (`Unavailable`, `Timeout`, `DeadlineExceeded`), never
+/// `NotFound` — the stream is there, it just cannot answer — and once the servers are back,
+/// the actor carries on where it was.
 async fn quorum_loss_is_unavailable_never_missing(cluster: &mut NatsCluster) {
     let broker = NatsBroker::connect(
         NatsOptions::new(cluster.urls()).request_timeout(Duration::from_secs(1)),
@@ -219,7 +219,7 @@ async fn quorum_loss_is_unavailable_never_missing(cluster: &mut NatsCluster) {
     for kind in kinds.keys() {
         let kind = kind.rsplit('/').next().unwrap_or(kind);
         assert!(
-            ["Unavailable", "Timeout"].contains(&kind),
+            ["Unavailable", "Timeout", "DeadlineExceeded"].contains(&kind),
             "a quorum loss produced {kind}: {kinds:?}"
         );
     }
@@ -448,7 +448,7 @@ async fn leader_kill_loses_and_duplicates_nothing(cluster: &mut NatsCluster) {
     println!("FAILOVER errors by kind: {errors:?}");
     for kind in errors.keys() {
         assert!(
-            ["Unavailable", "Timeout", "Contended"].contains(&kind.as_str()),
+            ["Unavailable", "Timeout", "Contended", "DeadlineExceeded"].contains(&kind.as_str()),
             "a failover produced a {kind} error, which callers would take for a permanent one: {errors:?}"
         );
     }
