@@ -152,7 +152,7 @@ impl<B: Broker, C: Clock> Projector<B, C> {
     {
         let span = tracing::debug_span!(
             "aether.projector.step",
-            namespace = self.store.namespace(),
+            namespace = %self.store.namespace(),
             projection = %self.name,
             position = tracing::field::Empty,
             records = tracing::field::Empty,

@@ -141,7 +141,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         let namespace = self.inner.store.namespace();
         let span = tracing::debug_span!(
             "aether.command",
-            namespace,
+            namespace = %namespace,
             actor = actor_id,
             node = %rt.node_id(),
             trace_id = %context.trace_id(),

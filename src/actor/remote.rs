@@ -100,7 +100,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         let namespace = self.inner.store.namespace();
         let span = tracing::debug_span!(
             "aether.send",
-            namespace,
+            namespace = %namespace,
             actor = actor_id,
             node = %rt.node_id(),
             trace_id = %context.trace_id(),
@@ -219,6 +219,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             command,
         })
         .expect("commands serialise");
+        tracing::debug!(%owner, request = %request_id, "command sent to its owner");
         // The owner continues this trace: the request carries the sender's context.
         let mut headers = Headers::new();
         if let Some(context) = trace::current() {

@@ -72,7 +72,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             actor,
             ?expected,
             events = events.len(),
-            trace_id = trace::current().map(|c| c.trace_id()),
+            trace_id = trace::current().map(|c| tracing::field::display(c.trace_id())),
             commit_id = tracing::field::Empty,
             version = tracing::field::Empty,
             attempt = tracing::field::Empty,
