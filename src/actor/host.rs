@@ -3,6 +3,7 @@
 //! snapshots and passivation.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -20,7 +21,7 @@ use crate::clock::{Clock, Deadline, Elapsed, SystemClock};
 use crate::event::{Event, ExpectedVersion, NewEvent, Snapshot};
 use crate::store::{AppendError, ConflictError, EventStore};
 use crate::telemetry;
-use crate::trace;
+use crate::trace::{self, TraceContext};
 use tracing::Instrument;
 
 pub(super) struct Slot<A> {
@@ -150,41 +151,23 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             attempts = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let started = rt.clock().monotonic();
-        let limit = self.inner.config.deadline;
-        // Boxed: a command's future nests the store's, and on the caller's stack the two
-        // together overflowed a 2 MiB test thread in debug builds.
-        let work = Box::pin(
-            self.execute_here(actor_id, command)
-                .instrument(span.clone()),
-        );
-        let deadline = Deadline::after(rt.clock(), limit);
-        let bounded = deadline.run(rt.clock(), work);
-        let result = match trace::scope(context, bounded).await {
-            Ok(result) => result,
-            Err(Elapsed) => {
-                // Abandoned mid-command: what the actor holds in memory may be behind what was
-                // stored. The next command loads it afresh.
-                self.lock_slots().remove(actor_id);
-                Err(CommandError::DeadlineExceeded {
-                    actor: actor_id.to_owned(),
-                    deadline: limit,
-                })
-            }
-        };
-        let outcome = command_outcome(&result);
-        span.record("outcome", outcome);
+        let (result, outcome) = self
+            .observed(
+                actor_id,
+                context,
+                &span,
+                (telemetry::ACTOR_COMMANDS, telemetry::ACTOR_COMMAND_SECONDS),
+                self.execute_here(actor_id, command),
+            )
+            .await;
+        if let Err(CommandError::DeadlineExceeded { .. }) = &result {
+            // Abandoned mid-command: what the actor holds in memory may be behind what was
+            // stored (harmless — the next append would conflict and reload — but costly).
+            self.lock_slots().remove(actor_id);
+        }
         if let Ok(done) = &result {
             span.record("version", done.version);
         }
-        let elapsed = rt.clock().monotonic().saturating_sub(started);
-        let labels = [
-            ("namespace", namespace.to_owned()),
-            ("outcome", outcome.to_owned()),
-        ];
-        metrics::counter!(telemetry::ACTOR_COMMANDS, &labels).increment(1);
-        metrics::histogram!(telemetry::ACTOR_COMMAND_SECONDS, &labels)
-            .record(telemetry::seconds(elapsed));
         let _entered = span.enter();
         match &result {
             Ok(done) => tracing::debug!(version = done.version, "command executed"),
@@ -194,6 +177,48 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             Err(error) => tracing::warn!(%error, outcome, "command failed"),
         }
         result
+    }
+
+    /// Runs a command's `work` in `span` and trace `context`, within the command deadline;
+    /// records its outcome on the span and in the `(counter, histogram)` metrics. What
+    /// [`execute`](Self::execute) and [`send`](Self::send) share.
+    pub(super) async fn observed(
+        &self,
+        actor_id: &str,
+        context: TraceContext,
+        span: &tracing::Span,
+        (counter, histogram): (&'static str, &'static str),
+        work: impl Future<Output = Result<CommandOutcome, CommandError<A::Rejection>>>,
+    ) -> (
+        Result<CommandOutcome, CommandError<A::Rejection>>,
+        &'static str,
+    ) {
+        let clock = self.inner.store.runtime().clock();
+        let started = clock.monotonic();
+        let limit = self.inner.config.deadline;
+        // Boxed: a sent command's future nests a local command's, which nests the store's; on
+        // the caller's stack they overflowed a 2 MiB test thread in debug builds.
+        let work = Box::pin(work.instrument(span.clone()));
+        let deadline = Deadline::after(clock, limit);
+        let result = trace::scope(context, deadline.run(clock, work))
+            .await
+            .unwrap_or_else(|Elapsed| {
+                Err(CommandError::DeadlineExceeded {
+                    actor: actor_id.to_owned(),
+                    deadline: limit,
+                })
+            });
+        let outcome = command_outcome(&result);
+        span.record("outcome", outcome);
+        let labels = [
+            ("namespace", self.inner.store.namespace().to_owned()),
+            ("outcome", outcome.to_owned()),
+        ];
+        metrics::counter!(counter, &labels).increment(1);
+        metrics::histogram!(histogram, &labels).record(telemetry::seconds(
+            clock.monotonic().saturating_sub(started),
+        ));
+        (result, outcome)
     }
 
     async fn execute_here(
@@ -476,7 +501,7 @@ fn command_events<A: Aggregate>(
 }
 
 /// The `outcome` label of a command's result.
-pub(super) fn command_outcome<R: std::fmt::Debug>(
+fn command_outcome<R: std::fmt::Debug>(
     result: &Result<CommandOutcome, CommandError<R>>,
 ) -> &'static str {
     match result {

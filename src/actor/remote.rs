@@ -9,15 +9,14 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::host::{ActorHost, command_outcome};
+use super::host::ActorHost;
 use super::{Aggregate, CommandError, CommandOutcome, Router};
 use crate::broker::{Broker, BrokerError, Headers};
-use crate::clock::{Clock, Deadline, Elapsed};
+use crate::clock::Clock;
 use crate::node::NodeId;
 use crate::retry::Backoff;
 use crate::telemetry;
 use crate::trace::{self, TRACEPARENT, TraceContext};
-use tracing::Instrument;
 
 /// The longest wait between two routing attempts of a command.
 pub const ROUTE_RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
@@ -109,30 +108,15 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             attempt = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let started = rt.clock().monotonic();
-        let limit = self.inner.config.deadline;
-        // Boxed: routing nests a local command's future (see `execute`).
-        let work = Box::pin(self.route(actor_id, command).instrument(span.clone()));
-        let deadline = Deadline::after(rt.clock(), limit);
-        let bounded = deadline.run(rt.clock(), work);
-        let result = trace::scope(context, bounded)
-            .await
-            .unwrap_or_else(|Elapsed| {
-                Err(CommandError::DeadlineExceeded {
-                    actor: actor_id.to_owned(),
-                    deadline: limit,
-                })
-            });
-        let outcome = command_outcome(&result);
-        span.record("outcome", outcome);
-        let elapsed = rt.clock().monotonic().saturating_sub(started);
-        let labels = [
-            ("namespace", namespace.to_owned()),
-            ("outcome", outcome.to_owned()),
-        ];
-        metrics::counter!(telemetry::ACTOR_SENDS, &labels).increment(1);
-        metrics::histogram!(telemetry::ACTOR_SEND_SECONDS, &labels)
-            .record(telemetry::seconds(elapsed));
+        let (result, outcome) = self
+            .observed(
+                actor_id,
+                context,
+                &span,
+                (telemetry::ACTOR_SENDS, telemetry::ACTOR_SEND_SECONDS),
+                self.route(actor_id, command),
+            )
+            .await;
         let _entered = span.enter();
         match &result {
             Ok(done) => {
