@@ -32,13 +32,15 @@ pub const STORE_TIP_CACHE: &str = "aether_store_tip_cache_total";
 /// Snapshots saved, by `namespace` and `outcome` (`ok`, `stale`, `deadline`, `error`).
 pub const STORE_SNAPSHOTS: &str = "aether_store_snapshots_total";
 
-/// Commands executed by their owner, by `namespace` and `outcome` (`ok`, `rejected`,
-/// `not_owner`, `conflict`, `error`).
+/// Commands run by [`ActorHost::execute`](crate::ActorHost::execute) (on the owner), by
+/// `namespace` and `outcome` (`ok`, `rejected`, `not_owner`, `conflict`, `deadline` — the
+/// command's or a store operation's —, `error`).
 pub const ACTOR_COMMANDS: &str = "aether_actor_commands_total";
 /// Command latency on the owner in seconds, by `namespace` and `outcome`.
 pub const ACTOR_COMMAND_SECONDS: &str = "aether_actor_command_seconds";
-/// Commands sent to another node, by `namespace` and `outcome` (`ok`, `rejected`, `timeout`,
-/// `unroutable`, `error`).
+/// Commands sent with [`ActorHost::send`](crate::ActorHost::send) (run here or on the owner),
+/// by `namespace` and `outcome` (`ok`, `rejected`, `not_owner`, `unroutable`, `timeout`,
+/// `conflict`, `deadline`, `error`).
 pub const ACTOR_SENDS: &str = "aether_actor_sends_total";
 /// Latency of [`ActorHost::send`](crate::ActorHost::send) in seconds, by `namespace` and
 /// `outcome`.
@@ -50,7 +52,7 @@ pub const ACTOR_REROUTES: &str = "aether_actor_reroutes_total";
 pub const ACTOR_ACTIVATIONS: &str = "aether_actor_activations_total";
 /// Actors dropped from memory (passivations), by `namespace`.
 pub const ACTOR_PASSIVATIONS: &str = "aether_actor_passivations_total";
-/// Actors in memory, by `namespace`.
+/// Actors in memory, by `namespace` and `node`.
 pub const ACTOR_ACTIVE: &str = "aether_actor_active";
 
 /// Times this node became leader.
@@ -80,8 +82,10 @@ pub const PROJECTOR_LAG_SECONDS: &str = "aether_projector_lag_seconds";
 /// sequence minus this is its lag in records).
 pub const PROJECTOR_POSITION: &str = "aether_projector_position";
 
-/// Broker operations that failed, by `op` and `error` (the [`BrokerError`](crate::BrokerError)
-/// kind: `timeout`, `unavailable`, `no_responders`, …).
+/// NATS broker operations that failed, by `op` and `error` (the
+/// [`BrokerError`](crate::BrokerError) kind: `timeout`, `unavailable`, `no_responders`, …);
+/// a refused compare-and-set (wrong last sequence, key exists, wrong revision) is an answer,
+/// not counted.
 pub const BROKER_ERRORS: &str = "aether_broker_errors_total";
 /// NATS connection events (feature `nats`), by `event` (`connected`, `disconnected`,
 /// `lame_duck`, `slow_consumer`, `server_error`, `client_error`, `draining`, `closed`).

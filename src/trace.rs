@@ -78,7 +78,8 @@ impl TraceContext {
         Some(Self {
             trace_id,
             span_id,
-            flags,
+            // Version 00 defines only the sampled bit; what this hop sends is version 00.
+            flags: flags & 1,
         })
     }
 
@@ -157,8 +158,9 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Lowercase hex only: W3C Trace Context says to ignore a `traceparent` with uppercase digits.
 fn hex_bytes<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if s.len() != N * 2 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     let mut out = [0u8; N];
@@ -194,11 +196,17 @@ mod tests {
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
         ] {
             assert_eq!(TraceContext::parse(bad), None, "{bad:?}");
         }
-        // A later version may carry more fields.
-        assert!(TraceContext::parse(&format!("01{}-more", &SAMPLE[2..])).is_some());
+        // A later version may carry more fields; it is passed on as version 00, with only the
+        // flags version 00 defines.
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff-more";
+        assert_eq!(
+            TraceContext::parse(later).map(|c| c.to_traceparent()),
+            Some(SAMPLE.to_owned())
+        );
     }
 
     #[test]

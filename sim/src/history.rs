@@ -96,6 +96,14 @@ pub enum OpKind {
     /// A cluster observation (leader claimed, assignment applied, ...), recorded as one
     /// instantaneous operation.
     Cluster(ClusterObservation),
+    /// `ActorHost::send` of a command of a user's aggregate (the harness, [`crate::harness`]):
+    /// its actor and the command as `Debug` prints it.
+    UserCommand {
+        /// The actor.
+        actor: String,
+        /// The command.
+        command: String,
+    },
     /// `ActorHost::send` of a counter command (add `delta`, or take `-delta` — refused below
     /// zero) whose event carries id `id`.
     Command {
@@ -317,6 +325,9 @@ pub enum Outcome {
     },
     /// A projector step was refused: another instance moved the checkpoint.
     Fenced,
+    /// The user's aggregate rejected the command (its rejection, as `Debug` prints it): nothing
+    /// was stored.
+    Rejected(String),
     /// Definitely failed: nothing was stored.
     Failed(String),
     /// Failed without a definite answer: may or may not have taken effect.

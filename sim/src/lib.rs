@@ -27,6 +27,7 @@ pub mod checkers;
 pub mod churn;
 pub mod clock;
 pub mod faults;
+pub mod harness;
 pub mod history;
 pub mod report;
 pub mod runner;

@@ -117,6 +117,9 @@ impl RunReport {
 
     /// The one-line command that replays this run with a full trace.
     pub fn replay_command(&self) -> String {
+        if self.scenario == "user" {
+            return crate::harness::replay_line(self.seed);
+        }
         let planted = planted_names(&self.planted);
         let planted = if planted.is_empty() {
             String::new()

@@ -327,6 +327,7 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         usage: &samples,
     };
     violations.extend(check_all(&input));
+    violations.extend(scenario.user_check(&input));
 
     let mut counts = OpCounts::default();
     let mut commands = CommandCounts::default();
@@ -365,7 +366,12 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
             }
             (OpKind::Cluster(_), _) => counts.observations += 1,
             (OpKind::Damage { .. } | OpKind::KvWrite { .. }, _) => {}
-            (OpKind::Command { .. }, Outcome::Commanded { .. }) => commands.ok += 1,
+            (OpKind::Command { .. } | OpKind::UserCommand { .. }, Outcome::Commanded { .. }) => {
+                commands.ok += 1
+            }
+            (OpKind::UserCommand { .. }, Outcome::Rejected(_)) => commands.refused += 1,
+            (OpKind::UserCommand { .. }, Outcome::Failed(_)) => commands.failed += 1,
+            (OpKind::UserCommand { .. }, _) => commands.ambiguous += 1,
             (OpKind::Command { .. }, Outcome::Refused { .. }) => commands.refused += 1,
             (OpKind::Command { .. }, Outcome::Failed(_)) => commands.failed += 1,
             (OpKind::Command { .. }, _) => commands.ambiguous += 1,

@@ -19,7 +19,7 @@ use super::{
 use crate::broker::Broker;
 use crate::clock::{Clock, Deadline, Elapsed, SystemClock};
 use crate::event::{Event, ExpectedVersion, NewEvent, Snapshot};
-use crate::store::{AppendError, ConflictError, EventStore};
+use crate::store::{AppendError, ConflictError, EventStore, ReadError, SnapshotError};
 use crate::telemetry;
 use crate::trace::{self, TraceContext};
 use tracing::Instrument;
@@ -29,6 +29,8 @@ pub(super) struct Slot<A> {
     version: u64,
     snapshot_version: u64,
     loaded: bool,
+    /// Loaded at least once since it came into memory (counts one activation).
+    activated: bool,
     last_used: Duration,
 }
 
@@ -105,6 +107,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             version: 0,
             snapshot_version: 0,
             loaded: false,
+            activated: false,
             last_used: Duration::ZERO,
         };
         self.load(actor_id, &mut slot).await?;
@@ -151,20 +154,17 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             attempts = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
+        let deadline = Deadline::after(rt.clock(), self.inner.config.deadline);
         let (result, outcome) = self
             .observed(
                 actor_id,
                 context,
                 &span,
+                &deadline,
                 (telemetry::ACTOR_COMMANDS, telemetry::ACTOR_COMMAND_SECONDS),
-                self.execute_here(actor_id, command),
+                self.execute_here(actor_id, command, &deadline),
             )
             .await;
-        if let Err(CommandError::DeadlineExceeded { .. }) = &result {
-            // Abandoned mid-command: what the actor holds in memory may be behind what was
-            // stored (harmless — the next append would conflict and reload — but costly).
-            self.lock_slots().remove(actor_id);
-        }
         if let Ok(done) = &result {
             span.record("version", done.version);
         }
@@ -187,6 +187,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         actor_id: &str,
         context: TraceContext,
         span: &tracing::Span,
+        deadline: &Deadline,
         (counter, histogram): (&'static str, &'static str),
         work: impl Future<Output = Result<CommandOutcome, CommandError<A::Rejection>>>,
     ) -> (
@@ -195,17 +196,15 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
     ) {
         let clock = self.inner.store.runtime().clock();
         let started = clock.monotonic();
-        let limit = self.inner.config.deadline;
         // Boxed: a sent command's future nests a local command's, which nests the store's; on
         // the caller's stack they overflowed a 2 MiB test thread in debug builds.
         let work = Box::pin(work.instrument(span.clone()));
-        let deadline = Deadline::after(clock, limit);
         let result = trace::scope(context, deadline.run(clock, work))
             .await
             .unwrap_or_else(|Elapsed| {
                 Err(CommandError::DeadlineExceeded {
                     actor: actor_id.to_owned(),
-                    deadline: limit,
+                    deadline: deadline.limit(),
                 })
             });
         let outcome = command_outcome(&result);
@@ -225,6 +224,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         &self,
         actor_id: &str,
         command: &A::Command,
+        deadline: &Deadline,
     ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
         let rt = self.inner.store.runtime();
         let me = rt.node_id();
@@ -253,20 +253,33 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                         version: 0,
                         snapshot_version: 0,
                         loaded: false,
+                        activated: false,
                         last_used: Duration::ZERO,
                     }))
                 })
                 .clone();
             (slot, slots.len())
         };
-        metrics::gauge!(telemetry::ACTOR_ACTIVE, "namespace" => self.inner.store.namespace().to_owned())
-            .set(active as f64);
+        metrics::gauge!(
+            telemetry::ACTOR_ACTIVE,
+            "namespace" => self.inner.store.namespace().to_owned(),
+            "node" => rt.node_id().to_string()
+        )
+        .set(active as f64);
         let mut slot = slot.lock().await;
         slot.last_used = self.now();
         let store = &self.inner.store;
         let mut attempt = 0;
         loop {
             if !slot.loaded {
+                if !slot.activated {
+                    slot.activated = true;
+                    metrics::counter!(
+                        telemetry::ACTOR_ACTIVATIONS,
+                        "namespace" => store.namespace().to_owned()
+                    )
+                    .increment(1);
+                }
                 self.load(actor_id, &mut slot).await?;
             }
             let ctx = CommandContext {
@@ -309,6 +322,11 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             } else {
                 ExpectedVersion::Exact(slot.version)
             };
+            // Not loaded until the outcome is applied: a command abandoned mid-append (at its
+            // deadline) may have stored its events, so whoever takes the actor next — a queued
+            // command, the next one — reloads it instead of deciding on a state that may be
+            // behind.
+            slot.loaded = false;
             match store.append(actor_id, expected, events).await {
                 Ok(stored) => {
                     for event in &stored.events {
@@ -320,8 +338,12 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                         "contiguous versions"
                     );
                     slot.version = stored.last_version();
-                    self.maybe_snapshot(actor_id, &mut slot, stored.sequence)
-                        .await;
+                    slot.loaded = true;
+                    // Best effort, and never past the command's deadline: the command is done.
+                    let snapshot = self.maybe_snapshot(actor_id, &mut slot, stored.sequence);
+                    if deadline.run(rt.clock(), snapshot).await.is_err() {
+                        tracing::debug!("snapshot skipped: the command's deadline passed");
+                    }
                     return Ok(self.outcome(actor_id, slot.version, stored.events));
                 }
                 Err(AppendError::Conflict(conflict))
@@ -334,6 +356,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                         // Planted bug: a lost update — decide again on the stale state, at the
                         // version the conflict reported.
                         slot.version = conflict.actual;
+                        slot.loaded = true;
                         continue;
                     }
                     slot.loaded = false;
@@ -362,8 +385,6 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         slot: &mut Slot<A>,
     ) -> Result<(), CommandError<A::Rejection>> {
         let store = &self.inner.store;
-        metrics::counter!(telemetry::ACTOR_ACTIVATIONS, "namespace" => store.namespace().to_owned())
-            .increment(1);
         let snapshot = store.latest_snapshot(actor_id).await?;
         let decoded = snapshot.as_ref().and_then(|snapshot| {
             match serde_json::from_value::<A>(snapshot.state.clone()) {
@@ -481,7 +502,12 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         }
         metrics::counter!(telemetry::ACTOR_PASSIVATIONS, "namespace" => namespace.clone())
             .increment(dropped as u64);
-        metrics::gauge!(telemetry::ACTOR_ACTIVE, "namespace" => namespace).set(slots.len() as f64);
+        metrics::gauge!(
+            telemetry::ACTOR_ACTIVE,
+            "namespace" => namespace,
+            "node" => self.inner.store.runtime().node_id().to_string()
+        )
+        .set(slots.len() as f64);
     }
 }
 
@@ -510,7 +536,12 @@ fn command_outcome<R: std::fmt::Debug>(
         Err(CommandError::NotOwner { .. }) => "not_owner",
         Err(CommandError::Unroutable { .. }) => "unroutable",
         Err(CommandError::Timeout { .. }) => "timeout",
-        Err(CommandError::DeadlineExceeded { .. }) => "deadline",
+        Err(
+            CommandError::DeadlineExceeded { .. }
+            | CommandError::Append(AppendError::DeadlineExceeded(_))
+            | CommandError::Read(ReadError::DeadlineExceeded(_))
+            | CommandError::Snapshot(SnapshotError::DeadlineExceeded(_)),
+        ) => "deadline",
         Err(CommandError::Append(AppendError::Conflict(_))) => "conflict",
         Err(_) => "error",
     }

@@ -173,8 +173,10 @@ pub struct ActorConfig {
     /// deciding, appending, reloading after conflicts, re-routing, waiting for a remote owner —
     /// measured on the runtime's clock. Past it the command ends with
     /// [`CommandError::DeadlineExceeded`] (it may or may not have been executed). Default 20 s:
-    /// above the store's own deadline (10 s), so that a store operation that fails in time
-    /// reports its own error.
+    /// above the store's own deadline (10 s), so that one store operation that fails at its
+    /// deadline reports its own error (a command chains several: load, append, snapshot). The
+    /// snapshot a command saves after its append is skipped when the deadline passes: the
+    /// command is done by then.
     pub deadline: Duration,
 }
 

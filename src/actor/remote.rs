@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use super::host::ActorHost;
 use super::{Aggregate, CommandError, CommandOutcome, Router};
 use crate::broker::{Broker, BrokerError, Headers};
-use crate::clock::Clock;
+use crate::clock::{Clock, Deadline};
 use crate::node::NodeId;
 use crate::retry::Backoff;
 use crate::telemetry;
@@ -108,11 +108,13 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             attempt = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
+        let deadline = Deadline::after(rt.clock(), self.inner.config.deadline);
         let (result, outcome) = self
             .observed(
                 actor_id,
                 context,
                 &span,
+                &deadline,
                 (telemetry::ACTOR_SENDS, telemetry::ACTOR_SEND_SECONDS),
                 self.route(actor_id, command),
             )

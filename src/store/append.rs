@@ -111,9 +111,12 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             Err(AppendError::Conflict(conflict)) => {
                 tracing::debug!(actual = conflict.actual, "append conflicts")
             }
-            Err(error @ (AppendError::Indeterminate { .. } | AppendError::Broker(_))) => {
-                tracing::warn!(%error, "append failed")
-            }
+            Err(
+                error @ (AppendError::Indeterminate { .. }
+                | AppendError::Broker(_)
+                | AppendError::Read(_)
+                | AppendError::DeadlineExceeded(_)),
+            ) => tracing::warn!(%error, "append failed"),
             Err(error) => tracing::debug!(%error, "append refused"),
         }
         let labels = [
@@ -520,6 +523,7 @@ fn append_outcome(result: &Result<AppendOutcome, AppendError>) -> &'static str {
 fn traced(metadata: &Metadata) -> Metadata {
     let mut metadata = metadata.clone();
     if metadata.trace_id().is_none()
+        && metadata.span_id().is_none()
         && let Some(context) = trace::current()
     {
         metadata.set_trace_id(context.trace_id());

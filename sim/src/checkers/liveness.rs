@@ -75,16 +75,22 @@ fn check_commands(input: &CheckInput<'_>, settled: Duration) -> Vec<Violation> {
     let bound = input.liveness_bound;
     let mut out = Vec::new();
     for op in input.ops {
-        if !matches!(op.kind, OpKind::Command { .. }) || op.invoked < settled {
+        if !matches!(op.kind, OpKind::Command { .. } | OpKind::UserCommand { .. })
+            || op.invoked < settled
+        {
             continue;
         }
         let problem = match (&op.outcome, op.completed) {
-            (Outcome::Commanded { .. } | Outcome::Refused { .. }, Some(c))
-                if c <= op.invoked + bound =>
-            {
+            (
+                Outcome::Commanded { .. } | Outcome::Refused { .. } | Outcome::Rejected(_),
+                Some(c),
+            ) if c <= op.invoked + bound => {
                 continue;
             }
-            (Outcome::Commanded { .. } | Outcome::Refused { .. }, Some(c)) => {
+            (
+                Outcome::Commanded { .. } | Outcome::Refused { .. } | Outcome::Rejected(_),
+                Some(c),
+            ) => {
                 format!("answered only after {}", format_time(c - op.invoked))
             }
             (Outcome::Pending, _) if op.invoked + bound > input.end => continue,

@@ -20,7 +20,10 @@ pub fn check(input: &CheckInput<'_>) -> Vec<Violation> {
     for op in input.ops {
         let (actor, events) = match (&op.kind, &op.outcome) {
             (OpKind::Append { actor, .. }, Outcome::Appended { events, .. })
-            | (OpKind::Command { actor, .. }, Outcome::Commanded { events, .. }) => (actor, events),
+            | (OpKind::Command { actor, .. }, Outcome::Commanded { events, .. })
+            | (OpKind::UserCommand { actor, .. }, Outcome::Commanded { events, .. }) => {
+                (actor, events)
+            }
             _ => continue,
         };
         if let (Some(done), Some(last)) = (op.completed, events.last()) {

@@ -64,6 +64,8 @@ pub struct ClusterWorkload {
     pub counters: usize,
     /// Pause between a node's commands.
     pub command_think: (Duration, Duration),
+    /// A user's aggregate run by every node next to the counters ([`crate::harness`]).
+    pub user: Option<crate::harness::UserPart>,
 }
 
 impl Default for ClusterWorkload {
@@ -77,6 +79,7 @@ impl Default for ClusterWorkload {
             away_span: (Duration::from_secs(1), Duration::from_secs(4)),
             counters: 6,
             command_think: (Duration::from_millis(50), Duration::from_millis(300)),
+            user: None,
         }
     }
 }
@@ -212,7 +215,22 @@ async fn cluster_node(
     // instance runs now: a host per cluster round would leave the previous one serving on the
     // same subject while its in-flight commands hold it alive (see docs/sim.md).
     let router = CurrentCluster::default();
-    let host = start_host(&ctx, store.clone(), router.clone()).await;
+    // The counters' host, unless a user's aggregate takes its place: two aggregate types
+    // serving one namespace's command subject would each receive the other's commands.
+    let host = match workload.user {
+        None => Some(start_host(&ctx, store.clone(), router.clone()).await),
+        Some(_) => None,
+    };
+    // A user's aggregate (the harness): its host and command sender, for this incarnation.
+    let _user = workload.user.as_ref().map(|user| {
+        tokio::spawn((user.node)(crate::harness::UserNode {
+            ctx: ctx.clone(),
+            store: store.clone(),
+            router: router.clone(),
+            rng: rng.fork(),
+            think: workload.command_think,
+        }))
+    });
     for round in 0u64.. {
         let cluster = start_cluster(&ctx, &incarnation, &workload).await;
         let writer = tokio::spawn(owner_writer(
@@ -233,13 +251,15 @@ async fn cluster_node(
         ));
         let viewer = tokio::spawn(view_recorder(ctx.clone(), cluster.clone(), safety));
         router.set(Some(cluster.clone()));
-        let sender = tokio::spawn(command_sender(
-            ctx.clone(),
-            host.clone(),
-            workload.clone(),
-            format!("{}.{}.{round}", ctx.name, incarnation.number),
-            rng.fork(),
-        ));
+        let sender = host.clone().map(|host| {
+            tokio::spawn(command_sender(
+                ctx.clone(),
+                host,
+                workload.clone(),
+                format!("{}.{}.{round}", ctx.name, incarnation.number),
+                rng.fork(),
+            ))
+        });
         let stay = rng.duration_between(workload.member_span.0, workload.member_span.1);
         if !joiner || sim_now() + stay + Duration::from_secs(1) >= safety {
             std::future::pending::<()>().await;
@@ -248,7 +268,9 @@ async fn cluster_node(
         writer.abort();
         foreign.abort();
         viewer.abort();
-        sender.abort();
+        if let Some(sender) = sender {
+            sender.abort();
+        }
         router.set(None);
         cluster.stop().await;
         let away = rng.duration_between(workload.away_span.0, workload.away_span.1);

@@ -241,7 +241,12 @@ impl Scenario {
                 }
                 actors
             }
-            Kind::Cluster(w) => w.actors().into_iter().chain(w.counters()).collect(),
+            Kind::Cluster(w) => w
+                .actors()
+                .into_iter()
+                .chain(w.counters())
+                .chain(w.user.iter().flat_map(|u| u.actors.iter().cloned()))
+                .collect(),
             Kind::Readside(w) => w.actors(),
             Kind::Retention(w) => w.actors(),
         }
@@ -254,6 +259,33 @@ impl Scenario {
                 .iter()
                 .map(|a| (*a).to_owned())
                 .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A user's aggregate on the simulated cluster ([`crate::harness`]): the cluster scenario's
+    /// nodes, leader churn and faults, with the user's actors and commands in place of the
+    /// built-in writers and counters.
+    pub fn user(part: crate::harness::UserPart) -> Self {
+        let mut scenario = Self::cluster();
+        scenario.name = "user";
+        if let Kind::Cluster(w) = &mut scenario.kind {
+            w.actors = 0;
+            w.counters = 0;
+            w.user = Some(part);
+        }
+        scenario
+    }
+
+    /// The user's own checks of a run's final streams (none outside the harness).
+    pub fn user_check(
+        &self,
+        input: &crate::checkers::CheckInput<'_>,
+    ) -> Vec<crate::checkers::Violation> {
+        match &self.kind {
+            Kind::Cluster(cluster::ClusterWorkload {
+                user: Some(user), ..
+            }) => (user.check)(input),
             _ => Vec::new(),
         }
     }

@@ -188,6 +188,7 @@ fn describe(kind: &OpKind) -> String {
         OpKind::Damage { actor } => format!("plant damage on {actor}"),
         OpKind::Cluster(observation) => observation_text(observation),
         OpKind::Command { actor, delta, id } => format!("command {actor} {delta:+} ({id})"),
+        OpKind::UserCommand { actor, command } => format!("command {actor}: {command}"),
         OpKind::BusReceived {
             subscriber,
             deliveries,
@@ -285,6 +286,7 @@ fn outcome_text(op: &Op) -> (&'static str, String) {
         }
         Outcome::Stepped { records } => ("ok", format!("ok: stepped over {records} records")),
         Outcome::Fenced => ("refused", "fenced by another instance".to_owned()),
+        Outcome::Rejected(why) => ("refused", format!("rejected: {why}")),
         Outcome::Failed(why) => ("failed", format!("failed: {why}")),
         Outcome::Ambiguous(why) => ("ambiguous", format!("ambiguous: {why}")),
         Outcome::Observed => ("observed", "observed".to_owned()),

@@ -162,6 +162,14 @@ impl NatsBroker {
                 Ok(_) => {
                     traced.record("outcome", "ok");
                 }
+                // A compare-and-set refused is an answer, not a fault.
+                Err(
+                    error @ (BrokerError::WrongLastSequence { .. }
+                    | BrokerError::AlreadyExists { .. }
+                    | BrokerError::WrongRevision { .. }),
+                ) => {
+                    traced.record("outcome", error.kind());
+                }
                 Err(error) => {
                     traced.record("outcome", error.kind());
                     tracing::debug!(%error, "broker operation failed");
