@@ -70,12 +70,15 @@ async fn converge(nodes: &[&Node]) {
     panic!("cluster did not converge");
 }
 
+/// A metric's name, labels and accumulated value.
+type Seen = (String, Vec<(String, String)>, DebugValue);
+
 /// What the recorder holds. `DebuggingRecorder`'s snapshots drain counters, histograms and
 /// gauges, so this accumulates counters and histograms across snapshots and keeps each gauge's
 /// latest value set.
 struct Recorded {
     snapshotter: Snapshotter,
-    seen: Vec<(String, Vec<(String, String)>, DebugValue)>,
+    seen: Vec<Seen>,
 }
 
 impl Recorded {

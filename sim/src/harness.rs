@@ -70,6 +70,9 @@ pub struct UserNode {
 /// The future a node runs the user's part in.
 pub type UserTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// The user's checks of a run's final streams.
+pub type UserCheck = Arc<dyn Fn(&CheckInput<'_>) -> Vec<Violation> + Send + Sync>;
+
 /// A user's aggregate, type-erased so that a [`Scenario`] can carry it.
 #[derive(Clone)]
 pub struct UserPart {
@@ -78,7 +81,7 @@ pub struct UserPart {
     /// The node's part: host, serve, send commands.
     pub node: Arc<dyn Fn(UserNode) -> UserTask + Send + Sync>,
     /// The user's checks of the final streams.
-    pub check: Arc<dyn Fn(&CheckInput<'_>) -> Vec<Violation> + Send + Sync>,
+    pub check: UserCheck,
 }
 
 impl fmt::Debug for UserPart {

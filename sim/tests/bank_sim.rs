@@ -22,7 +22,7 @@ enum Command {
 /// refusals and withdrawals of the whole balance are common.
 fn command(rng: &aether::SharedRng, _actor: &str) -> Command {
     let amount = 1 + (rng.next_u64() % 100) as i64;
-    if rng.next_u64() % 3 == 0 {
+    if rng.next_u64().is_multiple_of(3) {
         Command::Deposit(amount)
     } else {
         Command::Withdraw(amount)
