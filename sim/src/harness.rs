@@ -40,9 +40,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aether::actor::{ActorConfig, ActorHost, Aggregate, CommandError};
+use aether::actor::{ActorConfig, ActorHost, Aggregate};
 use aether::clock::{Clock, SharedRng};
-use aether::store::{AppendError, EventStore};
+use aether::store::EventStore;
 
 use crate::broker::SimBroker;
 use crate::checkers::{CheckInput, Violation};
@@ -51,7 +51,7 @@ use crate::history::{EventDigest, OpKind, Outcome};
 use crate::runner::{RunOptions, RunReport, run};
 use crate::scenarios::Scenario;
 use crate::scenarios::cluster::CurrentCluster;
-use crate::workload::{NodeContext, below};
+use crate::workload::{NodeContext, below, command_failure};
 
 /// What one node incarnation runs the user's aggregate with.
 pub struct UserNode {
@@ -296,25 +296,7 @@ where
                 node: done.node_id.to_string(),
                 events: done.events.iter().map(EventDigest::of).collect(),
             },
-            Err(CommandError::Rejected(why)) => Outcome::Rejected(format!("{why:?}")),
-            // Certainly not run: nothing stored.
-            Err(
-                e @ (CommandError::NotOwner { .. }
-                | CommandError::Unroutable { .. }
-                | CommandError::Read(_)
-                | CommandError::Snapshot(_)),
-            ) => Outcome::Failed(e.to_string()),
-            Err(CommandError::Append(e))
-                if !matches!(
-                    e,
-                    AppendError::Indeterminate { .. } | AppendError::DeadlineExceeded(_)
-                ) =>
-            {
-                Outcome::Failed(e.to_string())
-            }
-            // A timeout, a deadline, an unknown append outcome, a remote failure: it may have
-            // run.
-            Err(e) => Outcome::Ambiguous(e.to_string()),
+            Err(e) => command_failure(e, |why| Outcome::Rejected(format!("{why:?}"))),
         };
         ctx.complete(op, outcome);
     }

@@ -9,11 +9,12 @@ use std::time::Duration;
 use serde_json::json;
 
 use aether::NodeId;
+use aether::actor::CommandError;
 use aether::clock::{Clock, SharedRng};
 use aether::event::NewEvent;
 use aether::planted::PlantedBugs;
 use aether::runtime::Runtime;
-use aether::store::{EventStore, StoreConfig};
+use aether::store::{AppendError, EventStore, StoreConfig};
 
 use super::broker::{SimBroker, SimBrokerConfig, Wire};
 use super::clock::{SimClock, sim_now};
@@ -141,6 +142,27 @@ pub(crate) fn numbered_events(
         })
         .collect();
     (event_ids, events)
+}
+
+/// The outcome a failed `ActorHost::send` records: `rejected` turns the aggregate's refusal
+/// into one; a failure that certainly ran nothing is `Failed`; a timeout, a deadline, an
+/// unknown append outcome, a remote failure (which may be one) or a broker failure after the
+/// request may have left is `Ambiguous` — the command may have run.
+pub fn command_failure<R: std::fmt::Debug>(
+    error: CommandError<R>,
+    rejected: impl FnOnce(R) -> Outcome,
+) -> Outcome {
+    match error {
+        CommandError::Rejected(refusal) => rejected(refusal),
+        e @ (CommandError::NotOwner { .. }
+        | CommandError::Unroutable { .. }
+        | CommandError::Read(_)
+        | CommandError::Snapshot(_)) => Outcome::Failed(e.to_string()),
+        CommandError::Append(e) if !matches!(e, AppendError::Indeterminate { .. }) => {
+            Outcome::Failed(e.to_string())
+        }
+        e => Outcome::Ambiguous(e.to_string()),
+    }
 }
 
 /// A uniformly random index below `n` (0 when `n` is 0).

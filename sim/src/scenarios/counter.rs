@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use aether::actor::{Aggregate, CommandContext, CommandError};
+use aether::actor::{Aggregate, CommandContext};
 use aether::clock::{Clock, SharedRng};
 use aether::event::{Event, ExpectedVersion, NewEvent};
 use aether::store::{AppendError, EventStore};
@@ -23,7 +23,7 @@ use super::cluster::{ClusterWorkload, SimCluster, SimHost};
 use crate::broker::SimBroker;
 use crate::clock::SimClock;
 use crate::history::{EventDigest, OpKind, Outcome};
-use crate::workload::{NodeContext, below};
+use crate::workload::{NodeContext, below, command_failure};
 
 /// A counter that never goes below zero.
 #[derive(Default, Serialize, Deserialize)]
@@ -164,22 +164,10 @@ pub async fn command_sender(
                 node: done.node_id.to_string(),
                 events: done.events.iter().map(EventDigest::of).collect(),
             },
-            Err(CommandError::Rejected(refused)) => Outcome::Refused {
+            Err(e) => command_failure(e, |refused| Outcome::Refused {
                 value: refused.value,
                 version: refused.version,
-            },
-            Err(
-                e @ (CommandError::NotOwner { .. }
-                | CommandError::Unroutable { .. }
-                | CommandError::Read(_)
-                | CommandError::Snapshot(_)),
-            ) => Outcome::Failed(e.to_string()),
-            Err(CommandError::Append(e)) if !matches!(e, AppendError::Indeterminate { .. }) => {
-                Outcome::Failed(e.to_string())
-            }
-            // Timeout, an indeterminate append, a remote failure (which may be one) or a
-            // broker failure after the request may have left: the command may have run.
-            Err(e) => Outcome::Ambiguous(e.to_string()),
+            }),
         };
         ctx.complete(op, outcome);
     }
