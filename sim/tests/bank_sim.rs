@@ -81,8 +81,9 @@ fn the_correct_account_never_goes_negative_under_faults() {
         .actors(3)
         .commands(command)
         .invariant("balance never negative", never_negative::<0>);
+    // `AETHER_SIM_SEEDS=1000` sweeps more seeds.
     let passed = harness
-        .check(0..4)
+        .check(aether_sim::runner::seeds_from_env(0, 4))
         .unwrap_or_else(|failure| panic!("{failure}"));
     assert!(passed >= 1);
     // The runs did real work: commands answered, refusals among them.
