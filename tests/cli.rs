@@ -343,6 +343,8 @@ async fn verify_reports_every_kind_of_damage_and_exits_1() {
     let run = aether(&url, &["verify", "vault"]);
     assert_eq!(run.code, 1, "{run:?}");
     let out = &run.stdout;
+    // `--nocapture` shows the report as an operator sees it.
+    println!("$ aether verify vault\n{out}(exit code {})", run.code);
     for line in [
         format!("gap  seq {gap}  version gap: commit starts at version 7, expected 2"),
         format!("dup  seq {dup}  duplicate commit: commit id {dup_id} appears twice"),
