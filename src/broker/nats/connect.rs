@@ -356,6 +356,7 @@ impl NatsBroker {
             urls: urls.clone(),
             name: options.name.clone(),
             server: Arc::new(Mutex::new(None)),
+            draining: Arc::default(),
         };
         let connected = log.clone();
         connect = connect.event_callback(move |event| {
@@ -432,8 +433,9 @@ impl NatsBroker {
     }
 }
 
-/// Logs a connection's events with `tracing`: `info!` when it (re)connects, drains or closes;
-/// `warn!` when it loses its server, the server enters lame-duck mode (it is shutting down and
+/// Logs a connection's events with `tracing`: `info!` when it (re)connects, drains or closes
+/// after a drain; `warn!` when it closes without one (reconnects exhausted),
+/// when it loses its server, the server enters lame-duck mode (it is shutting down and
 /// asks clients to move), a subscription falls behind (slow consumer: the client dropped
 /// messages), or the server or client reports an error. Permission violations are logged by
 /// [`Violations`], which also turns them into errors.
@@ -446,6 +448,8 @@ struct EventLog {
     /// The server the connection first reached: name, `host:port` and version (async-nats does
     /// not say which server a reconnect reached).
     server: Arc<Mutex<Option<String>>>,
+    /// The application drained the connection: its closing is expected.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EventLog {
@@ -503,9 +507,19 @@ impl EventLog {
                 urls, first_server = %server, name, %error,
                 "NATS client error"
             ),
-            Event::Draining | Event::Closed => {
-                tracing::info!(urls, first_server = %server, name, event = %event, "NATS connection {event}")
+            Event::Draining => {
+                self.draining
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(urls, first_server = %server, name, "NATS connection draining")
             }
+            Event::Closed if self.draining.load(std::sync::atomic::Ordering::Relaxed) => {
+                tracing::info!(urls, first_server = %server, name, "NATS connection closed")
+            }
+            // Closed without a drain: the client gave up reconnecting.
+            Event::Closed => tracing::warn!(
+                urls, first_server = %server, name,
+                "NATS connection closed without a drain (reconnect attempts exhausted?)"
+            ),
         }
     }
 }
