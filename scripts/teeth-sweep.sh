@@ -4,12 +4,17 @@
 # failing seeds out of N, and the seed budget that catches it with probability >= 99.9 %.
 # The teeth tests in sim/tests/sim.rs take their budgets from these numbers.
 #
-#   scripts/teeth-sweep.sh [N]
+#   scripts/teeth-sweep.sh [N] [turmoil|madsim]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-300}"
-cargo build --quiet --profile sim -p aether-sim
-sim=target/sim/aether-sim
+engine="${2:-turmoil}"
+# Builds the engine's binary (and checks the engine's name) without running a seed.
+scripts/sim.sh --engine "$engine" --help >/dev/null
+case "$engine" in
+  madsim) sim=target/madsim/sim/aether-sim ;;
+  *) sim=target/sim/aether-sim ;;
+esac
 # bug scenario seconds [invariant [replicated]]: the scenario's CI length (safety + liveness
 # phase); for a scenario that fails without the bug too, the invariant whose violations count
 # (`-` for any); `replicated` to run on the replicated broker model.
@@ -33,7 +38,7 @@ bugs=(
   "tip_without_floor store 35 - replicated"
   "snapshots_expire_with_events retention 35"
 )
-echo "| planted bug | scenario | failing seeds of $n | 99.9 % budget |"
+echo "| planted bug | scenario | failing seeds of $n on $engine | 99.9 % budget |"
 echo "|---|---|---|---|"
 for entry in "${bugs[@]}"; do
   read -r bug scenario seconds invariant model <<<"$entry"
@@ -44,7 +49,7 @@ for entry in "${bugs[@]}"; do
   failing=$({ RUST_BACKTRACE=0 "$sim" --scenario "$scenario" --seconds "$seconds" --seeds "$n" \
       --planted "$bug" "${flags[@]}" 2>/dev/null || true; } |
     awk -v want="${invariant:-}" '
-      /^SIMULATION FAILED/ { seed = $NF; next }
+      /^SIMULATION FAILED/ { match($0, /seed [0-9]+/); seed = substr($0, RSTART + 5, RLENGTH - 5); next }
       /^  invariant / && seed != "" && index($0, want) { hit[seed] = 1 }
       END { print length(hit) }')
   budget=$(python3 -c "import math; p=$failing/$n; print('-' if p == 0 else 1 if p >= 1 else math.ceil(math.log(0.001)/math.log(1-p)))")

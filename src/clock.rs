@@ -37,7 +37,7 @@ pub trait Clock: Clone + Send + Sync + 'static {
 /// Because it uses `tokio::time`, it also follows tokio's paused test clock.
 #[derive(Clone, Debug)]
 pub struct SystemClock {
-    origin: tokio::time::Instant,
+    origin: crate::rt::Instant,
 }
 
 impl SystemClock {
@@ -45,7 +45,7 @@ impl SystemClock {
     #[allow(clippy::disallowed_methods)] // the one place allowed to read the OS clock
     pub fn new() -> Self {
         Self {
-            origin: tokio::time::Instant::now(),
+            origin: crate::rt::Instant::now(),
         }
     }
 }
@@ -59,7 +59,7 @@ impl Default for SystemClock {
 impl Clock for SystemClock {
     #[allow(clippy::disallowed_methods)] // the one place allowed to read the OS clock
     fn monotonic(&self) -> Duration {
-        tokio::time::Instant::now().saturating_duration_since(self.origin)
+        crate::rt::Instant::now().saturating_duration_since(self.origin)
     }
 
     #[allow(clippy::disallowed_methods)] // the one place allowed to read the OS clock
@@ -68,7 +68,7 @@ impl Clock for SystemClock {
     }
 
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
-        tokio::time::sleep(duration)
+        crate::rt::sleep(duration)
     }
 }
 

@@ -58,6 +58,9 @@ pub mod planted;
 mod planted;
 pub mod projection;
 pub mod retry;
+// The executor seam (tokio, or madsim under `--cfg madsim`); public for the `aether-sim` crate.
+#[doc(hidden)]
+pub mod rt;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;

@@ -1,7 +1,7 @@
-//! Simulated per-node clocks: turmoil's virtual time plus a fixed epoch, with injectable skew
+//! Simulated per-node clocks: the engine's virtual time plus a fixed epoch, with injectable skew
 //! (the wall reading jumps) and drift (the node's clock runs fast or slow).
 //!
-//! Time comes from [`turmoil::sim_elapsed`], the simulation-wide virtual time, which keeps
+//! Time comes from [`crate::engine::sim_elapsed`], the simulation-wide virtual time, which keeps
 //! running while a host is crashed and across `bounce`, so a restarted node's clock does not
 //! restart at zero. The fault injector changes skew and drift between simulation steps through a
 //! [`ClockControl`]; the node reads through its [`SimClock`]. Both share one small state.
@@ -25,7 +25,7 @@ pub fn epoch() -> SystemTime {
 /// # Panics
 /// Outside a host (between steps); callers there pass the time explicitly.
 pub fn sim_now() -> Duration {
-    turmoil::sim_elapsed().expect("SimClock read outside a turmoil host")
+    crate::engine::sim_elapsed()
 }
 
 #[derive(Debug)]
@@ -160,7 +160,7 @@ impl Clock for SimClock {
         // without time passing (long-horizon seed 8).
         let rate = self.lock().rate_ppm.max(1);
         let true_nanos = (duration.as_nanos() * 1_000_000).div_ceil(rate as u128);
-        tokio::time::sleep(Duration::from_nanos(true_nanos.min(u64::MAX as u128) as u64))
+        aether::rt::sleep(Duration::from_nanos(true_nanos.min(u64::MAX as u128) as u64))
     }
 }
 

@@ -1,4 +1,4 @@
-//! Fault schedules drawn from the seed, and their application to the turmoil world.
+//! Fault schedules drawn from the seed, and their application to the engine's world.
 //!
 //! A schedule covers the safety phase only: faults start and end inside it, and at its end
 //! [`heal_all`] repairs every link, releases held traffic, restarts crashed nodes, restores
@@ -7,10 +7,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use turmoil::Sim;
-
-use super::broker::{BROKER_HOST, BrokerFaults, BrokerHost};
+use super::broker::{BrokerFaults, BrokerHost};
 use super::clock::ClockControl;
+use super::engine::Engine;
 use aether::clock::SharedRng;
 
 pub use crate::churn::{Churn, ChurnPlan};
@@ -354,7 +353,7 @@ pub const BASE_LATENCY_MAX: Duration = Duration::from_millis(20);
 /// See [`BASE_LATENCY_MAX`].
 pub const BASE_LATENCY_MIN: Duration = Duration::from_millis(1);
 
-/// Handles the fault injector needs.
+/// Handles the fault injector needs besides the engine.
 pub struct World<'a> {
     /// Node host names, by index.
     pub nodes: &'a [String],
@@ -365,32 +364,22 @@ pub struct World<'a> {
 }
 
 /// Applies one fault at true time `now`.
-pub fn apply(sim: &mut Sim<'_>, world: &World<'_>, now: Duration, fault: &Fault) {
-    let name = |n: usize| world.nodes[n].as_str();
+pub fn apply(engine: &mut impl Engine, world: &World<'_>, now: Duration, fault: &Fault) {
     match fault {
-        Fault::Partition { node, direction } => match direction {
-            Direction::Both => sim.partition(name(*node), BROKER_HOST),
-            Direction::ToBroker => sim.partition_oneway(name(*node), BROKER_HOST),
-            Direction::FromBroker => sim.partition_oneway(BROKER_HOST, name(*node)),
-        },
-        Fault::Repair { node } => sim.repair(name(*node), BROKER_HOST),
-        Fault::Hold { node } => sim.hold(name(*node), BROKER_HOST),
-        Fault::Release { node } => sim.release(name(*node), BROKER_HOST),
-        Fault::Latency { node, max } => {
-            sim.set_link_latency(name(*node), BROKER_HOST, BASE_LATENCY_MIN);
-            sim.set_link_max_message_latency(name(*node), BROKER_HOST, *max);
-        }
-        Fault::SteadyLatency { node, latency } => {
-            sim.set_link_latency(name(*node), BROKER_HOST, *latency);
-        }
-        Fault::Crash { node } => sim.crash(name(*node)),
+        Fault::Partition { node, direction } => engine.partition(*node, *direction),
+        Fault::Repair { node } => engine.repair(*node),
+        Fault::Hold { node } => engine.hold(*node),
+        Fault::Release { node } => engine.release(*node),
+        Fault::Latency { node, max } => engine.set_latency(*node, BASE_LATENCY_MIN, *max),
+        Fault::SteadyLatency { node, latency } => engine.set_latency(*node, *latency, *latency),
+        Fault::Crash { node } => engine.crash(*node),
         // A node that is already up again (restarted by another fault) is left alone.
         Fault::Restart { node } => {
-            if !sim.is_host_running(name(*node)) {
-                sim.bounce(name(*node));
+            if !engine.is_running(*node) {
+                engine.restart(*node);
             }
         }
-        Fault::BounceBroker => sim.bounce(BROKER_HOST),
+        Fault::BounceBroker => engine.bounce_broker(),
         Fault::Skew { node, offset_ms } => world.clocks[*node].set_skew(offset_ms * 1_000_000),
         Fault::Drift { node, rate_ppm } => world.clocks[*node].set_drift(now, *rate_ppm),
         Fault::Failover { election } => world.broker.fail_over(now, *election),
@@ -402,14 +391,13 @@ pub fn apply(sim: &mut Sim<'_>, world: &World<'_>, now: Duration, fault: &Fault)
 }
 
 /// Ends every fault: the start of the liveness phase.
-pub fn heal_all(sim: &mut Sim<'_>, world: &World<'_>, now: Duration) {
-    for (n, name) in world.nodes.iter().enumerate() {
-        sim.release(name.as_str(), BROKER_HOST);
-        sim.repair(name.as_str(), BROKER_HOST);
-        sim.set_link_latency(name.as_str(), BROKER_HOST, BASE_LATENCY_MIN);
-        sim.set_link_max_message_latency(name.as_str(), BROKER_HOST, BASE_LATENCY_MAX);
-        if !sim.is_host_running(name.as_str()) {
-            sim.bounce(name.as_str());
+pub fn heal_all(engine: &mut impl Engine, world: &World<'_>, now: Duration) {
+    for n in 0..world.nodes.len() {
+        engine.release(n);
+        engine.repair(n);
+        engine.set_latency(n, BASE_LATENCY_MIN, BASE_LATENCY_MAX);
+        if !engine.is_running(n) {
+            engine.restart(n);
         }
         world.clocks[n].set_drift(now, 1_000_000);
     }

@@ -1,7 +1,8 @@
 //! # aether-sim: the deterministic simulation of aether
 //!
-//! The very store, bus and cluster code that runs on NATS runs here inside a
-//! [turmoil](https://docs.rs/turmoil) world: one host per node plus a broker host running the
+//! The very store, bus and cluster code that runs on NATS runs here inside a simulated world —
+//! [turmoil](https://docs.rs/turmoil)'s, or [madsim](https://docs.rs/madsim)'s in a
+//! `RUSTFLAGS="--cfg madsim"` build ([`engine`]): one host per node plus a broker host running the
 //! [`BrokerState`](aether::broker::BrokerState) state machine behind a TCP protocol
 //! ([`broker`]). Faults drawn from the seed ([`faults`]) hit that traffic — partitions both ways
 //! and one way, held links, latency, crashes and restarts, broker bounces, clock skew and drift
@@ -10,7 +11,7 @@
 //! phase, [`checkers`] prove the invariants of `docs/design.md` on the history and the broker's final
 //! state.
 //!
-//! A run is a pure function of its seed: the turmoil RNG, every node's [`SharedRng`], the fault
+//! A run is a pure function of its seed: the engine's RNG, every node's [`SharedRng`], the fault
 //! schedule and the broker's random choices all derive from it; time is virtual from a fixed
 //! epoch; collections are ordered. [`run`] returns a [`RunReport`] whose trace hash is equal for
 //! two runs of one seed.
@@ -26,6 +27,8 @@ pub mod broker;
 pub mod checkers;
 pub mod churn;
 pub mod clock;
+pub mod driver;
+pub mod engine;
 pub mod faults;
 pub mod harness;
 pub mod history;

@@ -46,7 +46,13 @@ struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long)]
     jobs: Option<usize>,
-    /// turmoil tick in milliseconds.
+    /// Run every seed twice and fail when the runs differ: under madsim, madsim's own check
+    /// (every draw of its generator — task order, latencies, timers — must repeat); under
+    /// turmoil, the two runs' trace hashes must be equal. Also on with
+    /// `MADSIM_TEST_CHECK_DETERMINISM` set.
+    #[arg(long)]
+    check_determinism: bool,
+    /// turmoil tick in milliseconds (turmoil engine only).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     tick_ms: u64,
     /// Print the full trace of every seed (use with --seed).
@@ -83,6 +89,7 @@ struct Args {
     scenario: Scenario,
     options: RunOptions,
     jobs: usize,
+    check_determinism: bool,
 }
 
 fn parse() -> Args {
@@ -108,6 +115,8 @@ fn parse() -> Args {
             replicated: cli.replicated,
             artifacts: cli.artifacts.or_else(artifacts::dir_from_env),
         },
+        check_determinism: cli.check_determinism
+            || std::env::var_os("MADSIM_TEST_CHECK_DETERMINISM").is_some(),
         jobs: cli
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -121,10 +130,32 @@ fn wall_now() -> std::time::Instant {
     std::time::Instant::now()
 }
 
+/// Runs `seed` a second time (under madsim: twice more, inside madsim's check) and compares.
+fn determinism(args: &Args, seed: u64, first: &aether_sim::RunReport) -> Result<(), String> {
+    #[cfg(madsim)]
+    {
+        let _ = first;
+        aether_sim::runner::check_determinism(&args.scenario, seed, &args.options)
+    }
+    #[cfg(not(madsim))]
+    {
+        let again = run(&args.scenario, seed, &args.options);
+        if again.trace_hash == first.trace_hash {
+            Ok(())
+        } else {
+            Err(format!(
+                "NOT DETERMINISTIC: scenario {} seed {seed}: trace hash {:x} then {:x}",
+                args.scenario.name, first.trace_hash, again.trace_hash
+            ))
+        }
+    }
+}
+
 fn main() {
     let args = parse();
     println!(
-        "aether-sim: scenario {} ({} nodes + {}, {:?} simulated per seed), seeds {}..{}, {} jobs",
+        "aether-sim ({}): scenario {} ({} nodes + {}, {:?} simulated per seed), seeds {}..{}, {} jobs{}",
+        aether_sim::engine::NAME,
         args.scenario.name,
         args.scenario.nodes,
         if args.options.replicated {
@@ -135,7 +166,12 @@ fn main() {
         args.scenario.duration(),
         args.first,
         args.first + args.count,
-        args.jobs
+        args.jobs,
+        if args.check_determinism {
+            ", each run twice (determinism check)"
+        } else {
+            ""
+        }
     );
     let started = wall_now();
     let next = AtomicU64::new(args.first);
@@ -152,6 +188,15 @@ fn main() {
                         return;
                     }
                     let report = run(&args.scenario, seed, &args.options);
+                    if args.check_determinism
+                        && let Err(e) = determinism(&args, seed, &report)
+                    {
+                        println!("{e}");
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(seed);
+                    }
                     simulated_nanos.fetch_add(report.simulated.as_nanos() as u64, Ordering::SeqCst);
                     if let Some(trace) = &report.trace {
                         for line in trace {
@@ -203,6 +248,7 @@ fn main() {
     let simulated = simulated_nanos.load(Ordering::SeqCst) as f64 / 1e9;
     let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     failures.sort_unstable();
+    failures.dedup();
     println!(
         "{} seeds in {real:.1} s real: {:.0} seeds/min, simulated/real time {:.0}x ({:.0}x per core)",
         args.count,

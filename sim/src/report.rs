@@ -136,8 +136,14 @@ impl RunReport {
         } else {
             ""
         };
+        // A madsim run replays in the madsim build (its own target directory).
+        let engine = if crate::engine::NAME == "madsim" {
+            "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/madsim "
+        } else {
+            ""
+        };
         format!(
-            "{planted}{seconds}{replicated}AETHER_SIM_SCENARIO={} AETHER_SIM_SEED={} cargo test --features sim --test sim replay_seed_from_env -- --nocapture",
+            "{engine}{planted}{seconds}{replicated}AETHER_SIM_SCENARIO={} AETHER_SIM_SEED={} cargo test --features sim --test sim replay_seed_from_env -- --nocapture",
             self.scenario, self.seed
         )
     }
@@ -177,14 +183,15 @@ impl fmt::Display for RunReport {
         }
         writeln!(
             f,
-            "SIMULATION FAILED: scenario {} seed {}{}",
+            "SIMULATION FAILED: scenario {} seed {}{} on {}",
             self.scenario,
             self.seed,
             if self.replicated {
                 " (replicated broker)"
             } else {
                 ""
-            }
+            },
+            crate::engine::NAME
         )?;
         writeln!(f, "replay: {}", self.replay_command())?;
         match &self.artifacts {

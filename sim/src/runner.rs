@@ -2,21 +2,21 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use super::artifacts;
-use super::broker::replicas::ReplicationConfig;
-use super::broker::{BROKER_HOST, BrokerHost};
 use super::checkers::{CheckInput, Violation, check_all};
-use super::clock::{SimClock, epoch};
-use super::faults::{self, BASE_LATENCY_MAX, ChurnPlan, Fault, FaultSchedule};
-use super::history::{ClusterObservation, History, OpKind, Outcome, format_time};
+use super::clock::epoch;
+use super::derive_seed;
+#[cfg(madsim)]
+pub use super::driver::check_determinism;
+use super::driver::{BASE_LATENCY, Setup};
+#[cfg(not(madsim))]
+use super::engine::TurmoilEngine;
+use super::history::{OpKind, Outcome};
 use super::scenarios::Scenario;
-use super::usage::{NodeUsage, UsageSample};
-use super::workload::{NAMESPACE, NodeContext};
-use super::{derive_seed, rng_for};
+use super::usage::UsageSample;
+use super::workload::NAMESPACE;
 pub use crate::report::{
     CommandCounts, OpCounts, PLANTED, ReadsideCounts, RunReport, Switch, parse_planted,
     planted_names,
@@ -56,13 +56,6 @@ impl Default for RunOptions {
     }
 }
 
-/// The KV buckets whose writes the checkers read: the lease, the assignment, checkpoints.
-fn recorded_bucket(bucket: &str) -> bool {
-    bucket.ends_with("-leader")
-        || bucket.ends_with("-assignment")
-        || bucket.starts_with("aether-projections-")
-}
-
 /// Runs `scenario` with `seed`. A failing seed writes its timeline and trace when
 /// [`RunOptions::artifacts`] names a directory.
 pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
@@ -77,168 +70,47 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
 
 /// One run of `scenario` with `seed`, checked.
 fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
-    let history = History::new(options.keep_trace);
-    let broker = if options.replicated {
-        BrokerHost::replicated(rng_for(seed, 1), ReplicationConfig::default())
-    } else {
-        BrokerHost::new(rng_for(seed, 1))
-    };
-    broker.record_kv_writes(history.clone(), recorded_bucket);
-    let node_names: Vec<String> = (0..scenario.nodes).map(|i| format!("n{i}")).collect();
-    let mut clocks = Vec::new();
-    let mut controls = Vec::new();
-    for _ in 0..scenario.nodes {
-        let (clock, control) = SimClock::new();
-        clocks.push(clock);
-        controls.push(control);
-    }
-    let mut schedule = FaultSchedule::generate(
-        &rng_for(seed, 2),
-        scenario.nodes,
-        Duration::from_secs(1),
-        scenario.safety,
-        &scenario.profile,
-    );
-    if options.replicated {
-        let replication = FaultSchedule::replication(
-            &rng_for(seed, 4),
-            Duration::from_secs(2),
-            scenario.safety,
-            &scenario.profile,
-        );
-        schedule.events.extend(replication.events);
-        // Stable: equal times keep their order (the main schedule's first).
-        schedule.events.sort_by_key(|(at, _)| *at);
-    }
-    let churn = if scenario.profile.leader_churn {
-        ChurnPlan::generate(
-            &rng_for(seed, 3),
-            Duration::from_secs(3),
-            scenario.safety,
-            scenario.profile.churn_clock_ppm,
-        )
-    } else {
-        ChurnPlan::default()
-    };
+    let setup = Setup::new(scenario, seed, options);
+    let Setup {
+        history,
+        broker,
+        node_names,
+        clocks,
+        ..
+    } = &setup;
     let total = scenario.duration();
     let mut violations = Vec::new();
-    let node_usage = NodeUsage::default();
     let mut samples: Vec<UsageSample> = Vec::new();
 
+    #[cfg(not(madsim))]
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut sim = turmoil::Builder::new()
-            .rng_seed(derive_seed(seed, 0))
-            .epoch(epoch())
-            .tick_duration(scenario.tick.unwrap_or(options.tick))
-            .simulation_duration(total + Duration::from_secs(3600))
-            .min_message_latency(faults::BASE_LATENCY_MIN)
-            .max_message_latency(BASE_LATENCY_MAX)
-            .tcp_capacity(1 << 16)
-            .build();
+        let tick = scenario.tick.unwrap_or(options.tick);
+        let mut engine =
+            TurmoilEngine::new(derive_seed(seed, 0), tick, setup.limit(), BASE_LATENCY);
         let host = broker.clone();
-        sim.host(BROKER_HOST, move || host.clone().serve());
+        engine.broker(move || host.clone().serve());
         for (index, name) in node_names.iter().enumerate() {
-            let ctx = NodeContext {
-                index,
-                name: name.clone(),
-                seed: derive_seed(seed, 100 + index as u64),
-                incarnations: Arc::new(AtomicU64::new(0)),
-                clock: clocks[index].clone(),
-                history: history.clone(),
-                planted: options.planted,
-                wire: broker.wire(),
-                usage: node_usage.clone(),
-            };
-            let scenario = scenario.clone();
-            sim.host(name.as_str(), move || scenario.node_software(ctx.clone()));
+            engine.node(name, setup.software(index));
         }
-        let world = faults::World {
-            nodes: &node_names,
-            clocks: &controls,
-            broker: &broker,
-        };
-        // Faults still to apply, by (time, order of scheduling).
-        let mut pending: BTreeMap<(Duration, usize), Fault> = schedule
-            .events
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(i, (at, fault))| ((at, i), fault))
-            .collect();
-        let mut scheduled = pending.len();
-        let mut churn = churn.events.iter().peekable();
-        let mut healed = false;
-        let mut next_sample = scenario.sample_every;
-        while sim.elapsed() < total {
-            let now = sim.elapsed();
-            if let Some(every) = scenario.sample_every
-                && let Some(at) = next_sample
-                && now >= at
-            {
-                let broker_now = Now {
-                    monotonic: now,
-                    wall: epoch() + now,
-                };
-                samples.push(UsageSample {
-                    at: now,
-                    broker: broker.with_state(|state| state.usage(broker_now)),
-                    nodes: node_usage.snapshot(),
-                });
-                next_sample = Some(at + every);
-            }
-            while let Some((at, aimed)) = churn.peek() {
-                if *at > now {
-                    break;
-                }
-                churn.next();
-                let Some(leader) = history.current_leader() else {
-                    history.fault(now, "leader churn: no leader to aim at".to_owned());
-                    continue;
-                };
-                let Some(node) = node_names.iter().position(|n| *n == leader) else {
-                    continue;
-                };
-                let others_up = node_names
-                    .iter()
-                    .filter(|n| **n != leader && sim.is_host_running(n.as_str()))
-                    .count();
-                history.fault(now, format!("leader churn aimed at {leader}: {aimed:?}"));
-                for (at, fault) in
-                    ChurnPlan::faults(aimed, node, node_names.len(), now, others_up >= 2)
-                {
-                    // The healing at the end of the safety phase ends every fault.
-                    if at >= scenario.safety {
-                        continue;
-                    }
-                    pending.insert((at, scheduled), fault);
-                    scheduled += 1;
-                }
-            }
-            while let Some(entry) = pending.first_entry() {
-                if entry.key().0 > now {
-                    break;
-                }
-                let fault = entry.remove();
-                if scenario.is_cluster()
-                    && let Fault::Crash { node } = &fault
-                    && sim.is_host_running(node_names[*node].as_str())
-                {
-                    history.observe(now, &node_names[*node], ClusterObservation::Down);
-                }
-                faults::apply(&mut sim, &world, now, &fault);
-                history.fault(now, fault.to_string());
-            }
-            if !healed && now >= scenario.safety {
-                faults::heal_all(&mut sim, &world, now);
-                history.fault(now, "heal everything; liveness phase begins".to_owned());
-                healed = true;
-            }
-            if let Err(e) = sim.step() {
-                return Err(format!("a host failed at {}: {e}", format_time(now)));
-            }
-        }
-        Ok(sim.elapsed())
+        futures::FutureExt::now_or_never(setup.driver().drive(&mut engine, &mut samples))
+            .expect("the turmoil driver never waits: each step runs to its end")
     }));
+
+    // A fresh thread per seed: thread-locals (std's hash keys, tokio's `select!` generator)
+    // start from madsim's seeded entropy, so a seed replays alone as it ran in a sweep.
+    #[cfg(madsim)]
+    let outcome = std::thread::scope(|threads| {
+        threads
+            .spawn(|| {
+                let mut rt = madsim::runtime::Runtime::with_seed_and_config(
+                    derive_seed(seed, 0),
+                    crate::engine::config(BASE_LATENCY),
+                );
+                rt.set_time_limit(setup.limit());
+                rt.block_on(setup.run_on_madsim(&mut samples))
+            })
+            .join()
+    });
     let simulated = match outcome {
         Ok(Ok(elapsed)) => elapsed,
         Ok(Err(e)) => {
@@ -314,7 +186,7 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
             })
             .collect(),
         damaged_actors: scenario.damaged_actors(),
-        nodes: &node_names,
+        nodes: node_names,
         safety_end: scenario.safety,
         end: simulated,
         liveness_bound: scenario.liveness_bound,
@@ -393,7 +265,7 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         stream_lengths: raw.iter().map(|(a, r)| (a.clone(), r.len())).collect(),
         simulated,
         trace: history.trace(),
-        nodes: node_names,
+        nodes: node_names.clone(),
         ops: options.keep_trace.then_some(ops),
         artifacts: None,
         usage: samples,

@@ -58,7 +58,7 @@ pub(super) struct ServeGuard {
 /// A running serve task and the switch that tells it to drain and stop.
 pub(super) struct Serving {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: crate::rt::JoinHandle<()>,
 }
 
 impl ServeGuard {
@@ -296,7 +296,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             inner: self.inner.clone(),
             serving: Arc::new(ServeGuard::default()),
         };
-        let task = tokio::spawn(host.serve_loop(subscription, stopped));
+        let task = crate::rt::spawn(host.serve_loop(subscription, stopped));
         let mut slot = self
             .serving
             .serving
@@ -316,7 +316,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         mut stopped: tokio::sync::watch::Receiver<bool>,
     ) {
         let permits = Arc::new(Semaphore::new(self.inner.config.inflight_max.max(1)));
-        let mut running = tokio::task::JoinSet::new();
+        let mut running = crate::rt::TaskSet::new();
         loop {
             let message = tokio::select! {
                 biased;
@@ -327,7 +327,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 },
             };
             // Reap finished answers so the set stays bounded by what runs.
-            while running.try_join_next().is_some() {}
+            running.reap();
             let Some(reply_to) = message.reply.clone() else {
                 continue;
             };
@@ -365,7 +365,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 self.refuse(&message.payload, reply_to).await;
             }
         }
-        while running.join_next().await.is_some() {}
+        running.join_all().await;
     }
 
     /// Answers a request "not the owner" without running it.

@@ -115,7 +115,7 @@ struct Inner<B> {
     /// The outgoing queue, once connected.
     outgoing: Mutex<Option<mpsc::Sender<Outgoing>>>,
     /// The receiving and sending tasks, once connected.
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    tasks: Mutex<Vec<crate::rt::JoinHandle<()>>>,
     /// Planted bug: gaps in other nodes' numbering are not reported.
     hides_gaps: bool,
 }
@@ -214,7 +214,7 @@ impl<B: Broker> EventBus<B> {
         // One subject per namespace: each namespace's messages stay in order.
         let mut subscription = futures::stream::select_all(subscriptions);
         let weak: Weak<Inner<B>> = Arc::downgrade(&self.inner);
-        let receiver = tokio::spawn(async move {
+        let receiver = crate::rt::spawn(async move {
             use futures::StreamExt;
             while let Some(message) = subscription.next().await {
                 let Some(inner) = weak.upgrade() else { return };
@@ -229,7 +229,7 @@ impl<B: Broker> EventBus<B> {
             return Ok(());
         }
         *outgoing = Some(tx);
-        let sender = tokio::spawn(Self::send_outgoing(Arc::downgrade(&self.inner), rx));
+        let sender = crate::rt::spawn(Self::send_outgoing(Arc::downgrade(&self.inner), rx));
         lock(&self.inner.tasks).extend([receiver, sender]);
         Ok(())
     }

@@ -131,7 +131,7 @@ mod tests {
         let rt = Runtime::system(broker.clone()).with_node(node_id.clone());
         let node = Cluster::start(rt, config.clone()).await.unwrap();
         while node.acknowledgements().await.unwrap().is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            crate::rt::sleep(std::time::Duration::from_millis(50)).await;
         }
         let snapshot = inspect(&broker, &config).await.unwrap();
         assert_eq!(snapshot.members.keys().collect::<Vec<_>>(), vec![&node_id]);

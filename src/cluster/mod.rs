@@ -56,8 +56,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::rt::JoinHandle;
 use tokio::sync::{broadcast, watch};
-use tokio::task::JoinHandle;
 
 pub use crate::node::NodeId;
 pub use assignment::{Assignment, AssignmentDecodeError};
@@ -461,7 +461,7 @@ impl<B: Broker, C: Clock> Cluster<B, C> {
             cluster = %config.name,
             incarnation = %task.incarnation,
         );
-        let handle = tokio::spawn(tracing::Instrument::instrument(task.run(shutdown_rx), span));
+        let handle = crate::rt::spawn(tracing::Instrument::instrument(task.run(shutdown_rx), span));
         Ok(Self {
             inner: Arc::new(ClusterInner {
                 rt,

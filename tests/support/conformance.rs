@@ -2,8 +2,9 @@
 //! `MemoryBroker`, `NatsBroker` on a real nats-server, and the simulated broker of `sim/`.
 //!
 //! Each body is `pub async fn <behaviour>(broker: impl Broker)`, takes a fresh broker (or a fresh
-//! server), uses its own stream and bucket names, waits only through `tokio::time` (so it also
-//! runs under turmoil's virtual time), and panics on any deviation. [`conformance_bodies!`] lists them all;
+//! server), uses its own stream and bucket names, waits and spawns only through `aether::rt` (tokio,
+//! or madsim under `--cfg madsim`, so it also runs in either simulator's virtual time), and
+//! panics on any deviation. [`conformance_bodies!`] lists them all;
 //! `tests/conformance.rs` runs each against the memory broker and a real server. To run them
 //! against another broker, include this file (`#[path = "../tests/support/conformance.rs"] mod
 //! conformance;`) and run every body with [`conformance_bodies!`].
@@ -108,7 +109,7 @@ where
         if check().await {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        aether::rt::sleep(Duration::from_millis(50)).await;
     }
     false
 }
@@ -694,7 +695,7 @@ pub async fn subscriptions_match_wildcards_by_nats_rules(broker: impl Broker) {
     async fn drain(sub: &mut aether::broker::Subscription, n: usize) -> Vec<String> {
         let mut got = Vec::new();
         for _ in 0..n {
-            match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            match aether::rt::timeout(Duration::from_secs(5), sub.next()).await {
                 Ok(Some(m)) => {
                     assert_eq!(m.payload, bytes(&m.subject));
                     assert_eq!(m.headers.get("K").map(String::as_str), Some("v"));
@@ -704,7 +705,7 @@ pub async fn subscriptions_match_wildcards_by_nats_rules(broker: impl Broker) {
             }
         }
         // Nothing else arrives.
-        let extra = tokio::time::timeout(Duration::from_millis(200), sub.next()).await;
+        let extra = aether::rt::timeout(Duration::from_millis(200), sub.next()).await;
         assert!(
             !matches!(extra, Ok(Some(_))),
             "unexpected extra message {extra:?}"
@@ -731,7 +732,7 @@ pub async fn subscriptions_match_wildcards_by_nats_rules(broker: impl Broker) {
 pub async fn request_gets_a_reply_or_no_responders_or_a_timeout(broker: impl Broker) {
     let mut service = broker.subscribe("conf.svc.echo").await.expect("subscribe");
     let responder = broker.clone();
-    let task = tokio::spawn(async move {
+    let task = aether::rt::spawn(async move {
         while let Some(request) = service.next().await {
             let reply = request.reply.expect("requests carry a reply subject");
             let mut headers = Headers::new();
@@ -805,7 +806,7 @@ pub async fn a_late_reply_never_answers_a_later_request(broker: impl Broker) {
     let stale = slow.next().await.expect("the slow service got the request");
     let stale_inbox = stale.reply.expect("requests carry an inbox");
     let responder = broker.clone();
-    let task = tokio::spawn(async move {
+    let task = aether::rt::spawn(async move {
         let request = fast.next().await.expect("the second request");
         let inbox = request.reply.expect("requests carry an inbox");
         assert_ne!(inbox, stale_inbox, "two requests shared an inbox");
@@ -818,7 +819,7 @@ pub async fn a_late_reply_never_answers_a_later_request(broker: impl Broker) {
             )
             .await
             .expect("late reply");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        aether::rt::sleep(Duration::from_millis(50)).await;
         // ...and only then the right one.
         responder
             .publish(&inbox, Headers::new(), bytes("answer to the second"))
@@ -865,7 +866,7 @@ pub async fn a_drained_subscription_delivers_what_was_sent_then_ends(broker: imp
         .expect("publish after the drain");
     let mut received = Vec::new();
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), subscription.next()).await {
+        match aether::rt::timeout(Duration::from_secs(5), subscription.next()).await {
             Ok(Some(m)) => received.push(m.payload),
             Ok(None) => break,
             Err(_) => panic!("a drained subscription did not end; got {}", received.len()),
@@ -1079,7 +1080,7 @@ pub async fn kv_watch_delivers_current_entries_then_every_put_and_delete(broker:
         .await
         .expect("watch");
     let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(5), watch.next())
+        aether::rt::timeout(Duration::from_secs(5), watch.next())
             .await
             .expect("watch event within 5 s")
             .expect("watch open")

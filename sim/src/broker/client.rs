@@ -14,9 +14,10 @@ use aether::clock::{Clock, SharedRng};
 
 use super::protocol::{Frame, Request, Response};
 use super::wire::{Wire, read_frame, write_frames};
-use super::{BROKER_HOST, BROKER_PORT, CONNECTION_QUEUE_MAX, lock, unavailable, unexpected};
+use super::{BROKER_PORT, CONNECTION_QUEUE_MAX, lock, unavailable, unexpected};
 use crate::clock::SimClock;
 use crate::clock::sim_now;
+use crate::engine;
 
 /// Settings of a [`SimBroker`] client.
 #[derive(Clone, Debug)]
@@ -115,7 +116,7 @@ pub(super) struct Conn {
     pub(super) tx: mpsc::Sender<Frame>,
     pub(super) pending: Mutex<BTreeMap<u64, oneshot::Sender<Response>>>,
     pub(super) dead: AtomicBool,
-    pub(super) tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    pub(super) tasks: Mutex<Vec<aether::rt::AbortHandle>>,
 }
 
 impl Conn {
@@ -220,15 +221,16 @@ impl SimBroker {
         if let Some(conn) = self.current() {
             return Ok(conn);
         }
-        let stream = turmoil::net::TcpStream::connect((BROKER_HOST, BROKER_PORT))
+        let stream = engine::TcpStream::connect(engine::broker_address(BROKER_PORT))
             .await
             .map_err(|e| unavailable(format!("cannot connect to the broker: {e}")))?;
-        let (mut reader, mut writer) = stream.into_split();
-        let (link_id, link) = self.inner.wire.open();
-        writer
-            .write_all(&link_id.to_be_bytes())
-            .await
-            .map_err(|e| unavailable(format!("cannot reach the broker: {e}")))?;
+        let (mut reader, mut writer) = engine::split(stream);
+        let (link_id, link) = self.inner.wire.open(&self.inner.config.node);
+        let announced = match writer.write_all(&link_id.to_be_bytes()).await {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        };
+        announced.map_err(|e| unavailable(format!("cannot reach the broker: {e}")))?;
         let (tx, mut rx) = mpsc::channel::<Frame>(CONNECTION_QUEUE_MAX);
         let conn = Arc::new(Conn {
             tx,
@@ -238,7 +240,7 @@ impl SimBroker {
         });
         let writer_conn = Arc::downgrade(&conn);
         let writer_link = link.clone();
-        let writer_task = tokio::spawn(async move {
+        let writer_task = aether::rt::spawn(async move {
             write_frames(&mut writer, &writer_link, true, &mut rx).await;
             if let Some(conn) = writer_conn.upgrade() {
                 conn.kill();
@@ -246,7 +248,7 @@ impl SimBroker {
         });
         let reader_conn = Arc::downgrade(&conn);
         let client = Arc::downgrade(&self.inner);
-        let reader_task = tokio::spawn(async move {
+        let reader_task = aether::rt::spawn(async move {
             while let Ok(frame) = read_frame(&mut reader, &link.down).await {
                 let Some(conn) = reader_conn.upgrade() else {
                     return;
@@ -352,7 +354,7 @@ impl SimBroker {
         let weak: Weak<ClientInner> = Arc::downgrade(&self.inner);
         let clock = self.inner.clock.clone();
         let interval = self.inner.config.ping_interval;
-        tokio::spawn(async move {
+        aether::rt::spawn(async move {
             loop {
                 clock.sleep(interval).await;
                 let Some(inner) = weak.upgrade() else { return };

@@ -304,7 +304,7 @@ impl BrokerHost {
                 match state.kv_watch(&bucket, &pattern, sender, now) {
                     Ok(_) => {
                         let tx = conn.tx.clone();
-                        let forwarder = tokio::task::spawn_local(async move {
+                        let forwarder = crate::engine::spawn_local(async move {
                             while let Some(entry) = receiver.recv().await {
                                 if tx.send(Frame::Kv { sid, entry }).await.is_err() {
                                     break;

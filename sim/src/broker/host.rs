@@ -17,6 +17,7 @@ use super::replicas::{Replicas, ReplicationConfig};
 use super::wire::{TOKEN_BYTES, Wire, read_frame, write_frames};
 use super::{BROKER_PORT, CONNECTION_QUEUE_MAX, PUSH_QUEUE_MAX, lock};
 use crate::clock::{SimClock, epoch, sim_now};
+use crate::engine;
 use crate::history::{History, OpKind};
 
 /// Faults the broker host injects itself (the network injects the rest).
@@ -196,19 +197,19 @@ impl BrokerHost {
     ///
     /// # Errors
     /// When the listener cannot be bound.
-    pub async fn serve(self) -> turmoil::Result {
-        let listener = turmoil::net::TcpListener::bind(("0.0.0.0", BROKER_PORT)).await?;
+    pub async fn serve(self) -> crate::engine::HostResult {
+        let listener = engine::TcpListener::bind(("0.0.0.0", BROKER_PORT)).await?;
         lock(&self.shared.sessions).clear();
         loop {
             let (stream, _) = listener.accept().await?;
             lock(&self.shared.stats).connections += 1;
             let host = self.clone();
-            tokio::task::spawn_local(host.serve_connection(stream));
+            engine::spawn_local(host.serve_connection(stream));
         }
     }
 
-    pub(super) async fn serve_connection(self, stream: turmoil::net::TcpStream) {
-        let (mut reader, mut writer) = stream.into_split();
+    pub(super) async fn serve_connection(self, stream: engine::TcpStream) {
+        let (mut reader, mut writer) = engine::split(stream);
         // The client announces its link first.
         let mut id = [0u8; TOKEN_BYTES];
         if reader.read_exact(&mut id).await.is_err() {
@@ -219,7 +220,7 @@ impl BrokerHost {
         };
         let (tx, mut rx) = mpsc::channel::<Frame>(CONNECTION_QUEUE_MAX);
         let writer_link = link.clone();
-        let writer_task = tokio::task::spawn_local(async move {
+        let writer_task = engine::spawn_local(async move {
             write_frames(&mut writer, &writer_link, false, &mut rx).await;
         });
         let close = Arc::new(tokio::sync::Notify::new());
@@ -334,7 +335,7 @@ impl BrokerHost {
                 r.commit_latency(&self.shared.rng)
             }
         };
-        tokio::time::sleep(latency).await;
+        aether::rt::sleep(latency).await;
         lock(&self.shared.replicas)
             .as_mut()
             .is_none_or(|r| !r.electing(sim_now()))
@@ -350,10 +351,10 @@ impl BrokerHost {
     pub(super) fn forward_messages(
         tx: &mpsc::Sender<Frame>,
         sid: u64,
-    ) -> (mpsc::Sender<Message>, tokio::task::JoinHandle<()>) {
+    ) -> (mpsc::Sender<Message>, aether::rt::JoinHandle<()>) {
         let (sender, mut receiver) = mpsc::channel::<Message>(PUSH_QUEUE_MAX);
         let tx = tx.clone();
-        let task = tokio::task::spawn_local(async move {
+        let task = engine::spawn_local(async move {
             while let Some(message) = receiver.recv().await {
                 if tx.send(Frame::Msg { sid, message }).await.is_err() {
                     break;
@@ -366,7 +367,7 @@ impl BrokerHost {
 
 pub(super) struct HostSub {
     pub(super) state_id: Option<u64>,
-    pub(super) forwarder: tokio::task::JoinHandle<()>,
+    pub(super) forwarder: aether::rt::JoinHandle<()>,
 }
 
 pub(super) struct HostConn {
@@ -375,5 +376,5 @@ pub(super) struct HostConn {
     pub(super) node: Option<(String, u64)>,
     /// A forwarder that must push what it holds before the current request is answered: an
     /// unsubscribed subscription's messages already on their way (NATS delivers those).
-    pub(super) flush_before_reply: Option<tokio::task::JoinHandle<()>>,
+    pub(super) flush_before_reply: Option<aether::rt::JoinHandle<()>>,
 }

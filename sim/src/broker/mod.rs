@@ -1,7 +1,7 @@
-//! The simulated broker: a turmoil host ([`host`]) running the very
+//! The simulated broker: a host of the engine ([`host`]) running the very
 //! [`BrokerState`](aether::broker::BrokerState) the in-process
 //! [`MemoryBroker`](aether::MemoryBroker) runs, behind a small request/response protocol
-//! ([`protocol`]) over `turmoil::net` TCP, and [`SimBroker`] ([`client`], [`ops`]), the client
+//! ([`protocol`]) over the engine's simulated TCP, and [`SimBroker`] ([`client`], [`ops`]), the client
 //! the simulated nodes use as their [`Broker`](aether::broker::Broker).
 //!
 //! Because every broker operation crosses a simulated TCP connection, partitions, held links,

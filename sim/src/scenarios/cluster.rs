@@ -201,7 +201,7 @@ async fn cluster_node(
     workload: ClusterWorkload,
     nodes: usize,
     safety: Duration,
-) -> turmoil::Result {
+) -> crate::engine::HostResult {
     let incarnation = ctx.start();
     let rng = incarnation.rt.rng().fork();
     let store = open_store(&incarnation.rt).await;
@@ -223,7 +223,7 @@ async fn cluster_node(
     };
     // A user's aggregate (the harness): its host and command sender, for this incarnation.
     let _user = workload.user.as_ref().map(|user| {
-        tokio::spawn((user.node)(crate::harness::UserNode {
+        aether::rt::spawn((user.node)(crate::harness::UserNode {
             ctx: ctx.clone(),
             store: store.clone(),
             router: router.clone(),
@@ -233,7 +233,7 @@ async fn cluster_node(
     });
     for round in 0u64.. {
         let cluster = start_cluster(&ctx, &incarnation, &workload).await;
-        let writer = tokio::spawn(owner_writer(
+        let writer = aether::rt::spawn(owner_writer(
             ctx.clone(),
             store.clone(),
             cluster.clone(),
@@ -241,7 +241,7 @@ async fn cluster_node(
             format!("{}.{}.{round}", ctx.name, incarnation.number),
             rng.fork(),
         ));
-        let foreign = tokio::spawn(foreign_writer(
+        let foreign = aether::rt::spawn(foreign_writer(
             ctx.clone(),
             store.clone(),
             cluster.clone(),
@@ -249,10 +249,10 @@ async fn cluster_node(
             format!("{}.{}.{round}", ctx.name, incarnation.number),
             rng.fork(),
         ));
-        let viewer = tokio::spawn(view_recorder(ctx.clone(), cluster.clone(), safety));
+        let viewer = aether::rt::spawn(view_recorder(ctx.clone(), cluster.clone(), safety));
         router.set(Some(cluster.clone()));
         let sender = host.clone().map(|host| {
-            tokio::spawn(command_sender(
+            aether::rt::spawn(command_sender(
                 ctx.clone(),
                 host,
                 workload.clone(),
@@ -264,7 +264,7 @@ async fn cluster_node(
         if !joiner || sim_now() + stay + Duration::from_secs(1) >= safety {
             std::future::pending::<()>().await;
         }
-        tokio::time::sleep(stay).await;
+        aether::rt::sleep(stay).await;
         writer.abort();
         foreign.abort();
         viewer.abort();
@@ -274,7 +274,7 @@ async fn cluster_node(
         router.set(None);
         cluster.stop().await;
         let away = rng.duration_between(workload.away_span.0, workload.away_span.1);
-        tokio::time::sleep(away).await;
+        aether::rt::sleep(away).await;
     }
     Ok(())
 }
@@ -370,7 +370,7 @@ async fn view_recorder(ctx: NodeContext, cluster: Arc<SimCluster>, safety: Durat
     loop {
         let now = sim_now();
         let next = safety.max(second * (now.as_secs() as u32 + 1));
-        tokio::time::sleep(next - now).await;
+        aether::rt::sleep(next - now).await;
         let view = cluster.view();
         let epoch = view.epoch();
         ctx.history.observe(

@@ -23,7 +23,7 @@ use super::faults::FaultProfile;
 use super::workload::NodeContext;
 
 /// The node software of a scenario: called for every (re)start of a node.
-pub type NodeSoftware = Pin<Box<dyn Future<Output = turmoil::Result> + 'static>>;
+pub type NodeSoftware = Pin<Box<dyn Future<Output = crate::engine::HostResult> + 'static>>;
 
 /// A scenario's shape.
 #[derive(Clone, Debug)]

@@ -71,7 +71,10 @@ impl ReadsideWorkload {
 }
 
 /// The node software.
-pub async fn readside_node(ctx: NodeContext, workload: ReadsideWorkload) -> turmoil::Result {
+pub async fn readside_node(
+    ctx: NodeContext,
+    workload: ReadsideWorkload,
+) -> crate::engine::HostResult {
     let incarnation = ctx.start();
     let rt = incarnation.rt.clone();
     let bus = loop {
@@ -89,7 +92,7 @@ pub async fn readside_node(ctx: NodeContext, workload: ReadsideWorkload) -> turm
         let subscription = bus
             .subscribe_with_queue(NAMESPACE, Filter::all(), queue)
             .expect("the namespace is valid");
-        tokio::spawn(subscriber(
+        aether::rt::spawn(subscriber(
             ctx.clone(),
             subscription,
             format!("{prefix}.{name}"),
@@ -98,7 +101,7 @@ pub async fn readside_node(ctx: NodeContext, workload: ReadsideWorkload) -> turm
         ));
     }
     for w in 0..workload.writers_per_node {
-        tokio::spawn(writer(
+        aether::rt::spawn(writer(
             ctx.clone(),
             store.clone(),
             workload.clone(),
@@ -106,7 +109,7 @@ pub async fn readside_node(ctx: NodeContext, workload: ReadsideWorkload) -> turm
             rt.rng().fork(),
         ));
     }
-    tokio::spawn(projector(ctx.clone(), store, workload, rt.rng().fork()));
+    aether::rt::spawn(projector(ctx.clone(), store, workload, rt.rng().fork()));
     std::future::pending::<()>().await;
     Ok(())
 }

@@ -83,11 +83,14 @@ impl RetentionWorkload {
 type SimStore = EventStore<SimBroker, SimClock>;
 
 /// The node software.
-pub async fn retention_node(ctx: NodeContext, workload: RetentionWorkload) -> turmoil::Result {
+pub async fn retention_node(
+    ctx: NodeContext,
+    workload: RetentionWorkload,
+) -> crate::engine::HostResult {
     let incarnation = ctx.start();
     let store = open_store_with(&incarnation.rt, workload.config()).await;
     for w in 0..workload.writers_per_node {
-        tokio::spawn(writer(
+        aether::rt::spawn(writer(
             ctx.clone(),
             store.clone(),
             workload.clone(),
@@ -96,10 +99,10 @@ pub async fn retention_node(ctx: NodeContext, workload: RetentionWorkload) -> tu
         ));
     }
     if workload.cluster {
-        tokio::spawn(run_cluster(ctx.clone(), incarnation.rt.clone()));
+        aether::rt::spawn(run_cluster(ctx.clone(), incarnation.rt.clone()));
     }
-    tokio::spawn(report_usage(ctx.clone(), store.clone()));
-    tokio::spawn(loader(
+    aether::rt::spawn(report_usage(ctx.clone(), store.clone()));
+    aether::rt::spawn(loader(
         ctx.clone(),
         store,
         workload,

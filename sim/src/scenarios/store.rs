@@ -100,12 +100,12 @@ impl StoreWorkload {
 }
 
 /// The store workload's node software.
-pub async fn store_node(ctx: NodeContext, workload: StoreWorkload) -> turmoil::Result {
+pub async fn store_node(ctx: NodeContext, workload: StoreWorkload) -> crate::engine::HostResult {
     let incarnation = ctx.start();
     let store = open_store(&incarnation.rt).await;
     for w in 0..workload.writers_per_node {
         let rng = incarnation.rt.rng().fork();
-        tokio::spawn(writer(
+        aether::rt::spawn(writer(
             ctx.clone(),
             store.clone(),
             workload.clone(),
@@ -113,14 +113,14 @@ pub async fn store_node(ctx: NodeContext, workload: StoreWorkload) -> turmoil::R
             rng,
         ));
     }
-    tokio::spawn(reader(
+    aether::rt::spawn(reader(
         ctx.clone(),
         store.clone(),
         workload.clone(),
         incarnation.rt.rng().fork(),
     ));
     if workload.vandal && ctx.index == 0 {
-        tokio::spawn(vandal(
+        aether::rt::spawn(vandal(
             ctx.clone(),
             incarnation.rt.broker().clone(),
             workload.clone(),

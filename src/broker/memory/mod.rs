@@ -405,7 +405,7 @@ impl Broker for MemoryBroker {
                 subject: subject.to_owned(),
             }),
             Err(e) => Err(e),
-            Ok(_) => match tokio::time::timeout(timeout, rx.recv()).await {
+            Ok(_) => match crate::rt::timeout(timeout, rx.recv()).await {
                 Ok(Some(reply)) => Ok(reply),
                 Ok(None) | Err(_) => Err(BrokerError::Timeout {
                     operation: format!("a reply to {subject:?}"),

@@ -131,7 +131,7 @@ impl NatsBroker {
             .map_err(|e| map_error(op, &e))?;
         let mut page = DirectPage::default();
         loop {
-            let reply = match tokio::time::timeout(self.request_timeout, replies.next()).await {
+            let reply = match crate::rt::timeout(self.request_timeout, replies.next()).await {
                 Ok(Some(reply)) => reply,
                 Ok(None) => {
                     return Err(BrokerError::Unavailable {
@@ -299,7 +299,7 @@ impl NatsBroker {
         }
         let mut messages = ordered.messages().await.map_err(|e| map_error(op, &e))?;
         loop {
-            let next = tokio::time::timeout(CONSUMER_IDLE_MAX, messages.next()).await;
+            let next = crate::rt::timeout(CONSUMER_IDLE_MAX, messages.next()).await;
             let message = match next {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => return Err(map_error(op, &e)),

@@ -219,7 +219,7 @@ impl Violations {
         }
         // Step aside: with this task and the connection task waking each other, the scheduler
         // can leave the event task queued for milliseconds; a short sleep lets it run.
-        tokio::time::sleep(CONFIRM_PAUSE).await;
+        crate::rt::sleep(CONFIRM_PAUSE).await;
         seen()
     }
 }
