@@ -365,35 +365,35 @@ macro_rules! teeth {
 
 teeth! {
     planted_tip_without_floor_is_caught:
-        "tip_without_floor" => Scenario::store(), "9 ", 273 / 254, replicated;
+        "tip_without_floor" => Scenario::store(), "9 ", 273 / 253, replicated;
     planted_append_without_expected_sequence_is_caught:
         "append_without_expected_sequence" => Scenario::store(), "4 ", 300 / 300;
     planted_retry_with_fresh_commit_id_is_caught:
-        "retry_with_fresh_commit_id" => Scenario::store(), "", 66 / 70;
+        "retry_with_fresh_commit_id" => Scenario::store(), "", 66 / 64;
     planted_skip_damaged_records_is_caught:
         "skip_damaged_records" => Scenario::store(), "replay never hides damage", 300 / 300;
     planted_replay_skips_contiguity_check_is_caught:
-        "replay_skips_contiguity_check" => Scenario::store(), "1 ", 283 / 282;
+        "replay_skips_contiguity_check" => Scenario::store(), "1 ", 283 / 281;
     planted_read_from_off_by_one_is_caught:
         "read_from_off_by_one" => Scenario::store(), "3/9 ", 300 / 300;
     planted_leader_ignores_lease_deadline_is_caught:
-        "leader_ignores_lease_deadline" => Scenario::cluster(), "6 ", 110 / 128;
+        "leader_ignores_lease_deadline" => Scenario::cluster(), "6 ", 110 / 129;
     planted_leader_publishes_after_deadline_is_caught:
-        "leader_publishes_after_deadline" => Scenario::cluster(), "11 a leader acts only inside its own term", 21 / 27;
+        "leader_publishes_after_deadline" => Scenario::cluster(), "11 a leader acts only inside its own term", 21 / 23;
     planted_leader_renews_without_cas_is_caught:
         "leader_renews_without_cas" => Scenario::cluster(), "11 the lease key moves only by compare-and-set", 17 / 2;
     planted_leader_skips_token_check_is_caught:
-        "leader_skips_token_check" => Scenario::cluster_beyond_margin(), "11 assignment writes are fenced", 9 / 2;
+        "leader_skips_token_check" => Scenario::cluster_beyond_margin(), "11 assignment writes are fenced", 9 / 1;
     planted_apply_assignment_out_of_order_is_caught:
-        "apply_assignment_out_of_order" => Scenario::cluster(), "7 ", 95 / 224;
+        "apply_assignment_out_of_order" => Scenario::cluster(), "7 ", 95 / 230;
     planted_host_retries_without_reload_is_caught:
         "host_retries_without_reload" => Scenario::cluster(), "10 ", 300 / 300;
     planted_host_appends_with_any_is_caught:
         "host_appends_with_any" => Scenario::cluster(), "10 ", 300 / 300;
     planted_host_skips_owner_check_is_caught:
-        "host_skips_owner_check" => Scenario::cluster(), "10 ", 289 / 299;
+        "host_skips_owner_check" => Scenario::cluster(), "10 ", 289 / 298;
     planted_checkpoint_before_handling_is_caught:
-        "checkpoint_before_handling" => Scenario::readside(), "13 ", 257 / 270;
+        "checkpoint_before_handling" => Scenario::readside(), "13 ", 257 / 273;
     planted_projector_skips_fencing_is_caught:
         "projector_skips_fencing" => Scenario::readside(), "13 ", 300 / 300;
     planted_bus_hides_gaps_is_caught:
