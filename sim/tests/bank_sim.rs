@@ -97,17 +97,23 @@ fn the_correct_account_never_goes_negative_under_faults() {
     assert!(!report.faults.is_empty(), "faults were injected");
 }
 
+/// The closure's commands as a proptest strategy: deposits and withdrawals of 1–100,
+/// withdrawals twice as often.
+fn commands_strategy() -> impl proptest::strategy::Strategy<Value = Command> {
+    use proptest::prelude::*;
+    prop_oneof![
+        1 => (1..=100i64).prop_map(Command::Deposit),
+        2 => (1..=100i64).prop_map(Command::Withdraw),
+    ]
+}
+
 /// The same account driven by a proptest strategy instead of a closure: the harness seeds the
 /// strategy's runner from the run's generator, so the run is still a function of its seed.
 #[test]
 fn commands_can_come_from_a_proptest_strategy() {
-    use proptest::prelude::*;
     let harness = Harness::<Account>::new()
         .actors(3)
-        .strategy(prop_oneof![
-            1 => (1..=100i64).prop_map(Command::Deposit),
-            2 => (1..=100i64).prop_map(Command::Withdraw),
-        ])
+        .strategy(commands_strategy())
         .invariant("balance never negative", never_negative::<0>);
     let passed = harness
         .check(aether_sim::runner::seeds_from_env(0, 2))
@@ -120,10 +126,7 @@ fn commands_can_come_from_a_proptest_strategy() {
     // The fee bug shows through strategy-drawn commands too.
     let buggy = Harness::<FeeAccount>::new()
         .actors(3)
-        .strategy(prop_oneof![
-            1 => (1..=100i64).prop_map(Command::Deposit),
-            2 => (1..=100i64).prop_map(Command::Withdraw),
-        ])
+        .strategy(commands_strategy())
         .invariant("balance never negative", never_negative::<1>);
     let failure = buggy
         .check(0..10)
