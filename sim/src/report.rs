@@ -136,14 +136,18 @@ impl RunReport {
         } else {
             ""
         };
-        // A madsim run replays in the madsim build (its own target directory).
-        let engine = if crate::engine::NAME == "madsim" {
-            "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/madsim "
+        // A madsim run replays in the madsim build CI makes (its own target directory, the
+        // optimised `sim` profile).
+        let (engine, cargo) = if crate::engine::NAME == "madsim" {
+            (
+                "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/madsim ",
+                "cargo test --profile sim -p aether-sim --features sim",
+            )
         } else {
-            ""
+            ("", "cargo test --features sim")
         };
         format!(
-            "{engine}{planted}{seconds}{replicated}AETHER_SIM_SCENARIO={} AETHER_SIM_SEED={} cargo test --features sim --test sim replay_seed_from_env -- --nocapture",
+            "{engine}{planted}{seconds}{replicated}AETHER_SIM_SCENARIO={} AETHER_SIM_SEED={} {cargo} --test sim replay_seed_from_env -- --nocapture",
             self.scenario, self.seed
         )
     }
