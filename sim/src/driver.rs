@@ -159,7 +159,9 @@ impl Setup {
         for (index, name) in self.node_names.iter().enumerate() {
             engine.node(name, self.software(index));
         }
-        self.driver().drive(&mut engine, samples).await
+        let outcome = self.driver().drive(&mut engine, samples).await;
+        engine.shutdown();
+        outcome
     }
 }
 

@@ -133,6 +133,18 @@ impl MadsimEngine {
         self.names.push(name.to_owned());
     }
 
+    /// Kills every host, so that their tasks — and everything they hold: the broker's state,
+    /// the history, the nodes' stores — are dropped with the run. Without it madsim kept each
+    /// finished run's tasks alive, about 3 MB a seed (a 10,000-seed sweep ran out of 24 GB).
+    pub fn shutdown(&mut self) {
+        for node in &self.nodes {
+            self.handle.kill(node.id());
+        }
+        if let Some(broker) = &self.broker {
+            self.handle.kill(broker.id());
+        }
+    }
+
     fn broker_id(&self) -> madsim::task::NodeId {
         self.broker.as_ref().expect("broker host created").id()
     }
@@ -210,5 +222,41 @@ impl Engine for MadsimEngine {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aether::clock::SharedRng;
+
+    #[test]
+    fn a_finished_run_drops_everything_its_hosts_held() {
+        let held = Arc::new(());
+        let weak = Arc::downgrade(&held);
+        let rt = madsim::runtime::Runtime::with_seed_and_config(
+            1,
+            config((Duration::from_millis(1), Duration::from_millis(20))),
+        );
+        let for_node = held.clone();
+        rt.block_on(async move {
+            let mut engine = MadsimEngine::new(Wire::default(), SharedRng::from_seed(1));
+            engine.node("n0", move || {
+                let keep = for_node.clone();
+                async move {
+                    // A node task that never ends, holding what the run built.
+                    let _keep = keep;
+                    std::future::pending::<HostResult>().await
+                }
+            });
+            madsim::time::sleep(Duration::from_secs(1)).await;
+            engine.shutdown();
+        });
+        drop(rt);
+        drop(held);
+        assert!(
+            weak.upgrade().is_none(),
+            "a host's task outlived its run (madsim keeps unfinished tasks alive unless killed)"
+        );
     }
 }
