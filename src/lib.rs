@@ -49,6 +49,7 @@ pub mod clock;
 pub mod cluster;
 pub mod codec;
 pub mod event;
+pub mod model;
 pub mod names;
 pub mod node;
 pub mod permissions;
