@@ -579,3 +579,20 @@ proptest! {
         prop_assert_eq!(model.layout(), layout, "the layout is a pure function");
     }
 }
+
+#[test]
+fn docs_model_md_shows_the_order_flow_mermaid_and_an_error_exactly_as_exported() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/model.md");
+    let docs = std::fs::read_to_string(path).expect("docs/model.md");
+    let mermaid = format!("```mermaid\n{}```\n", order_flow().to_mermaid());
+    assert!(docs.contains(&mermaid), "docs/model.md lacks:\n{mermaid}");
+    let error = Model::builder("broken")
+        .policy("ship", [], ["Ship"])
+        .build()
+        .expect_err("two rules broken")
+        .to_string();
+    assert!(
+        docs.contains(&format!("```text\n{error}\n```")),
+        "docs/model.md lacks: {error}"
+    );
+}
