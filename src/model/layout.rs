@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 use super::{ElementRef, Kind, Model};
 
+mod route;
+
 /// Space around the drawing.
 pub const MARGIN: u32 = 24;
 /// Width of a note (actors: [`ACTOR_WIDTH`]).
@@ -416,8 +418,6 @@ fn columns(model: &Model) -> [Vec<Option<ElementRef>>; 5] {
         last,
     ]
 }
-
-mod route;
 
 /// Lays out `model` ([`Model::layout`]).
 pub fn layout(model: &Model) -> Layout {
