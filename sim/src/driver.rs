@@ -1,6 +1,6 @@
-//! One run's world before and while an engine runs it: [`Setup`] draws everything from the
-//! seed (broker host, clocks, history, fault schedule, churn plan); [`Driver`] applies the
-//! faults on either engine; under madsim, [`check_determinism`] repeats a run inside madsim's
+//! One run's world before and while an engine runs it: `Setup` draws everything from the
+//! seed (broker host, clocks, history, fault schedule, churn plan); `Driver` applies the
+//! faults on either engine; under madsim, `check_determinism` repeats a run inside madsim's
 //! own check.
 
 use std::collections::BTreeMap;

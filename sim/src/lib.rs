@@ -27,7 +27,7 @@ pub mod broker;
 pub mod checkers;
 pub mod churn;
 pub mod clock;
-pub mod driver;
+pub(crate) mod driver;
 pub mod engine;
 pub mod faults;
 pub mod harness;
