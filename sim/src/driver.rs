@@ -147,12 +147,16 @@ impl Setup {
         }
     }
 
-    /// Creates the hosts in the current madsim runtime and drives the run to its end.
+    /// Creates the hosts in the current madsim runtime and drives the run to its end. Returns
+    /// the engine too: the caller shuts it down in a second `block_on`, once this one has let
+    /// every task due at the last instant run (killing the hosts from inside the driver would
+    /// cut them off: the first 10,000-seed cluster sweep with that lost the last round of
+    /// cluster views on most seeds).
     #[cfg(madsim)]
     pub(crate) async fn run_on_madsim(
         &self,
         samples: &mut Vec<UsageSample>,
-    ) -> Result<Duration, String> {
+    ) -> (Result<Duration, String>, MadsimEngine) {
         let mut engine = MadsimEngine::new(self.broker.wire(), rng_for(self.seed, 6));
         let host = self.broker.clone();
         engine.broker(move || host.clone().serve());
@@ -160,8 +164,7 @@ impl Setup {
             engine.node(name, self.software(index));
         }
         let outcome = self.driver().drive(&mut engine, samples).await;
-        engine.shutdown();
-        outcome
+        (outcome, engine)
     }
 }
 
@@ -180,7 +183,8 @@ fn probe() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
         let setup = Setup::new(&scenario, seed, &options);
         let mut samples = Vec::new();
         // The outcome does not matter here: madsim compares every random draw of both runs.
-        let _ = setup.run_on_madsim(&mut samples).await;
+        let (_, mut engine) = setup.run_on_madsim(&mut samples).await;
+        engine.shutdown();
     })
 }
 

@@ -107,7 +107,11 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
                     crate::engine::config(BASE_LATENCY),
                 );
                 rt.set_time_limit(setup.limit());
-                rt.block_on(setup.run_on_madsim(&mut samples))
+                let (outcome, mut engine) = rt.block_on(setup.run_on_madsim(&mut samples));
+                // `block_on` returned with every task due at the last instant run; only now
+                // kill the hosts, or madsim keeps their tasks (and all they hold) alive.
+                rt.block_on(async move { engine.shutdown() });
+                outcome
             })
             .join()
     });
