@@ -3,29 +3,12 @@
 //! end on their notes and never cross one), on the order-flow board and on generated boards.
 
 use aether::model::layout::{Layout, Rect, Route, wrap};
-use aether::model::{
-    Aggregate, DomainEvent, ElementRef, ExternalSystem, InvalidModel, Kind, Model, Problem,
-};
+use aether::model::{DomainEvent, ElementRef, ExternalSystem, InvalidModel, Kind, Model, Problem};
 use proptest::prelude::*;
 
-/// The board of `examples/order_flow_model.rs`.
-fn order_flow() -> Model {
-    Model::builder("order flow")
-        .actor("customer", ["PlaceOrder"])
-        .element(
-            Aggregate::new("Order")
-                .handles(["PlaceOrder", "MarkPaid"])
-                .emits(["OrderPlaced", "OrderPaid"])
-                .description("one customer order, from basket to paid"),
-        )
-        .aggregate("Payment", ["ChargeCard"], ["CardCharged", "ChargeDeclined"])
-        .policy("charge on order", ["OrderPlaced"], ["ChargeCard"])
-        .policy("mark paid when charged", ["CardCharged"], ["MarkPaid"])
-        .read_model("orders list", ["OrderPlaced", "OrderPaid"])
-        .external("card gateway", [], ["CardCharged"])
-        .build()
-        .expect("the order flow is a consistent board")
-}
+#[path = "support/order_flow.rs"]
+mod order_flow;
+use order_flow::order_flow;
 
 /// The problems of a board that must be refused.
 fn problems(built: Result<Model, InvalidModel>) -> Vec<Problem> {
