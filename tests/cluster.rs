@@ -65,6 +65,11 @@ async fn an_assignment_with_an_older_epoch_is_never_applied() {
     an_older_epoch_is_never_applied(&memory_env("stale")).await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_former_leaders_late_assignment_is_rebuilt_by_the_acting_leader() {
+    a_former_leaders_late_assignment_is_rebuilt(&memory_env("late")).await;
+}
+
 /// The planted-bug switches change behaviour (the simulation relies on them having teeth).
 #[cfg(feature = "sim")]
 mod planted {

@@ -55,6 +55,8 @@ on_nats! {
         |env| Box::pin(events_record_leadership_and_hosting(env));
     an_assignment_with_an_older_epoch_is_never_applied =>
         |env| Box::pin(an_older_epoch_is_never_applied(env));
+    a_former_leaders_late_assignment_is_rebuilt_by_the_acting_leader =>
+        |env| Box::pin(a_former_leaders_late_assignment_is_rebuilt(env));
 }
 
 /// Membership, lease and assignment polls leave nothing behind on the server: three nodes

@@ -135,6 +135,16 @@ impl<B: Broker, C: Clock> NodeTask<B, C> {
             Some((l, _)) if a.epoch() == l.epoch() => {}
             _ => self.latest = Some((a.clone(), entry.revision)),
         }
+        // An assignment this leader did not write: a former leader's update, sent inside its
+        // lease but delivered after this one took office (the update's revision check passes
+        // when this leader has not written yet). The leader rebuilds on top of it; without
+        // this it would keep a placement made for a membership it never saw.
+        if self
+            .acting()
+            .is_some_and(|lease| a.leader_token() != lease.token)
+        {
+            self.members_dirty = true;
+        }
         self.apply(a).await;
     }
 

@@ -569,3 +569,48 @@ pub async fn an_older_epoch_is_never_applied<B: Broker>(env: &Env<B>) {
         n.stop().await;
     }
 }
+
+/// A former leader's update that lands after the next leader took office (sent inside its
+/// lease, delivered late: the update's revision check passes because the new leader has not
+/// written yet). The placement it carries was made for the membership that leader saw, here a
+/// cluster of `b` alone. The acting leader must rebuild on top of it, under its own token; a
+/// leader that only reacts to membership changes would keep it for good.
+pub async fn a_former_leaders_late_assignment_is_rebuilt<B: Broker>(env: &Env<B>) {
+    let a = env.start("a").await;
+    let b = env.start("b").await;
+    let second = wait_converged(env, &[&a, &b]).await;
+    let token = leader_of(&[&a, &b]).leader().unwrap().token;
+    assert!(token >= 1);
+    let shards = env.config().shards;
+    let only_b =
+        Placement::compute(&shards, [b.node_id().clone()], Some(second.placement())).unwrap();
+    let late = Assignment::new(second.epoch() + 1, token - 1, only_b);
+    let broker = (env.connect)().await;
+    let bucket = format!("{}-assignment", env.name);
+    broker
+        .kv_put(&bucket, "assignment", late.encode())
+        .await
+        .unwrap();
+    env.wait_until(CONVERGE_MAX, "the late assignment is applied", || {
+        [&a, &b]
+            .iter()
+            .all(|n| n.view().epoch() >= Some(late.epoch()))
+    })
+    .await;
+    env.wait_until(CONVERGE_MAX, "the leader rebuilds the placement", || {
+        a.view().epoch() > Some(late.epoch()) && converged(&[&a, &b])
+    })
+    .await;
+    let rebuilt = a.assignment().unwrap();
+    assert_eq!(
+        rebuilt.leader_token(),
+        token,
+        "published by the acting leader"
+    );
+    for n in [&a, &b] {
+        assert_eq!(n.view().hosted.len(), 512, "{} hosts its half", n.node_id());
+    }
+    for n in [&a, &b] {
+        n.stop().await;
+    }
+}
