@@ -51,7 +51,7 @@ use crate::history::{EventDigest, OpKind, Outcome};
 use crate::runner::{RunOptions, RunReport, run};
 use crate::scenarios::Scenario;
 use crate::scenarios::cluster::CurrentCluster;
-use crate::workload::{NodeContext, below, command_failure};
+use crate::workload::{NodeContext, Recorder, below, command_failure};
 
 /// What one node incarnation runs the user's aggregate with.
 pub struct UserNode {

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use aether::NodeId;
 use aether::actor::CommandError;
+use aether::broker::Broker;
 use aether::clock::{Clock, SharedRng};
 use aether::event::NewEvent;
 use aether::planted::PlantedBugs;
@@ -77,27 +78,55 @@ impl NodeContext {
     }
 }
 
-impl NodeContext {
-    /// The incarnation running now (the tasks of earlier ones died with them).
-    pub fn incarnation(&self) -> u64 {
-        self.incarnations.load(Ordering::SeqCst)
-    }
+/// Where a workload records what it does: the node's name and running incarnation, the
+/// [`History`], and the true time (not the node's own clock, which may be skewed). The
+/// simulation's [`NodeContext`] is one; the nemesis runner on a real NATS cluster has its own,
+/// so that the same workload code and the same checkers run in both places.
+pub trait Recorder: Clone + Send + Sync + 'static {
+    /// The node's name (`n0`, ...).
+    fn name(&self) -> &str;
+    /// The history operations go to.
+    fn history(&self) -> &History;
+    /// The incarnation running now.
+    fn incarnation(&self) -> u64;
+    /// True time since the run began.
+    fn now(&self) -> Duration;
 
     /// Records the start of an operation of this node's running incarnation, now.
-    pub fn invoke(&self, kind: OpKind) -> usize {
-        self.history
-            .invoke_in(sim_now(), &self.name, self.incarnation(), kind)
+    fn invoke(&self, kind: OpKind) -> usize {
+        self.history()
+            .invoke_in(self.now(), self.name(), self.incarnation(), kind)
     }
 
     /// Records how operation `op` ended, now.
-    pub fn complete(&self, op: usize, outcome: Outcome) {
-        self.history.complete(sim_now(), op, outcome);
+    fn complete(&self, op: usize, outcome: Outcome) {
+        self.history().complete(self.now(), op, outcome);
     }
 
     /// Records an instantaneous operation of this node's running incarnation, now.
-    pub fn record(&self, kind: OpKind) {
-        self.history
-            .record_in(sim_now(), &self.name, self.incarnation(), kind);
+    fn record(&self, kind: OpKind) {
+        self.history()
+            .record_in(self.now(), self.name(), self.incarnation(), kind);
+    }
+}
+
+impl Recorder for NodeContext {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// The incarnation running now (the tasks of earlier ones died with them).
+    fn incarnation(&self) -> u64 {
+        self.incarnations.load(Ordering::SeqCst)
+    }
+
+    /// Simulated time: the engine's, whatever the node's clock says.
+    fn now(&self) -> Duration {
+        sim_now()
     }
 }
 
@@ -107,15 +136,15 @@ pub fn store_config() -> StoreConfig {
 }
 
 /// Opens the store, retrying until the broker answers.
-pub async fn open_store(rt: &Runtime<SimBroker, SimClock>) -> EventStore<SimBroker, SimClock> {
+pub async fn open_store<B: Broker, C: Clock>(rt: &Runtime<B, C>) -> EventStore<B, C> {
     open_store_with(rt, store_config()).await
 }
 
 /// Opens the store with `config`, retrying until the broker answers.
-pub async fn open_store_with(
-    rt: &Runtime<SimBroker, SimClock>,
+pub async fn open_store_with<B: Broker, C: Clock>(
+    rt: &Runtime<B, C>,
     config: StoreConfig,
-) -> EventStore<SimBroker, SimClock> {
+) -> EventStore<B, C> {
     loop {
         match EventStore::open(rt.clone(), config.clone()).await {
             Ok(store) => return store,

@@ -32,7 +32,7 @@ use super::NodeSoftware;
 use crate::broker::SimBroker;
 use crate::clock::{SimClock, sim_now};
 use crate::history::{ClusterObservation, EventDigest, OpKind, Outcome};
-use crate::workload::{Incarnation, NodeContext, below, open_store};
+use crate::workload::{Incarnation, NodeContext, Recorder, below, open_store};
 use aether::actor::{ActorConfig, ActorHost, Router};
 use aether::clock::{Clock, SharedRng};
 use aether::cluster::{

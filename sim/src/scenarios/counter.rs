@@ -23,7 +23,7 @@ use super::cluster::{ClusterWorkload, SimCluster, SimHost};
 use crate::broker::SimBroker;
 use crate::clock::SimClock;
 use crate::history::{EventDigest, OpKind, Outcome};
-use crate::workload::{NodeContext, below, command_failure};
+use crate::workload::{NodeContext, Recorder, below, command_failure};
 
 /// A counter that never goes below zero.
 #[derive(Default, Serialize, Deserialize)]

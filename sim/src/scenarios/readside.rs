@@ -22,7 +22,7 @@ use aether::store::{AppendError, EventStore, EventStored};
 use crate::broker::SimBroker;
 use crate::clock::{SimClock, sim_now};
 use crate::history::{BusDigest, EventDigest, OpKind, Outcome};
-use crate::workload::{NAMESPACE, NodeContext, below, numbered_events, open_store};
+use crate::workload::{NAMESPACE, NodeContext, Recorder, below, numbered_events, open_store};
 
 /// The projection every node runs an instance of.
 pub const PROJECTION: &str = "totals";

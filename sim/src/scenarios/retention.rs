@@ -24,7 +24,7 @@ use aether::store::{AppendError, EventStore, SnapshotError, StoreConfig};
 use crate::broker::SimBroker;
 use crate::clock::SimClock;
 use crate::history::{EventDigest, OpKind, Outcome};
-use crate::workload::{NAMESPACE, NodeContext, below, numbered_events, open_store_with};
+use crate::workload::{NAMESPACE, NodeContext, Recorder, below, numbered_events, open_store_with};
 
 /// Retention workload settings.
 #[derive(Clone, Debug)]

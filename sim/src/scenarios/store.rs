@@ -18,10 +18,8 @@ use aether::codec::encode_actor_id;
 use aether::event::ExpectedVersion;
 use aether::store::{AppendError, EventStore, ReadError};
 
-use crate::broker::SimBroker;
-use crate::clock::{SimClock, sim_now};
 use crate::history::{EventDigest, OpKind, Outcome};
-use crate::workload::{NAMESPACE, NodeContext, below, numbered_events, open_store};
+use crate::workload::{NAMESPACE, NodeContext, Recorder, below, numbered_events, open_store};
 
 /// The actors the vandal damages (the writers write to them too).
 pub const DAMAGED_ACTORS: [&str; 2] = ["damaged-0", "damaged-1"];
@@ -123,6 +121,7 @@ pub async fn store_node(ctx: NodeContext, workload: StoreWorkload) -> crate::eng
         aether::rt::spawn(vandal(
             ctx.clone(),
             incarnation.rt.broker().clone(),
+            ctx.clock.clone(),
             workload.clone(),
             incarnation.rt.rng().fork(),
         ));
@@ -132,9 +131,9 @@ pub async fn store_node(ctx: NodeContext, workload: StoreWorkload) -> crate::eng
 }
 
 /// Appends to hot actors with whatever version it last believed, forever.
-pub async fn writer(
-    ctx: NodeContext,
-    store: EventStore<SimBroker, SimClock>,
+pub async fn writer<B: Broker, C: Clock>(
+    ctx: impl Recorder,
+    store: EventStore<B, C>,
     workload: StoreWorkload,
     writer_id: String,
     rng: SharedRng,
@@ -150,14 +149,16 @@ pub async fn writer(
         {
             latest_version(&ctx, &store, &actor).await;
         }
-        ctx.clock
+        store
+            .runtime()
+            .clock()
             .sleep(rng.duration_between(workload.think.0, workload.think.1))
             .await;
         let (actor, expected) = match retry.take() {
             // Retry right after a conflict, with the version the conflict reported.
             Some((actor, actual)) => (actor, ExpectedVersion::Exact(actual)),
             None => {
-                let actors = workload.targets(sim_now());
+                let actors = workload.targets(ctx.now());
                 let actor = actors[below(&rng, actors.len())].clone();
                 let expected = match below(&rng, 100) {
                     0..=9 => ExpectedVersion::NoStream,
@@ -201,18 +202,20 @@ pub async fn writer(
 /// Replays actors from random versions, forever: plain `events` on the hot actors (and now and
 /// then on a damaged one, which must then report the damage), `events_with_errors` on the
 /// damaged ones.
-pub async fn reader(
-    ctx: NodeContext,
-    store: EventStore<SimBroker, SimClock>,
+pub async fn reader<B: Broker, C: Clock>(
+    ctx: impl Recorder,
+    store: EventStore<B, C>,
     workload: StoreWorkload,
     rng: SharedRng,
 ) {
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     loop {
-        ctx.clock
+        store
+            .runtime()
+            .clock()
             .sleep(rng.duration_between(workload.read_every.0, workload.read_every.1))
             .await;
-        let actors = workload.targets(sim_now());
+        let actors = workload.targets(ctx.now());
         let actor = actors[below(&rng, actors.len())].clone();
         if below(&rng, 4) == 0 {
             latest_version(&ctx, &store, &actor).await;
@@ -260,7 +263,11 @@ pub async fn reader(
 }
 
 /// Records one `latest_version` call.
-async fn latest_version(ctx: &NodeContext, store: &EventStore<SimBroker, SimClock>, actor: &str) {
+async fn latest_version<B: Broker, C: Clock>(
+    ctx: &impl Recorder,
+    store: &EventStore<B, C>,
+    actor: &str,
+) {
     let op = ctx.invoke(OpKind::LatestVersion {
         actor: actor.to_owned(),
     });
@@ -286,7 +293,13 @@ enum Shape {
 
 /// Plants damage on the damaged actors, forever: one record at a time, as a rogue writer
 /// outside aether would (no expected sequence; a message id so that a retry stores it once).
-pub async fn vandal(ctx: NodeContext, broker: SimBroker, workload: StoreWorkload, rng: SharedRng) {
+pub async fn vandal<B: Broker, C: Clock>(
+    ctx: impl Recorder,
+    broker: B,
+    clock: C,
+    workload: StoreWorkload,
+    rng: SharedRng,
+) {
     let stream = format!("AETHER_EV_{NAMESPACE}");
     let subject_of = |actor: &str| {
         format!(
@@ -295,7 +308,7 @@ pub async fn vandal(ctx: NodeContext, broker: SimBroker, workload: StoreWorkload
         )
     };
     for k in 0u64.. {
-        ctx.clock
+        clock
             .sleep(rng.duration_between(workload.vandal_every.0, workload.vandal_every.1))
             .await;
         let actor = DAMAGED_ACTORS[below(&rng, DAMAGED_ACTORS.len())];
@@ -309,7 +322,7 @@ pub async fn vandal(ctx: NodeContext, broker: SimBroker, workload: StoreWorkload
         // A model to forge from: the actor's last record, or a hot actor's.
         let source = match shape {
             Shape::Foreign => {
-                let hot = workload.hot_actors(sim_now());
+                let hot = workload.hot_actors(ctx.now());
                 subject_of(&hot[below(&rng, hot.len())])
             }
             _ => subject.clone(),
@@ -330,7 +343,7 @@ pub async fn vandal(ctx: NodeContext, broker: SimBroker, workload: StoreWorkload
         let op = ctx.invoke(OpKind::Damage {
             actor: actor.to_owned(),
         });
-        let id = format!("vandal-{}-{k}", ctx.name);
+        let id = format!("vandal-{}-{k}", ctx.name());
         let mut outcome = Outcome::Pending;
         for _ in 0..10 {
             let result = broker
@@ -349,7 +362,7 @@ pub async fn vandal(ctx: NodeContext, broker: SimBroker, workload: StoreWorkload
                     sequence: ack.sequence,
                 },
                 Err(e) if e.is_ambiguous() => {
-                    ctx.clock.sleep(Duration::from_millis(300)).await;
+                    clock.sleep(Duration::from_millis(300)).await;
                     Outcome::Ambiguous(e.to_string())
                 }
                 Err(e) => Outcome::Failed(e.to_string()),
