@@ -30,15 +30,17 @@ use std::time::Duration;
 
 use super::NodeSoftware;
 use crate::broker::SimBroker;
-use crate::clock::{SimClock, sim_now};
+use crate::clock::SimClock;
 use crate::history::{ClusterObservation, EventDigest, OpKind, Outcome};
-use crate::workload::{Incarnation, NodeContext, Recorder, below, open_store};
+use crate::workload::{NodeContext, Recorder, below, open_store};
 use aether::actor::{ActorConfig, ActorHost, Router};
+use aether::broker::Broker;
 use aether::clock::{Clock, SharedRng};
 use aether::cluster::{
     Cluster, ClusterConfig, ClusterEvent, ClusterEventKind, NodeId, ShardConfig,
 };
 use aether::event::ExpectedVersion;
+use aether::runtime::Runtime;
 use aether::store::{AppendError, EventStore};
 
 /// A cluster node in the simulation.
@@ -113,9 +115,8 @@ pub fn node(
 }
 
 /// Reports a node's cluster events to the history, in true time.
-fn observer(ctx: &NodeContext) -> impl Fn(&ClusterEvent) + Send + Sync + 'static {
-    let history = ctx.history.clone();
-    let name = ctx.name.clone();
+fn observer(ctx: &impl Recorder) -> impl Fn(&ClusterEvent) + Send + Sync + 'static {
+    let recorder = ctx.clone();
     move |event: &ClusterEvent| {
         let shards = |s: &[aether::cluster::ShardId]| s.iter().map(|s| s.0).collect::<Vec<_>>();
         let observation = match &event.kind {
@@ -170,27 +171,29 @@ fn observer(ctx: &NodeContext) -> impl Fn(&ClusterEvent) + Send + Sync + 'static
             ClusterEventKind::Stopped => ClusterObservation::Stopped,
             _ => return,
         };
-        history.observe(sim_now(), &name, observation);
+        recorder
+            .history()
+            .observe(recorder.now(), recorder.name(), observation);
     }
 }
 
 /// Starts a cluster node, retrying until the broker lets it join.
-async fn start_cluster(
-    ctx: &NodeContext,
-    incarnation: &Incarnation,
+async fn start_cluster<B: Broker, C: Clock>(
+    ctx: &impl Recorder,
+    rt: &Runtime<B, C>,
     workload: &ClusterWorkload,
-) -> Arc<SimCluster> {
+) -> Arc<Cluster<B, C>> {
     loop {
-        ctx.history
-            .observe(sim_now(), &ctx.name, ClusterObservation::Started);
-        match Cluster::start_with_observer(incarnation.rt.clone(), workload.config(), observer(ctx))
-            .await
-        {
+        ctx.history()
+            .observe(ctx.now(), ctx.name(), ClusterObservation::Started);
+        match Cluster::start_with_observer(rt.clone(), workload.config(), observer(ctx)).await {
             Ok(cluster) => return Arc::new(cluster),
             Err(e) => {
-                ctx.history
-                    .note(sim_now(), format!("{} cluster start failed: {e}", ctx.name));
-                ctx.clock.sleep(Duration::from_millis(500)).await;
+                ctx.history().note(
+                    ctx.now(),
+                    format!("{} cluster start failed: {e}", ctx.name()),
+                );
+                rt.clock().sleep(Duration::from_millis(500)).await;
             }
         }
     }
@@ -205,9 +208,77 @@ async fn cluster_node(
     let incarnation = ctx.start();
     let rng = incarnation.rt.rng().fork();
     let store = open_store(&incarnation.rt).await;
-    let joiner = workload.joiner && nodes > 1 && ctx.index + 1 == nodes;
-    if joiner && incarnation.number == 1 {
-        ctx.clock
+    let user = workload.user.clone();
+    let think = workload.command_think;
+    let node = NodeSpec {
+        index: ctx.index,
+        nodes,
+        incarnation: incarnation.number,
+        workload,
+        safety,
+    };
+    run_cluster_node(
+        ctx.clone(),
+        incarnation.rt,
+        store,
+        rng,
+        node,
+        move |store, router, rng| {
+            // A user's aggregate (the harness): its host and command sender, for this
+            // incarnation.
+            user.as_ref().map(|user| {
+                aether::rt::spawn((user.node)(crate::harness::UserNode {
+                    ctx: ctx.clone(),
+                    store: store.clone(),
+                    router: router.clone(),
+                    rng: rng.fork(),
+                    think,
+                }))
+            })
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// Which node a cluster node is, and what it runs.
+pub struct NodeSpec {
+    /// Node index.
+    pub index: usize,
+    /// Nodes in the run (the last one is the joiner, when the workload has one).
+    pub nodes: usize,
+    /// This incarnation's number.
+    pub incarnation: u64,
+    /// The workload.
+    pub workload: ClusterWorkload,
+    /// End of the safety phase (true time): the joiner stays for good from then on.
+    pub safety: Duration,
+}
+
+/// One incarnation of a cluster node, over any broker and clock: the counters' actor host, then
+/// cluster rounds (membership, owner writer, foreign writer, view recorder, command sender) — one
+/// for good, or, for the joiner, join and leave until the safety phase ends. `user` starts a
+/// user's aggregate (the simulation's harness) once the store and router exist. `rng` is this
+/// incarnation's generator (forked from the runtime's before the store was opened). Runs
+/// forever.
+pub async fn run_cluster_node<R: Recorder, B: Broker, C: Clock, U: Send>(
+    ctx: R,
+    rt: Runtime<B, C>,
+    store: EventStore<B, C>,
+    rng: SharedRng,
+    node: NodeSpec,
+    user: impl FnOnce(&EventStore<B, C>, &CurrentCluster<B, C>, &SharedRng) -> Option<U>,
+) {
+    let NodeSpec {
+        index,
+        nodes,
+        incarnation,
+        workload,
+        safety,
+    } = node;
+    let joiner = workload.joiner && nodes > 1 && index + 1 == nodes;
+    if joiner && incarnation == 1 {
+        rt.clock()
             .sleep(rng.duration_between(workload.away_span.0, workload.away_span.1))
             .await;
     }
@@ -218,27 +289,18 @@ async fn cluster_node(
     // The counters' host, unless a user's aggregate takes its place: two aggregate types
     // serving one namespace's command subject would each receive the other's commands.
     let host = match workload.user {
-        None => Some(start_host(&ctx, store.clone(), router.clone()).await),
+        None => Some(start_host(&ctx, &rt, store.clone(), router.clone()).await),
         Some(_) => None,
     };
-    // A user's aggregate (the harness): its host and command sender, for this incarnation.
-    let _user = workload.user.as_ref().map(|user| {
-        aether::rt::spawn((user.node)(crate::harness::UserNode {
-            ctx: ctx.clone(),
-            store: store.clone(),
-            router: router.clone(),
-            rng: rng.fork(),
-            think: workload.command_think,
-        }))
-    });
+    let _user = user(&store, &router, &rng);
     for round in 0u64.. {
-        let cluster = start_cluster(&ctx, &incarnation, &workload).await;
+        let cluster = start_cluster(&ctx, &rt, &workload).await;
         let writer = aether::rt::spawn(owner_writer(
             ctx.clone(),
             store.clone(),
             cluster.clone(),
             workload.clone(),
-            format!("{}.{}.{round}", ctx.name, incarnation.number),
+            format!("{}.{incarnation}.{round}", ctx.name()),
             rng.fork(),
         ));
         let foreign = aether::rt::spawn(foreign_writer(
@@ -246,7 +308,7 @@ async fn cluster_node(
             store.clone(),
             cluster.clone(),
             workload.clone(),
-            format!("{}.{}.{round}", ctx.name, incarnation.number),
+            format!("{}.{incarnation}.{round}", ctx.name()),
             rng.fork(),
         ));
         let viewer = aether::rt::spawn(view_recorder(ctx.clone(), cluster.clone(), safety));
@@ -254,14 +316,15 @@ async fn cluster_node(
         let sender = host.clone().map(|host| {
             aether::rt::spawn(command_sender(
                 ctx.clone(),
+                rt.clock().clone(),
                 host,
                 workload.clone(),
-                format!("{}.{}.{round}", ctx.name, incarnation.number),
+                format!("{}.{incarnation}.{round}", ctx.name()),
                 rng.fork(),
             ))
         });
         let stay = rng.duration_between(workload.member_span.0, workload.member_span.1);
-        if !joiner || sim_now() + stay + Duration::from_secs(1) >= safety {
+        if !joiner || ctx.now() + stay + Duration::from_secs(1) >= safety {
             std::future::pending::<()>().await;
         }
         aether::rt::sleep(stay).await;
@@ -276,16 +339,15 @@ async fn cluster_node(
         let away = rng.duration_between(workload.away_span.0, workload.away_span.1);
         aether::rt::sleep(away).await;
     }
-    Ok(())
 }
 
 /// Appends to actors whose shard this node hosts in its current view, with `Exact` versions.
 /// An actor is loaded (replayed) when the node starts writing to it, and again after any
 /// conflict or unclear outcome; an actor whose shard moved away is forgotten.
-async fn owner_writer(
-    ctx: NodeContext,
-    store: EventStore<SimBroker, SimClock>,
-    cluster: Arc<SimCluster>,
+async fn owner_writer<B: Broker, C: Clock>(
+    ctx: impl Recorder,
+    store: EventStore<B, C>,
+    cluster: Arc<Cluster<B, C>>,
     workload: ClusterWorkload,
     writer_id: String,
     rng: SharedRng,
@@ -293,7 +355,9 @@ async fn owner_writer(
     let actors = workload.actors();
     let mut belief: BTreeMap<String, u64> = BTreeMap::new();
     for k in 0u64.. {
-        ctx.clock
+        store
+            .runtime()
+            .clock()
             .sleep(rng.duration_between(workload.think.0, workload.think.1))
             .await;
         let owned: Vec<&String> = actors
@@ -365,17 +429,21 @@ async fn owner_writer(
 
 /// From the end of the safety phase on, records this node's view at every whole second of true
 /// time (all nodes at the same instants, so the liveness checker can compare them).
-async fn view_recorder(ctx: NodeContext, cluster: Arc<SimCluster>, safety: Duration) {
+async fn view_recorder<B: Broker, C: Clock>(
+    ctx: impl Recorder,
+    cluster: Arc<Cluster<B, C>>,
+    safety: Duration,
+) {
     let second = Duration::from_secs(1);
     loop {
-        let now = sim_now();
+        let now = ctx.now();
         let next = safety.max(second * (now.as_secs() as u32 + 1));
         aether::rt::sleep(next - now).await;
         let view = cluster.view();
         let epoch = view.epoch();
-        ctx.history.observe(
+        ctx.history().observe(
             next,
-            &ctx.name,
+            ctx.name(),
             ClusterObservation::View {
                 leader: view.leader.map(|l| (l.node.to_string(), l.token)),
                 leading: cluster.is_leader(),
@@ -389,22 +457,34 @@ async fn view_recorder(ctx: NodeContext, cluster: Arc<SimCluster>, safety: Durat
 
 /// Routes by the cluster instance the node runs now; owns nothing while it runs none (the joiner
 /// between its memberships).
-#[derive(Clone, Default)]
-pub struct CurrentCluster(Arc<std::sync::Mutex<Option<Arc<SimCluster>>>>);
+pub struct CurrentCluster<B: Broker = SimBroker, C: Clock = SimClock>(Arc<Slot<B, C>>);
 
-impl CurrentCluster {
-    fn set(&self, cluster: Option<Arc<SimCluster>>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = cluster;
+/// The cluster instance running now, if any.
+type Slot<B, C> = std::sync::Mutex<Option<Arc<Cluster<B, C>>>>;
+
+impl<B: Broker, C: Clock> Clone for CurrentCluster<B, C> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
     }
 }
 
-impl CurrentCluster {
-    fn current(&self) -> Option<Arc<SimCluster>> {
+impl<B: Broker, C: Clock> Default for CurrentCluster<B, C> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<B: Broker, C: Clock> CurrentCluster<B, C> {
+    fn set(&self, cluster: Option<Arc<Cluster<B, C>>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = cluster;
+    }
+
+    fn current(&self) -> Option<Arc<Cluster<B, C>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
-impl Router for CurrentCluster {
+impl<B: Broker, C: Clock> Router for CurrentCluster<B, C> {
     fn owner_of(&self, actor_id: &str) -> Option<NodeId> {
         self.current().and_then(|c| Router::owner_of(&c, actor_id))
     }
@@ -415,25 +495,29 @@ impl Router for CurrentCluster {
 }
 
 /// A node's actor host, routed by its current cluster instance.
-pub type SimHost = ActorHost<Counter, SimBroker, SimClock, CurrentCluster>;
+pub type CounterHost<B, C> = ActorHost<Counter, B, C, CurrentCluster<B, C>>;
+
+/// A node's actor host in the simulation.
+pub type SimHost = CounterHost<SimBroker, SimClock>;
 
 pub use super::counter::Counter;
 use super::counter::{command_sender, foreign_writer};
 
 /// Builds this node's actor host and serves remote commands, retrying until the broker lets it
 /// subscribe.
-async fn start_host(
-    ctx: &NodeContext,
-    store: EventStore<SimBroker, SimClock>,
-    router: CurrentCluster,
-) -> SimHost {
+async fn start_host<B: Broker, C: Clock>(
+    ctx: &impl Recorder,
+    rt: &Runtime<B, C>,
+    store: EventStore<B, C>,
+    router: CurrentCluster<B, C>,
+) -> CounterHost<B, C> {
     let host = ActorHost::new(store, router, ActorConfig::new());
     while let Err(e) = host.serve().await {
-        ctx.history.note(
-            sim_now(),
-            format!("{} actor host serve failed: {e}", ctx.name),
+        ctx.history().note(
+            ctx.now(),
+            format!("{} actor host serve failed: {e}", ctx.name()),
         );
-        ctx.clock.sleep(Duration::from_millis(500)).await;
+        rt.clock().sleep(Duration::from_millis(500)).await;
     }
     host
 }

@@ -19,11 +19,11 @@ use aether::clock::{Clock, SharedRng};
 use aether::event::{Event, ExpectedVersion, NewEvent};
 use aether::store::{AppendError, EventStore};
 
-use super::cluster::{ClusterWorkload, SimCluster, SimHost};
-use crate::broker::SimBroker;
-use crate::clock::SimClock;
+use super::cluster::{ClusterWorkload, CounterHost};
 use crate::history::{EventDigest, OpKind, Outcome};
-use crate::workload::{NodeContext, Recorder, below, command_failure};
+use crate::workload::{Recorder, below, command_failure};
+use aether::broker::Broker;
+use aether::cluster::Cluster;
 
 /// A counter that never goes below zero.
 #[derive(Default, Serialize, Deserialize)]
@@ -130,9 +130,10 @@ impl Aggregate for Counter {
 
 /// Sends counter commands, one at a time, to random counters through `ActorHost::send` (run
 /// here or on the owner), recording each command and its answer. One in three takes.
-pub async fn command_sender(
-    ctx: NodeContext,
-    host: SimHost,
+pub async fn command_sender<B: Broker, C: Clock>(
+    ctx: impl Recorder,
+    clock: C,
+    host: CounterHost<B, C>,
     workload: ClusterWorkload,
     sender_id: String,
     rng: SharedRng,
@@ -142,7 +143,7 @@ pub async fn command_sender(
         return;
     }
     for k in 0u64.. {
-        ctx.clock
+        clock
             .sleep(rng.duration_between(workload.command_think.0, workload.command_think.1))
             .await;
         let actor = counters[below(&rng, counters.len())].clone();
@@ -176,17 +177,19 @@ pub async fn command_sender(
 /// Appends decisions of its own to counters whose shard this node hosts, straight through the
 /// store: reads the counter, decides an `Add` on what it read, appends at exactly that version.
 /// The hosts' cached states go stale under it.
-pub async fn foreign_writer(
-    ctx: NodeContext,
-    store: EventStore<SimBroker, SimClock>,
-    cluster: std::sync::Arc<SimCluster>,
+pub async fn foreign_writer<B: Broker, C: Clock>(
+    ctx: impl Recorder,
+    store: EventStore<B, C>,
+    cluster: std::sync::Arc<Cluster<B, C>>,
     workload: ClusterWorkload,
     writer_id: String,
     rng: SharedRng,
 ) {
     let counters = workload.counters();
     for k in 0u64.. {
-        ctx.clock
+        store
+            .runtime()
+            .clock()
             .sleep(rng.duration_between(Duration::from_secs(1), Duration::from_secs(3)))
             .await;
         let Some(assignment) = cluster.assignment() else {
@@ -215,7 +218,7 @@ pub async fn foreign_writer(
             delta: 1,
             before,
             version,
-            node: ctx.name.clone(),
+            node: ctx.name().to_owned(),
             epoch: Some(assignment.epoch()),
         };
         let op = ctx.invoke(OpKind::Append {
