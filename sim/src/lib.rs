@@ -32,6 +32,8 @@ pub mod engine;
 pub mod faults;
 pub mod harness;
 pub mod history;
+#[cfg(all(feature = "nemesis", not(madsim)))]
+pub mod nemesis;
 pub mod report;
 pub mod runner;
 pub mod scenarios;

@@ -5,7 +5,9 @@
 //!   `bus_bodies!`);
 //! - `cluster_scenarios`: multi-node cluster scenarios, generic over the broker;
 //! - `lossy`: a broker wrapper that loses append replies on purpose;
-//! - `nats_server`: real nats-server processes (single node and 3-node cluster);
+//! - `nats_server`: real nats-server processes (single node and 3-node cluster; the cluster
+//!   with every route through a proxy, `nats_server/route_net.rs`);
+//! - `route_proxy` (`nats_server/route_proxy.rs`): a TCP proxy a test can cut, hold, release and slow, per direction;
 //! - `certs`: a CA with server and client certificates (TLS, mutual TLS);
 //! - `jwt`: operator, account and user JWTs and `.creds` files (operator mode);
 //! - `race`: cross-process race workers;
@@ -24,5 +26,9 @@ pub mod lossy;
 pub mod nats_server;
 #[cfg(feature = "nats")]
 pub mod race;
+/// The proxy lives with the server launcher (`nats_server/route_proxy.rs`), so that every file
+/// that includes the launcher by path (benches, the nemesis) gets it too.
+#[allow(unused_imports)] // only the partition tests name it
+pub use nats_server::route_proxy;
 #[cfg(feature = "nats")]
 pub mod tenancy;

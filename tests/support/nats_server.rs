@@ -22,6 +22,13 @@
 //! A restarted node binds the same ports as before; if another process took one of them while the
 //! node was down, the restart fails (the server exits, and the wait that follows fails with the
 //! server's log).
+//!
+//! [`NatsCluster::start_with_route_proxies`] starts the same cluster with every route through a
+//! test-controlled TCP proxy, to cut, hold or slow the link between two servers (`route_net`).
+//!
+//! A little over ~600 lines: one server type and the cluster built from it share the private
+//! configuration and start machinery (the proxied cluster lives in the child module for that
+//! reason).
 #![allow(clippy::disallowed_methods)] // tests wait for servers in real time
 
 use std::io::{Read, Write};
@@ -33,6 +40,14 @@ use std::time::{Duration, Instant};
 use aether::broker::async_nats;
 use aether::{NatsBroker, NatsOptions};
 use tempfile::TempDir;
+
+// Paths spelled out: this file is also included by path (benches, sim/src/nemesis), where its
+// child modules would otherwise be looked for next to it.
+#[path = "nats_server/route_net.rs"]
+pub mod route_net;
+#[path = "nats_server/route_proxy.rs"]
+pub mod route_proxy;
+use route_net::RouteNet;
 
 const INSTALL_HINT: &str = "nats-server not found: run `scripts/install-nats-server.sh` (installs the \
      pinned nats-server 2.15.1 into .tools/nats), or set AETHER_NATS_SERVER to a nats-server \
@@ -52,9 +67,13 @@ pub fn server_binary() -> PathBuf {
         );
         return path;
     }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/nats/bin/nats-server");
-    if local.is_file() {
-        return local;
+    // The crate root, or the workspace root above it (the nemesis in sim/ includes this file).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in [Some(root), root.parent()].into_iter().flatten() {
+        let local = dir.join(".tools/nats/bin/nats-server");
+        if local.is_file() {
+            return local;
+        }
     }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
@@ -96,11 +115,13 @@ struct StartFailure {
     message: String,
 }
 
-/// A node's cluster block: its route listen port and every node's route port.
+/// A node's cluster block: its route listen port, the loopback ports its `routes` name, and
+/// further lines of the block (`advertise`, …).
 #[derive(Clone, Debug)]
 struct ClusterPorts {
     listen: u16,
     routes: Vec<u16>,
+    extra: String,
 }
 
 /// Extra server configuration (authentication).
@@ -218,9 +239,10 @@ impl NatsServer {
                 .map(|p| format!("nats-route://127.0.0.1:{p}"))
                 .collect();
             text.push_str(&format!(
-                "cluster {{\n  name: aether-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                "cluster {{\n  name: aether-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n{}}}\n",
                 cluster.listen,
-                routes.join(", ")
+                routes.join(", "),
+                cluster.extra,
             ));
         }
         let settings = &self.settings;
@@ -441,6 +463,9 @@ impl Drop for NatsServer {
 pub struct NatsCluster {
     /// The nodes, `n1`, `n2`, `n3`.
     pub nodes: Vec<NatsServer>,
+    /// The route proxies, when started with [`NatsCluster::start_with_route_proxies`]; dropped
+    /// after the nodes are killed.
+    route_net: Option<RouteNet>,
     /// The nodes' directories, removed on drop.
     _dir: TempDir,
 }
@@ -452,8 +477,14 @@ impl NatsCluster {
     /// three), so they are picked beforehand and a start on which one of them was taken by then
     /// is retried from scratch on new ones. Client and monitoring ports are the servers' choice.
     pub fn start() -> Self {
+        Self::start_retrying(|| Self::try_start(Duration::from_secs(30)))
+    }
+
+    /// Runs `try_start` until it succeeds, again (on new route ports) when a route port was
+    /// taken.
+    fn start_retrying(mut try_start: impl FnMut() -> Result<Self, StartFailure>) -> Self {
         for attempt in 1..=CLUSTER_START_ATTEMPTS {
-            match Self::try_start(Duration::from_secs(30)) {
+            match try_start() {
                 Ok(cluster) => return cluster,
                 Err(failure) if failure.port_taken && attempt < CLUSTER_START_ATTEMPTS => {
                     eprintln!(
@@ -467,23 +498,42 @@ impl NatsCluster {
     }
 
     fn try_start(within: Duration) -> Result<Self, StartFailure> {
-        let dir = temp_dir("cluster");
         let route_ports = unused_ports(3);
-        let nodes = (0..3)
-            .map(|i| {
+        let blocks = (0..3)
+            .map(|i| ClusterPorts {
+                listen: route_ports[i],
+                routes: route_ports.clone(),
+                extra: String::new(),
+            })
+            .collect();
+        Self::launch(blocks, None, within)
+    }
+
+    /// Starts one node per cluster block and waits until every one is healthy.
+    fn launch(
+        blocks: Vec<ClusterPorts>,
+        route_net: Option<RouteNet>,
+        within: Duration,
+    ) -> Result<Self, StartFailure> {
+        let dir = temp_dir("cluster");
+        let nodes = blocks
+            .into_iter()
+            .enumerate()
+            .map(|(i, block)| {
                 NatsServer::configure(
                     &format!("n{}", i + 1),
                     dir.path(),
-                    Some(ClusterPorts {
-                        listen: route_ports[i],
-                        routes: route_ports.clone(),
-                    }),
+                    Some(block),
                     ServerSettings::default(),
                 )
             })
             .collect();
         // Dropped on failure: kills the started nodes, removes the directory.
-        let mut cluster = Self { nodes, _dir: dir };
+        let mut cluster = Self {
+            nodes,
+            route_net,
+            _dir: dir,
+        };
         for node in &mut cluster.nodes {
             node.spawn();
         }

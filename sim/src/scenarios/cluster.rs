@@ -68,6 +68,9 @@ pub struct ClusterWorkload {
     pub command_think: (Duration, Duration),
     /// A user's aggregate run by every node next to the counters ([`crate::harness`]).
     pub user: Option<crate::harness::UserPart>,
+    /// Replicas of the cluster's KV buckets (1 on the simulated broker; 3 on a real
+    /// three-server cluster, the nemesis).
+    pub kv_replicas: usize,
 }
 
 impl Default for ClusterWorkload {
@@ -82,6 +85,7 @@ impl Default for ClusterWorkload {
             counters: 6,
             command_think: (Duration::from_millis(50), Duration::from_millis(300)),
             user: None,
+            kv_replicas: 1,
         }
     }
 }
@@ -100,7 +104,9 @@ impl ClusterWorkload {
     /// The cluster configuration (library defaults but the shard count); a node's id is its
     /// runtime's.
     pub fn config(&self) -> ClusterConfig {
-        ClusterConfig::new().shards(ShardConfig::with_shard_count(self.shard_count))
+        ClusterConfig::new()
+            .shards(ShardConfig::with_shard_count(self.shard_count))
+            .kv_replicas(self.kv_replicas)
     }
 }
 

@@ -16,7 +16,9 @@ use aether::broker::{AppendOptions, Broker, Headers};
 use aether::clock::{Clock, SharedRng};
 use aether::codec::encode_actor_id;
 use aether::event::ExpectedVersion;
+use aether::runtime::Runtime;
 use aether::store::{AppendError, EventStore, ReadError};
+use futures::future::BoxFuture;
 
 use crate::history::{EventDigest, OpKind, Outcome};
 use crate::workload::{NAMESPACE, NodeContext, Recorder, below, numbered_events, open_store};
@@ -101,33 +103,56 @@ impl StoreWorkload {
 pub async fn store_node(ctx: NodeContext, workload: StoreWorkload) -> crate::engine::HostResult {
     let incarnation = ctx.start();
     let store = open_store(&incarnation.rt).await;
-    for w in 0..workload.writers_per_node {
-        let rng = incarnation.rt.rng().fork();
-        aether::rt::spawn(writer(
-            ctx.clone(),
-            store.clone(),
-            workload.clone(),
-            format!("{}.{}.{w}", ctx.name, incarnation.number),
-            rng,
-        ));
-    }
-    aether::rt::spawn(reader(
-        ctx.clone(),
-        store.clone(),
-        workload.clone(),
-        incarnation.rt.rng().fork(),
-    ));
-    if workload.vandal && ctx.index == 0 {
-        aether::rt::spawn(vandal(
-            ctx.clone(),
-            incarnation.rt.broker().clone(),
-            ctx.clock.clone(),
-            workload.clone(),
-            incarnation.rt.rng().fork(),
-        ));
+    for task in store_node_tasks(
+        &ctx,
+        &incarnation.rt,
+        &store,
+        &workload,
+        ctx.index,
+        incarnation.number,
+    ) {
+        aether::rt::spawn(task);
     }
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// The tasks of one node incarnation of the store workload, in the order they are started:
+/// its writers, a reader, and on node 0 the vandal. Each runs forever.
+pub fn store_node_tasks<R: Recorder, B: Broker, C: Clock>(
+    ctx: &R,
+    rt: &Runtime<B, C>,
+    store: &EventStore<B, C>,
+    workload: &StoreWorkload,
+    index: usize,
+    incarnation: u64,
+) -> Vec<BoxFuture<'static, ()>> {
+    let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
+    for w in 0..workload.writers_per_node {
+        tasks.push(Box::pin(writer(
+            ctx.clone(),
+            store.clone(),
+            workload.clone(),
+            format!("{}.{incarnation}.{w}", ctx.name()),
+            rt.rng().fork(),
+        )));
+    }
+    tasks.push(Box::pin(reader(
+        ctx.clone(),
+        store.clone(),
+        workload.clone(),
+        rt.rng().fork(),
+    )));
+    if workload.vandal && index == 0 {
+        tasks.push(Box::pin(vandal(
+            ctx.clone(),
+            rt.broker().clone(),
+            rt.clock().clone(),
+            workload.clone(),
+            rt.rng().fork(),
+        )));
+    }
+    tasks
 }
 
 /// Appends to hot actors with whatever version it last believed, forever.
