@@ -86,6 +86,27 @@ pub fn server_binary() -> PathBuf {
     panic!("{INSTALL_HINT}");
 }
 
+/// GET `path` on the monitoring port `port` of a server on loopback, waiting at most 2 s for
+/// the answer (a paused server accepts the connection and answers nothing); `(status, body)`.
+/// Takes a port, not a server, so that callers can ask without holding the server.
+pub fn monitor_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
 /// `n` distinct loopback ports that were free when asked (another process may bind one before
 /// the server does: only for route ports, whose users retry on a collision).
 fn unused_ports(n: usize) -> Vec<u16> {
@@ -400,21 +421,7 @@ impl NatsServer {
 
     /// GET on the monitoring port; `(status, body)`.
     pub fn monitor(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.monitor_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let status = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Some((status, body))
+        monitor_get(self.monitor_port, path)
     }
 
     /// How many consumers the server holds across all streams (`/jsz`).

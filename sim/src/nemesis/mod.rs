@@ -59,8 +59,69 @@ fn events_stream() -> String {
     format!("AETHER_EV_{NAMESPACE}")
 }
 
-/// The events stream's leader as polled: when, and who (None: nobody answered as leader).
-type LeaderSamples = Mutex<Vec<(Duration, Option<String>)>>;
+/// The events stream's leader as polled every 250 ms.
+type LeaderSamples = Mutex<Vec<(Duration, LeaderSample)>>;
+
+/// One poll of every server's `/jsz`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaderSample {
+    /// The leader most answering servers named (None: none named one).
+    pub leader: Option<String>,
+    /// Servers that named themselves the leader; two at once is a stale leader that has not
+    /// stepped down yet.
+    pub self_claims: Vec<String>,
+}
+
+impl LeaderSample {
+    fn of(views: &[(String, Option<String>)]) -> Self {
+        let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
+        for leader in views.iter().filter_map(|(_, l)| l.as_deref()) {
+            *votes.entry(leader).or_default() += 1;
+        }
+        let leader = votes
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(l, _)| (*l).to_owned());
+        let self_claims = views
+            .iter()
+            .filter(|(server, l)| l.as_deref() == Some(server.as_str()))
+            .map(|(server, _)| server.clone())
+            .collect();
+        Self {
+            leader,
+            self_claims,
+        }
+    }
+}
+
+/// Each server's view of the events stream's leader, asked of all of them at once (a paused
+/// server keeps its caller 2 s): `(server, the leader it names)`.
+fn leader_views(ports: &[(String, u16)]) -> Vec<(String, Option<String>)> {
+    std::thread::scope(|scope| {
+        let asks: Vec<_> = ports
+            .iter()
+            .map(|(_, port)| {
+                scope.spawn(move || {
+                    let (_, body) = servers::monitor_get(*port, "/jsz?accounts=true&streams=true")?;
+                    let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+                    let stream = events_stream();
+                    jsz["account_details"]
+                        .as_array()?
+                        .iter()
+                        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+                        .find(|s| s["name"] == stream.as_str())?["cluster"]["leader"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+            })
+            .collect();
+        ports
+            .iter()
+            .zip(asks)
+            .map(|((name, _), ask)| (name.clone(), ask.join().ok().flatten()))
+            .collect()
+    })
+}
 
 /// What a nemesis run does.
 #[derive(Clone, Debug)]
@@ -169,6 +230,11 @@ pub struct FaultStats {
     pub conflicts: u64,
     /// Appends that failed definitely with an error: timeouts, an unavailable server.
     pub errors: u64,
+    /// Leader changes of the events stream whose leaderless gap began while a fault of this
+    /// kind was on (or up to 2 s after it ended).
+    pub leader_changes: u64,
+    /// The longest of those gaps.
+    pub longest_without_leader: Duration,
 }
 
 /// The events stream changed leader (as polled every 250 ms).
@@ -200,6 +266,8 @@ pub struct NemesisReport {
     pub per_kind: BTreeMap<&'static str, FaultStats>,
     /// Leader changes of the events stream.
     pub leader_changes: Vec<LeaderChange>,
+    /// Polls (every 250 ms) in which two servers each named themselves the stream's leader.
+    pub double_claims: usize,
     /// Operations recorded.
     pub operations: usize,
     /// Hash of this run's interleaving (differs between runs of one seed).
@@ -246,6 +314,8 @@ impl NemesisReport {
             t.ambiguous_stored += s.ambiguous_stored;
             t.conflicts += s.conflicts;
             t.errors += s.errors;
+            t.leader_changes += s.leader_changes;
+            t.longest_without_leader = t.longest_without_leader.max(s.longest_without_leader);
         }
         t
     }
@@ -306,7 +376,7 @@ impl fmt::Display for NemesisReport {
         {
             writeln!(
                 f,
-                "  {kind:<24} {:>6} {:>6} {:>6} {:>5} {:>5} {:>9} {:>8} {:>9} {:>6}",
+                "  {kind:<24} {:>6} {:>6} {:>6} {:>5} {:>5} {:>9} {:>8} {:>9} {:>6} {:>7} {:>10}",
                 s.faults,
                 s.acknowledged,
                 s.found,
@@ -315,7 +385,9 @@ impl fmt::Display for NemesisReport {
                 s.ambiguous,
                 s.ambiguous_stored,
                 s.conflicts,
-                s.errors
+                s.errors,
+                s.leader_changes,
+                format_time(s.longest_without_leader)
             )?;
         }
         writeln!(
@@ -502,35 +574,15 @@ impl World {
 
     /// The server (index into the cluster's nodes) that `role` names now, and how it was found.
     async fn resolve(&self, role: Role, control: &NatsBroker, fallback: usize) -> (usize, String) {
-        // Asked of the servers' monitoring ports first (a server that leads the stream says
-        // so), then of the JetStream API through the control connection.
+        // Asked of the servers' monitoring ports first (what most of them name), then of the
+        // JetStream API through the control connection.
         let stream_leader = || async {
-            let cluster = self.cluster.clone();
-            let monitored = tokio::task::spawn_blocking(move || {
-                let cluster = cluster.lock().unwrap();
-                cluster
-                    .nodes
-                    .iter()
-                    .filter(|n| n.is_running())
-                    .find_map(|n| {
-                        let (_, body) = n.monitor("/jsz?accounts=true&streams=true")?;
-                        let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
-                        let stream = events_stream();
-                        jsz["account_details"]
-                            .as_array()?
-                            .iter()
-                            .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
-                            .find(|s| s["name"] == stream.as_str())?["cluster"]["leader"]
-                            .as_str()
-                            .filter(|leader| *leader == n.name)
-                            .map(str::to_owned)
-                    })
-            })
-            .await
-            .ok()
-            .flatten();
-            if monitored.is_some() {
-                return monitored;
+            let ports = self.monitor_ports();
+            let views = tokio::task::spawn_blocking(move || leader_views(&ports))
+                .await
+                .unwrap_or_default();
+            if let Some(leader) = LeaderSample::of(&views).leader {
+                return Some(leader);
             }
             let info = aether::rt::timeout(Duration::from_secs(2), async {
                 let mut stream = control.jetstream().get_stream(events_stream()).await.ok()?;
@@ -559,18 +611,13 @@ impl World {
                 }
             }
             Role::MetaLeader => {
-                let cluster = self.cluster.clone();
+                let ports = self.monitor_ports();
                 let meta = tokio::task::spawn_blocking(move || {
-                    let cluster = cluster.lock().unwrap();
-                    cluster
-                        .nodes
-                        .iter()
-                        .filter(|n| n.is_running())
-                        .find_map(|n| {
-                            let (_, body) = n.monitor("/jsz")?;
-                            let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
-                            jsz["meta_cluster"]["leader"].as_str().map(str::to_owned)
-                        })
+                    ports.iter().find_map(|(_, port)| {
+                        let (_, body) = servers::monitor_get(*port, "/jsz")?;
+                        let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+                        jsz["meta_cluster"]["leader"].as_str().map(str::to_owned)
+                    })
                 })
                 .await
                 .ok()
@@ -581,6 +628,16 @@ impl World {
             }
         }
         (fallback % 3, format!("{role:?} unknown, drawn"))
+    }
+
+    /// Every server's name and monitoring port.
+    fn monitor_ports(&self) -> Vec<(String, u16)> {
+        let cluster = self.cluster.lock().unwrap();
+        cluster
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.monitor_port))
+            .collect()
     }
 
     /// Runs `f` on the cluster off the async workers (process control blocks).
@@ -776,21 +833,17 @@ async fn run_async(options: &NemesisOptions) -> NemesisReport {
     let mut monitor = TaskSet::new();
     {
         let samples = samples.clone();
-        let control = control.clone();
+        let ports = world.monitor_ports();
         monitor.spawn(async move {
             loop {
-                let leader = aether::rt::timeout(Duration::from_secs(1), async {
-                    let mut stream = control.jetstream().get_stream(events_stream()).await.ok()?;
-                    stream
-                        .info()
-                        .await
-                        .ok()
-                        .and_then(|i| i.cluster.clone()?.leader)
-                })
-                .await
-                .ok()
-                .flatten();
-                samples.lock().unwrap().push((clock.monotonic(), leader));
+                let ports = ports.clone();
+                let views = tokio::task::spawn_blocking(move || leader_views(&ports))
+                    .await
+                    .unwrap_or_default();
+                samples
+                    .lock()
+                    .unwrap()
+                    .push((clock.monotonic(), LeaderSample::of(&views)));
                 aether::rt::sleep(Duration::from_millis(250)).await;
             }
         });
@@ -907,10 +960,22 @@ async fn run_async(options: &NemesisOptions) -> NemesisReport {
         usage: &[],
     };
     violations.extend(check_all(&input));
-    let per_kind = fault_stats(&ops, &input, &windows.into_inner().unwrap());
+    let report_windows = windows.into_inner().unwrap();
+    let per_kind = fault_stats(&ops, &input, &report_windows);
     let mut report = finish(
         options, planned, &world, violations, per_kind, &samples, end,
     );
+    let windows = report_windows;
+    for change in report.leader_changes.iter().skip(1) {
+        let gap_began = change.at - change.without_leader;
+        let kind = windows
+            .iter()
+            .find(|(_, from, to)| gap_began >= *from && gap_began < *to + Duration::from_secs(2))
+            .map_or("no fault", |(k, _, _)| k.class());
+        let s = report.per_kind.entry(kind).or_default();
+        s.leader_changes += 1;
+        s.longest_without_leader = s.longest_without_leader.max(change.without_leader);
+    }
     report.operations = ops.len();
     report
 }
@@ -924,27 +989,31 @@ fn finish(
     samples: &LeaderSamples,
     end: Duration,
 ) -> NemesisReport {
+    let samples = samples.lock().unwrap();
     NemesisReport {
         seed: options.seed,
         planned,
         timeline: world.timeline.lock().unwrap().clone(),
         violations,
         per_kind,
-        leader_changes: leader_changes(&samples.lock().unwrap()),
+        leader_changes: leader_changes(&samples),
+        double_claims: double_claims(&samples),
         operations: 0,
         interleaving: world.history.trace_hash(),
         elapsed: end,
     }
 }
 
-/// Leader changes in the polled samples: a change is a new leader name; the time without a
-/// leader is from the last sample of the old one to the first of the new.
-fn leader_changes(samples: &[(Duration, Option<String>)]) -> Vec<LeaderChange> {
+/// Leader changes in the polled samples: a new leader, or the same one again after a stretch
+/// in which no server named one (a re-election). The time without a leader runs from the last
+/// sample of the old leader to the first of the new.
+fn leader_changes(samples: &[(Duration, LeaderSample)]) -> Vec<LeaderChange> {
     let mut out = Vec::new();
     let mut current: Option<(String, Duration)> = None;
-    for (at, leader) in samples {
-        match (leader, &mut current) {
-            (Some(l), Some((c, last_seen))) if l == c => *last_seen = *at,
+    let mut gap = false;
+    for (at, sample) in samples {
+        match (&sample.leader, &mut current) {
+            (Some(l), Some((c, last_seen))) if l == c && !gap => *last_seen = *at,
             (Some(l), _) => {
                 out.push(LeaderChange {
                     at: *at,
@@ -955,11 +1024,20 @@ fn leader_changes(samples: &[(Duration, Option<String>)]) -> Vec<LeaderChange> {
                         .map_or(Duration::ZERO, |(_, seen)| *at - *seen),
                 });
                 current = Some((l.clone(), *at));
+                gap = false;
             }
-            (None, _) => {}
+            (None, _) => gap = current.is_some(),
         }
     }
     out
+}
+
+/// How many samples saw two servers claim the leadership at once.
+fn double_claims(samples: &[(Duration, LeaderSample)]) -> usize {
+    samples
+        .iter()
+        .filter(|(_, s)| s.self_claims.len() > 1)
+        .count()
 }
 
 /// Per fault kind, what became of the appends that began while it was on.
