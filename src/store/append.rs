@@ -357,8 +357,9 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 .await;
             match result {
                 Ok(ack) => return Ok(ack),
-                Err(BrokerError::WrongLastSequence { .. }) if ambiguous.is_some() => {
-                    let resolved = self.resolve_after_ambiguity(actor, subject, commit, tip);
+                Err(BrokerError::WrongLastSequence { actual, .. }) if ambiguous.is_some() => {
+                    let resolved =
+                        self.resolve_after_ambiguity(actor, subject, commit, tip, actual);
                     let resolved = resolved.await;
                     if let Err(SendError::Moved { .. }) = resolved {
                         in_flight.refused();
@@ -422,15 +423,23 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         }))
     }
 
-    /// After an ambiguous attempt, the broker says the subject moved past `tip`: find out whether
-    /// it moved because of our own first attempt — the record right after `tip`, asked of the
-    /// stream leader, is either our commit or someone else's.
+    /// After an ambiguous attempt, the broker says the subject moved past `tip` (its last
+    /// sequence is `actual`): find out whether it moved because of our own first attempt — the
+    /// record right after `tip`, asked of the stream leader, is either our commit or someone
+    /// else's. Someone else's means ours can never be stored (it expected `tip`).
+    ///
+    /// No record after `tip` while the broker says the subject moved means the answers
+    /// disagree: a stream leader cut off from its followers counts a write it proposed but
+    /// cannot commit yet (ours, perhaps), refuses the retry, and reads without it; the write
+    /// commits once the leader hears from a follower again. Its fate is unknown, so the append
+    /// is too: it must neither start over with a new commit nor report a conflict.
     async fn resolve_after_ambiguity(
         &self,
         actor: &str,
         subject: &str,
         commit: &Commit,
         tip: Tip,
+        actual: u64,
     ) -> Result<AppendAck, SendError> {
         let next = self
             .broker()
@@ -460,7 +469,22 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             Some(m) => Err(SendError::Moved {
                 actual_sequence: m.sequence,
             }),
-            None => Err(SendError::Moved { actual_sequence: 0 }),
+            // The subject is empty (its records expired): ours, which expected `tip`, cannot
+            // be stored.
+            None if actual == 0 => Err(SendError::Moved { actual_sequence: 0 }),
+            None => {
+                tracing::warn!(
+                    commit = %commit.commit_id, actor, tip = tip.sequence, actual,
+                    "append refused as moved, but nothing follows the tip: outcome unknown"
+                );
+                Err(SendError::Append(AppendError::Indeterminate {
+                    commit_id: commit.commit_id.clone(),
+                    source: BrokerError::WrongLastSequence {
+                        expected: tip.sequence,
+                        actual,
+                    },
+                }))
+            }
         }
     }
 

@@ -20,7 +20,17 @@ pub enum RetryAnswer {
     /// Strip the message id from the retry, so the broker checks the expected sequence first
     /// and answers wrong-last-sequence (what clustered servers may do).
     SequenceFirst,
+    /// A stream leader cut off from its followers (seen on a real 3-server cluster by the
+    /// nemesis): the first append is proposed but not committed — nothing is stored yet, the
+    /// caller times out; every later append to the subject is refused with wrong-last-sequence,
+    /// one past the expected (the leader counts the write in flight), while reads show nothing
+    /// new. [`LossyBroker::release`] commits it, as the leader does once it hears from a
+    /// follower again.
+    LateCommit,
 }
+
+/// An append held by [`RetryAnswer::LateCommit`].
+type Held = (String, Headers, Bytes, AppendOptions);
 
 /// Wraps a broker; the first `lose` appends are committed but answered with a timeout.
 #[derive(Clone)]
@@ -30,6 +40,7 @@ pub struct LossyBroker<B> {
     answer: RetryAnswer,
     /// Appends that reached the inner broker.
     pub appends: Arc<AtomicU32>,
+    held: Arc<std::sync::Mutex<Option<Held>>>,
 }
 
 impl<B: Broker> LossyBroker<B> {
@@ -40,6 +51,18 @@ impl<B: Broker> LossyBroker<B> {
             lose: Arc::new(AtomicU32::new(lose)),
             answer,
             appends: Arc::new(AtomicU32::new(0)),
+            held: Arc::default(),
+        }
+    }
+
+    /// Commits the append [`RetryAnswer::LateCommit`] held, if any.
+    pub async fn release(&self) -> Option<Result<AppendAck, BrokerError>> {
+        let held = self.held.lock().unwrap().take();
+        match held {
+            Some((subject, headers, payload, options)) => {
+                Some(self.inner.append(&subject, headers, payload, options).await)
+            }
+            None => None,
         }
     }
 }
@@ -57,6 +80,24 @@ impl<B: Broker> Broker for LossyBroker<B> {
         mut options: AppendOptions,
     ) -> Result<AppendAck, BrokerError> {
         let previous = self.appends.fetch_add(1, Ordering::SeqCst);
+        if self.answer == RetryAnswer::LateCommit {
+            let mut held = self.held.lock().unwrap();
+            if held.is_none() && previous == 0 {
+                *held = Some((subject.to_owned(), headers, payload, options));
+                return Err(BrokerError::Timeout {
+                    operation: "append acknowledgement (proposal not committed)".into(),
+                });
+            }
+            if let Some((held_subject, ..)) = held.as_ref()
+                && held_subject == subject
+            {
+                let expected = options.expected_last_subject_sequence.unwrap_or(0);
+                return Err(BrokerError::WrongLastSequence {
+                    expected,
+                    actual: expected + 1,
+                });
+            }
+        }
         if previous > 0 && self.answer == RetryAnswer::SequenceFirst {
             options.message_id = None;
         }

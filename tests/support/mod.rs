@@ -28,6 +28,7 @@ pub mod nats_server;
 pub mod race;
 /// The proxy lives with the server launcher (`nats_server/route_proxy.rs`), so that every file
 /// that includes the launcher by path (benches, the nemesis) gets it too.
+#[cfg(feature = "nats")]
 #[allow(unused_imports)] // only the partition tests name it
 pub use nats_server::route_proxy;
 #[cfg(feature = "nats")]

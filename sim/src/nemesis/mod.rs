@@ -274,6 +274,9 @@ pub struct NemesisReport {
     pub interleaving: u64,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// Where the full trace of a failing run was written (every fault, every operation's
+    /// invoke and outcome in real time), or why it could not be.
+    pub trace_file: Option<Result<std::path::PathBuf, String>>,
 }
 
 impl NemesisReport {
@@ -404,6 +407,11 @@ impl fmt::Display for NemesisReport {
                 c.to,
                 format_time(c.without_leader)
             )?;
+        }
+        match &self.trace_file {
+            Some(Ok(path)) => writeln!(f, "trace: {}", path.display())?,
+            Some(Err(e)) => writeln!(f, "trace not written: {e}")?,
+            None => {}
         }
         if !self.passed() {
             let mut by_invariant: BTreeMap<&str, usize> = BTreeMap::new();
@@ -872,6 +880,10 @@ async fn run_async(options: &NemesisOptions) -> NemesisReport {
     world.log("heal everything; liveness phase begins".into());
     aether::rt::sleep(options.liveness).await;
     let end = world.now();
+    // The nodes run on a little past the end, so that what they record at its last instant
+    // (the views every node takes at each whole second) is in before they stop: in real time
+    // the end and those records race.
+    aether::rt::sleep(Duration::from_millis(1500)).await;
     for node in &world.nodes {
         if let Some(runtime) = node.lock().unwrap().take() {
             runtime.shutdown_background();
@@ -965,6 +977,9 @@ async fn run_async(options: &NemesisOptions) -> NemesisReport {
     let mut report = finish(
         options, planned, &world, violations, per_kind, &samples, end,
     );
+    if !report.passed() {
+        report.trace_file = Some(write_trace(options, &world.history));
+    }
     let windows = report_windows;
     for change in report.leader_changes.iter().skip(1) {
         let gap_began = change.at - change.without_leader;
@@ -1000,8 +1015,26 @@ fn finish(
         double_claims: double_claims(&samples),
         operations: 0,
         interleaving: world.history.trace_hash(),
+        trace_file: None,
         elapsed: end,
     }
+}
+
+/// Writes a failing run's full trace to `$AETHER_NEMESIS_ARTIFACTS` (default
+/// `target/nemesis`) as `<workload>-<seed>.trace.txt`.
+fn write_trace(options: &NemesisOptions, history: &History) -> Result<std::path::PathBuf, String> {
+    let dir = std::env::var_os("AETHER_NEMESIS_ARTIFACTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("target/nemesis"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join(format!(
+        "{}-{}.trace.txt",
+        options.workload.name(),
+        options.seed
+    ));
+    let trace = history.trace().unwrap_or_default().join("\n");
+    std::fs::write(&path, trace).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
 }
 
 /// Leader changes in the polled samples: a new leader, or the same one again after a stretch

@@ -67,6 +67,7 @@ macro_rules! store_bodies {
             event_stored_is_published_after_append_never_after_conflict,
             lost_reply_is_retried_into_exactly_one_commit,
             lost_reply_then_foreign_write_reports_conflict,
+            a_write_pending_on_a_cut_off_leader_is_unknown_not_a_conflict,
             read_all_pages_through_every_actor_in_commit_order,
             projections_see_every_commit_once_per_checkpoint_and_are_fenced,
             loading_after_a_snapshot_reads_only_what_follows_it,

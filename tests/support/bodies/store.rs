@@ -805,6 +805,40 @@ pub async fn lost_reply_is_retried_into_exactly_one_commit<B: Broker>(broker: B,
     }
 }
 
+/// A write proposed on a stream leader cut off from its followers: the caller times out, the
+/// retry is refused as if the subject had moved (the leader counts the write in flight) while
+/// reads show nothing after the tip, and the write commits later. The outcome is unknown — never
+/// a conflict, and never a second commit in a new attempt (the nemesis found both on a real
+/// 3-server cluster: a write reported as a conflict was stored).
+pub async fn a_write_pending_on_a_cut_off_leader_is_unknown_not_a_conflict<B: Broker>(
+    broker: B,
+    ns: String,
+) {
+    let lossy = LossyBroker::new(broker.clone(), 0, RetryAnswer::LateCommit);
+    let store = open(lossy.clone(), &ns).await;
+    let err = store
+        .append("late", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Indeterminate { .. }),
+        "the outcome is unknown, not {err:?}"
+    );
+    let attempts = lossy.appends.load(std::sync::atomic::Ordering::SeqCst);
+    let committed = lossy.release().await.expect("the first attempt was held");
+    committed.expect("the held write commits");
+    let events = open(broker.clone(), &ns)
+        .await
+        .events("late", 1)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "exactly the one commit, stored late");
+    assert!(
+        attempts >= 2,
+        "the append was retried ({attempts} attempts)"
+    );
+}
+
 pub async fn lost_reply_then_foreign_write_reports_conflict<B: Broker>(broker: B, ns: String) {
     // The first attempt is lost *before* reaching the broker is indistinguishable from a lost
     // reply; here the broker really stored a competitor's commit in between.
