@@ -357,20 +357,18 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 .await;
             match result {
                 Ok(ack) => return Ok(ack),
-                Err(BrokerError::WrongLastSequence { actual, .. }) if ambiguous.is_some() => {
-                    let resolved =
-                        self.resolve_after_ambiguity(actor, subject, commit, tip, actual);
-                    let resolved = resolved.await;
+                Err(BrokerError::WrongLastSequence { actual, .. }) => {
+                    // Usually another writer was first. But the refusal can come from a stream
+                    // leader that no longer leads — one that just got its links back answers
+                    // from its stale state while the real leader stores the commit (seen on a
+                    // real 3-server cluster): the record after the tip says which.
+                    let resolved = self
+                        .resolve_refusal(actor, subject, commit, tip, actual, ambiguous.is_some())
+                        .await;
                     if let Err(SendError::Moved { .. }) = resolved {
                         in_flight.refused();
                     }
                     return resolved;
-                }
-                Err(BrokerError::WrongLastSequence { actual, .. }) => {
-                    in_flight.refused();
-                    return Err(SendError::Moved {
-                        actual_sequence: actual,
-                    });
                 }
                 Err(BrokerError::PayloadTooLarge { size, max }) => {
                     return Err(SendError::Append(AppendError::TooLarge { size, max }));
@@ -423,25 +421,35 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         }))
     }
 
-    /// After an ambiguous attempt, the broker says the subject moved past `tip` (its last
-    /// sequence is `actual`): find out whether it moved because of our own first attempt — the
-    /// record right after `tip`, asked of the stream leader, is either our commit or someone
-    /// else's. Someone else's means ours can never be stored (it expected `tip`).
+    /// The broker refused the commit as if the subject had moved past `tip` (its last sequence
+    /// `actual`): find out whether it moved because of this very commit — the record right after
+    /// `tip`, asked of the stream leader, is either our commit or someone else's. Someone else's
+    /// means ours can never be stored (it expected `tip`).
+    ///
+    /// Our own commit there means the refusal was not the whole truth: after an ambiguous
+    /// attempt, the first attempt was stored; without one, a stream leader that no longer leads
+    /// answered from its stale state while the real one stored the commit.
     ///
     /// No record after `tip` while the broker says the subject moved means the answers
-    /// disagree: a stream leader cut off from its followers counts a write it proposed but
-    /// cannot commit yet (ours, perhaps), refuses the retry, and reads without it; the write
-    /// commits once the leader hears from a follower again. Its fate is unknown, so the append
-    /// is too: it must neither start over with a new commit nor report a conflict.
-    async fn resolve_after_ambiguity(
+    /// disagree. After an ambiguous attempt that is a stream leader cut off from its followers:
+    /// it counts a write it proposed but cannot commit yet (ours, perhaps), refuses the retry,
+    /// and reads without it; the write commits once the leader hears from a follower again. Its
+    /// fate is unknown, so the append is too: it must neither start over with a new commit nor
+    /// report a conflict. Without an ambiguous attempt, it is the usual refusal of a stale tip
+    /// (the caller reads the tip again).
+    async fn resolve_refusal(
         &self,
         actor: &str,
         subject: &str,
         commit: &Commit,
         tip: Tip,
         actual: u64,
+        after_ambiguity: bool,
     ) -> Result<AppendAck, SendError> {
-        let next = self
+        let moved = Err(SendError::Moved {
+            actual_sequence: actual,
+        });
+        let next = match self
             .broker()
             .next(
                 &self.inner.events_stream,
@@ -450,29 +458,39 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 ReadFrom::Leader,
             )
             .await
-            .map_err(|e| {
-                SendError::Append(AppendError::Indeterminate {
+        {
+            Ok(next) => next,
+            Err(e) if after_ambiguity => {
+                return Err(SendError::Append(AppendError::Indeterminate {
                     commit_id: commit.commit_id.clone(),
                     source: e,
-                })
-            })?;
+                }));
+            }
+            Err(_) => return moved,
+        };
         match next {
             Some(m)
                 if decode_record(&m, Some(actor))
                     .is_ok_and(|c| c.commit_id == commit.commit_id) =>
             {
+                if !after_ambiguity {
+                    tracing::warn!(
+                        commit = %commit.commit_id, actor, sequence = m.sequence,
+                        "append refused as moved, yet stored: a stale stream leader answered"
+                    );
+                }
                 Ok(AppendAck {
                     sequence: m.sequence,
                     duplicate: true,
                 })
             }
             Some(m) => Err(SendError::Moved {
-                actual_sequence: m.sequence,
+                actual_sequence: m.sequence.max(actual),
             }),
             // The subject is empty (its records expired): ours, which expected `tip`, cannot
             // be stored.
             None if actual == 0 => Err(SendError::Moved { actual_sequence: 0 }),
-            None => {
+            None if after_ambiguity => {
                 tracing::warn!(
                     commit = %commit.commit_id, actor, tip = tip.sequence, actual,
                     "append refused as moved, but nothing follows the tip: outcome unknown"
@@ -485,6 +503,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                     },
                 }))
             }
+            None => moved,
         }
     }
 

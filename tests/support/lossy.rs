@@ -27,6 +27,11 @@ pub enum RetryAnswer {
     /// new. [`LossyBroker::release`] commits it, as the leader does once it hears from a
     /// follower again.
     LateCommit,
+    /// A stream leader that no longer leads, its links just back, answers too (seen on a real
+    /// 3-server cluster by the nemesis): the first append that expects a non-zero sequence is
+    /// stored by the real leader, but the caller hears the stale one's refusal — wrong last
+    /// sequence, one behind what it expected.
+    StaleLeaderAnswers,
 }
 
 /// An append held by [`RetryAnswer::LateCommit`].
@@ -98,11 +103,30 @@ impl<B: Broker> Broker for LossyBroker<B> {
                 });
             }
         }
+        if self.answer == RetryAnswer::StaleLeaderAnswers
+            && let Some(expected) = options.expected_last_subject_sequence
+            && expected > 0
+            && self
+                .lose
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            self.inner
+                .append(subject, headers, payload, options)
+                .await?;
+            return Err(BrokerError::WrongLastSequence {
+                expected,
+                actual: expected - 1,
+            });
+        }
         if previous > 0 && self.answer == RetryAnswer::SequenceFirst {
             options.message_id = None;
         }
         let result = self.inner.append(subject, headers, payload, options).await;
-        let lose = self
+        let lose = matches!(
+            self.answer,
+            RetryAnswer::Dedupe | RetryAnswer::SequenceFirst
+        ) && self
             .lose
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();

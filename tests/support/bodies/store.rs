@@ -839,6 +839,40 @@ pub async fn a_write_pending_on_a_cut_off_leader_is_unknown_not_a_conflict<B: Br
     );
 }
 
+/// A refusal from a stream leader that no longer leads, while the real one stored the commit:
+/// the append succeeds, once — never a conflict over its own commit (the nemesis saw one on a
+/// real 3-server cluster right after a partition healed).
+pub async fn a_stale_leaders_refusal_of_a_stored_commit_is_a_success<B: Broker>(
+    broker: B,
+    ns: String,
+) {
+    let lossy = LossyBroker::new(broker.clone(), 1, RetryAnswer::StaleLeaderAnswers);
+    let store = open(lossy.clone(), &ns).await;
+    store
+        .append("stale", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap();
+    let outcome = store
+        .append(
+            "stale",
+            ExpectedVersion::Exact(1),
+            vec![ev("B", 2), ev("B", 3)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the commit was stored: {e}"));
+    assert_eq!(outcome.last_version(), 3);
+    let events = open(broker.clone(), &ns)
+        .await
+        .events("stale", 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "one commit of two events after the first"
+    );
+}
+
 pub async fn lost_reply_then_foreign_write_reports_conflict<B: Broker>(broker: B, ns: String) {
     // The first attempt is lost *before* reaching the broker is indistinguishable from a lost
     // reply; here the broker really stored a competitor's commit in between.
