@@ -2,9 +2,9 @@
 //!
 //! A run starts three `nats-server` processes (the project's pinned 2.15.1) as one JetStream
 //! cluster on loopback, opens the store with R3 streams, and runs the store scenario's workload
-//! — the same [`writer`], [`reader`] and [`vandal`] code the simulation runs, recording into the
+//! — the same [`writer`](crate::scenarios::store::writer), [`reader`](crate::scenarios::store::reader) and [`vandal`](crate::scenarios::store::vandal) code the simulation runs, recording into the
 //! same [`History`] — on several aether nodes, while real faults drawn from the seed
-//! ([`schedule`]) hit the servers and the nodes: `kill -9` and restart of the stream leader, a
+//! ([`schedule`](mod@schedule)) hit the servers and the nodes: `kill -9` and restart of the stream leader, a
 //! follower or the meta leader, SIGSTOP/SIGCONT of one, and crashes of an aether node in the
 //! middle of its appends. After the fault phase everything is healed, the workload runs on
 //! fault-free for the liveness phase, and then the same [`check_all`] judges the history against
