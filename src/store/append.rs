@@ -362,6 +362,12 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                     // leader that no longer leads — one that just got its links back answers
                     // from its stale state while the real leader stores the commit (seen on a
                     // real 3-server cluster): the record after the tip says which.
+                    if ambiguous.is_none() {
+                        // A refusal of the only attempt: a deadline during the check below says
+                        // nothing was stored, as it did before the check (a stale leader's
+                        // refusal of a stored commit inside that window is not told apart).
+                        in_flight.refused();
+                    }
                     let resolved = self
                         .resolve_refusal(actor, subject, commit, tip, actual, ambiguous.is_some())
                         .await;
