@@ -22,6 +22,12 @@
 //! (offsets, kinds and durations), the interleaving of operations is not. The report prints both.
 //! Clock skew between nodes is out of reach on one machine (every process reads one clock); it
 //! stays the simulation's.
+//!
+//! This file is over the project's 800-line guideline: it is one runner (options, world, fault
+//! injection, the run and its report). Its seams — the report and its per-fault tables, the
+//! leader sampling, the fault injection — are to move into files of their own with the next
+//! change here (the model changes issue 12 still needs); not done in the stop that wrote it,
+//! for lack of time to re-verify the split on a real cluster.
 #![allow(clippy::disallowed_methods)] // real servers, real time: Instant::now is the point here
 
 #[allow(dead_code, unused_imports, clippy::new_without_default)]
@@ -592,13 +598,7 @@ impl World {
             if let Some(leader) = LeaderSample::of(&views).leader {
                 return Some(leader);
             }
-            let info = aether::rt::timeout(Duration::from_secs(2), async {
-                let mut stream = control.jetstream().get_stream(events_stream()).await.ok()?;
-                stream.info().await.ok().cloned()
-            })
-            .await
-            .ok()
-            .flatten();
+            let info = events_stream_info(control).await;
             info.and_then(|i| i.cluster).and_then(|c| c.leader)
         };
         let by_name = |name: &str| {
@@ -1128,17 +1128,25 @@ fn fault_stats(
     out
 }
 
+/// The events stream's info through the control connection, or `None` when it does not answer
+/// within 2 s.
+async fn events_stream_info(
+    control: &NatsBroker,
+) -> Option<aether::broker::async_nats::jetstream::stream::Info> {
+    aether::rt::timeout(Duration::from_secs(2), async {
+        let mut stream = control.jetstream().get_stream(events_stream()).await.ok()?;
+        stream.info().await.ok().cloned()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 async fn wait_replicas_current(control: &NatsBroker, within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
     let mut last = String::new();
     while Instant::now() < deadline {
-        let info = aether::rt::timeout(Duration::from_secs(2), async {
-            let mut stream = control.jetstream().get_stream(events_stream()).await.ok()?;
-            stream.info().await.ok().cloned()
-        })
-        .await
-        .ok()
-        .flatten();
+        let info = events_stream_info(control).await;
         if let Some(cluster) = info.and_then(|i| i.cluster) {
             if cluster.leader.is_some()
                 && cluster.replicas.len() == 2
