@@ -256,6 +256,12 @@ impl RouteNet {
                 let ip = route["ip"].as_str().unwrap_or_default();
                 let port = route["port"].as_u64().unwrap_or_default();
                 let port = u16::try_from(port).map_err(|_| format!("bad port {port}"))?;
+                if ip.is_empty() && port == 0 {
+                    // A route whose socket is already closed and that the server is still
+                    // removing: `Routez` takes the address from the live connection
+                    // (`r.nc`, monitor.go), which closing clears. It carries nothing.
+                    continue;
+                }
                 if self.route_ports.contains(&port) {
                     return Err(format!(
                         "{} has a route to {remote} on real route port {port}: {route}",
