@@ -44,6 +44,13 @@ pub struct PlantedBugs {
     /// A projector moves its checkpoint with an unconditional write (no fencing between
     /// instances).
     pub projector_skips_fencing: bool,
+    /// After an ambiguous attempt, the store takes a refusal as moved at its word even when
+    /// nothing follows the tip on the stream leader (a cut-off leader counting its own
+    /// uncommitted proposal): it reports a conflict for a commit that may still be stored.
+    pub refusal_after_ambiguity_is_moved: bool,
+    /// The store takes a refusal as moved at its word without asking the stream leader what
+    /// follows the tip (a deposed leader's answer for a commit the real one stored).
+    pub refusal_taken_at_its_word: bool,
     /// The store reads an actor's tip from whichever replica answers, without the handle's own
     /// tip as a floor (no read-your-writes on a replicated stream).
     pub tip_without_floor: bool,

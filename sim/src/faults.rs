@@ -96,6 +96,18 @@ pub enum Fault {
         /// How long the cluster has no stream leader.
         election: Duration,
     },
+    /// The stream leader is cut off from its followers for `length` (replicated model): it
+    /// proposes appends and answers none, refuses retries of them as moved; at the end they
+    /// commit (`commits`) or are lost to a new leader, and then the deposed one answers
+    /// appends from its old data for `stale_for`.
+    LeaderCutOff {
+        /// How long the cut lasts.
+        length: Duration,
+        /// Whether the proposals commit at the end.
+        commits: bool,
+        /// After a lost cut: how long the deposed leader goes on answering.
+        stale_for: Duration,
+    },
     /// Follower `follower` applies committed writes this late (`None`: a normal lag again).
     FollowerLag {
         /// Follower index (0 or 1).
@@ -149,6 +161,26 @@ impl fmt::Display for Fault {
                     "stream leader fails over ({} ms election)",
                     election.as_millis()
                 )
+            }
+            Fault::LeaderCutOff {
+                length,
+                commits,
+                stale_for,
+            } => {
+                write!(
+                    f,
+                    "stream leader cut off from its followers for {} ms, then ",
+                    length.as_millis()
+                )?;
+                if *commits {
+                    write!(f, "its proposals commit")
+                } else {
+                    write!(
+                        f,
+                        "a new leader without them; the old one answers {} ms more",
+                        stale_for.as_millis()
+                    )
+                }
             }
             Fault::FollowerLag { follower, lag } => match lag {
                 Some(lag) => write!(f, "follower {follower} lags {} ms", lag.as_millis()),
@@ -297,9 +329,10 @@ impl FaultSchedule {
 
 impl FaultSchedule {
     /// The replicated model's own faults over `[start, safety_end)`, about one every 4–8 s
-    /// (scaled with the profile's gap between faults):
-    /// a stream-leader failover (election 2–5 s) or a follower falling behind by 0.3–3 s for
-    /// 2–6 s. Drawn from their own generator, so the other faults of a seed stay the same on
+    /// (scaled with the profile's gap between faults): a stream-leader failover (election
+    /// 2–5 s), a follower falling behind by 0.3–3 s for 2–6 s, or the stream leader cut off
+    /// from its followers for 0.5–4 s (its proposals then commit, or are lost to a new leader
+    /// and the old one answers for 0.2–2 s more). Drawn from their own generator, so the other faults of a seed stay the same on
     /// both models.
     pub fn replication(
         rng: &SharedRng,
@@ -317,7 +350,23 @@ impl FaultSchedule {
             if t >= safety_end {
                 break;
             }
-            if below(rng, 2) == 0 {
+            let kind = below(rng, 3);
+            if kind == 2 {
+                // The nemesis saw both ends of a cut on a real cluster (docs/nemesis.md).
+                let length =
+                    rng.duration_between(Duration::from_millis(500), Duration::from_secs(4));
+                let commits = below(rng, 2) == 0;
+                let stale_for =
+                    rng.duration_between(Duration::from_millis(200), Duration::from_secs(2));
+                events.push((
+                    t,
+                    Fault::LeaderCutOff {
+                        length,
+                        commits,
+                        stale_for,
+                    },
+                ));
+            } else if kind == 0 {
                 // Real R3 elections took 4.1–7.4 s after a kill -9 of the stream leader
                 // (tests/nats_replicas.rs); scenarios of 20 s of faults take 2–5 s.
                 let election = rng.duration_between(Duration::from_secs(2), Duration::from_secs(5));
@@ -383,6 +432,13 @@ pub fn apply(engine: &mut impl Engine, world: &World<'_>, now: Duration, fault: 
         Fault::Skew { node, offset_ms } => world.clocks[*node].set_skew(offset_ms * 1_000_000),
         Fault::Drift { node, rate_ppm } => world.clocks[*node].set_drift(now, *rate_ppm),
         Fault::Failover { election } => world.broker.fail_over(now, *election),
+        Fault::LeaderCutOff {
+            length,
+            commits,
+            stale_for,
+        } => world
+            .broker
+            .cut_off_leader(now, *length, *commits, *stale_for),
         Fault::FollowerLag { follower, lag } => world.broker.set_follower_lag(*follower, *lag),
         Fault::ReplyLoss { per_mille } => world.broker.set_faults(BrokerFaults {
             reply_loss_per_mille: *per_mille,

@@ -268,6 +268,12 @@ pub const PLANTED: &[(&str, Switch)] = &[
         &mut b.snapshots_expire_with_events
     }),
     ("tip_without_floor", |b| &mut b.tip_without_floor),
+    ("refusal_after_ambiguity_is_moved", |b| {
+        &mut b.refusal_after_ambiguity_is_moved
+    }),
+    ("refusal_taken_at_its_word", |b| {
+        &mut b.refusal_taken_at_its_word
+    }),
 ];
 
 /// Names of the planted bugs that are on.

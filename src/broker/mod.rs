@@ -28,7 +28,7 @@ pub use config::{KvConfig, StorageKind, StreamConfig};
 pub use error::{BrokerError, BrokerLimit, PermissionAction};
 /// The broker state machine behind [`MemoryBroker`], for the simulation's broker host.
 #[cfg(feature = "sim")]
-pub use memory::{BrokerState, BrokerUsage, Now, StreamUsage};
+pub use memory::{BrokerState, BrokerUsage, Now, StreamUsage, SubjectView};
 pub use memory::{CONSUMER_INACTIVE_THRESHOLD, CONSUMERS_PER_STREAM_MAX, MemoryBroker};
 pub use message::{
     AppendAck, AppendOptions, Headers, KvEntry, KvOperation, Message, ReadFrom, StoredMessage,

@@ -443,6 +443,8 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// fate is unknown, so the append is too: it must neither start over with a new commit nor
     /// report a conflict. Without an ambiguous attempt, it is the usual refusal of a stale tip
     /// (the caller reads the tip again).
+    ///
+    /// When the stream leader cannot be asked, the outcome is unknown either way.
     async fn resolve_refusal(
         &self,
         actor: &str,
@@ -455,6 +457,9 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         let moved = Err(SendError::Moved {
             actual_sequence: actual,
         });
+        if !after_ambiguity && crate::planted::planted!(self.inner.rt, refusal_taken_at_its_word) {
+            return moved;
+        }
         let next = match self
             .broker()
             .next(
@@ -466,13 +471,14 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             .await
         {
             Ok(next) => next,
-            Err(e) if after_ambiguity => {
+            // Unchecked, the refusal proves nothing: it may be a deposed leader's while the
+            // real one stored the commit, so a conflict (nothing stored) cannot be claimed.
+            Err(e) => {
                 return Err(SendError::Append(AppendError::Indeterminate {
                     commit_id: commit.commit_id.clone(),
                     source: e,
                 }));
             }
-            Err(_) => return moved,
         };
         match next {
             Some(m)
@@ -496,7 +502,9 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             // The subject is empty (its records expired): ours, which expected `tip`, cannot
             // be stored.
             None if actual == 0 => Err(SendError::Moved { actual_sequence: 0 }),
-            None if after_ambiguity => {
+            None if after_ambiguity
+                && !crate::planted::planted!(self.inner.rt, refusal_after_ambiguity_is_moved) =>
+            {
                 tracing::warn!(
                     commit = %commit.commit_id, actor, tip = tip.sequence, actual,
                     "append refused as moved, but nothing follows the tip: outcome unknown"

@@ -8,12 +8,15 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use aether::broker::{BrokerError, BrokerState, DEFAULT_MAX_PAYLOAD, Message, Now};
+use aether::broker::{
+    AppendOptions, BrokerError, BrokerState, DEFAULT_MAX_PAYLOAD, Headers, Message, Now,
+};
+use bytes::Bytes;
 use aether::clock::SharedRng;
 
 use super::client::{SimBroker, SimBrokerConfig};
 use super::protocol::{Frame, Request, Response};
-use super::replicas::{Replicas, ReplicationConfig};
+use super::replicas::{Proposal, Replicas, ReplicationConfig, Stale, Write};
 use super::wire::{TOKEN_BYTES, Wire, read_frame, write_frames};
 use super::{BROKER_PORT, CONNECTION_QUEUE_MAX, PUSH_QUEUE_MAX, lock};
 use crate::clock::{SimClock, epoch, sim_now};
@@ -118,6 +121,22 @@ impl BrokerHost {
     pub fn fail_over(&self, now: Duration, length: Duration) {
         if let Some(r) = lock(&self.shared.replicas).as_mut() {
             r.fail_over(now, length);
+        }
+    }
+
+    /// Cuts the stream leader off from its followers at true time `now` for `length`: appends
+    /// are proposed and not answered, then commit (`commits`) or are lost to a new leader, whose
+    /// predecessor answers from its old data for `stale_for` more (replicated model only; see
+    /// [`super::replicas`]).
+    pub fn cut_off_leader(
+        &self,
+        now: Duration,
+        length: Duration,
+        commits: bool,
+        stale_for: Duration,
+    ) {
+        if let Some(r) = lock(&self.shared.replicas).as_mut() {
+            r.cut_off(now, length, commits, stale_for);
         }
     }
 
@@ -243,6 +262,7 @@ impl BrokerHost {
                 break;
             };
             lock(&self.shared.stats).requests += 1;
+            self.settle_cut_off();
             if let Request::Hello { node, session } = &body {
                 let mut sessions = lock(&self.shared.sessions);
                 match sessions.get(node) {
@@ -278,6 +298,31 @@ impl BrokerHost {
                 }
                 continue;
             }
+            if let Request::Append {
+                subject,
+                headers,
+                payload,
+                options,
+            } = &body
+                && let Some(answer) = self.propose(subject, headers, payload, options)
+            {
+                // Refused or answered at once by the cut-off leader, or proposed (`None`) and
+                // never answered.
+                if let Some(body) = answer
+                    && conn.tx.send(Frame::Resp { id, body }).await.is_err()
+                {
+                    break;
+                }
+                continue;
+            }
+            let stale_probe = match &body {
+                Request::Append {
+                    subject, options, ..
+                } if self.stale_answers() => options
+                    .expected_last_subject_sequence
+                    .map(|expected| (subject.clone(), expected)),
+                _ => None,
+            };
             if body.is_replicated_write() && !self.await_commit().await {
                 // The election began while the write was on its way to a quorum: never
                 // answered; half of the time the new leader has it after all.
@@ -286,7 +331,13 @@ impl BrokerHost {
                 }
                 continue;
             }
-            let response = self.handle(&mut conn, sent_at, body);
+            let mut response = self.handle(&mut conn, sent_at, body);
+            if let Some((subject, expected)) = stale_probe
+                && let Some(actual) = self.stale_refusal(&subject, expected)
+            {
+                // The deposed leader's answer arrived first.
+                response = Response::Error(BrokerError::WrongLastSequence { expected, actual });
+            }
             if let Some(forwarder) = conn.flush_before_reply.take() {
                 let _ = forwarder.await;
             }
@@ -321,6 +372,130 @@ impl BrokerHost {
             }
         }
         writer_task.abort();
+    }
+
+    /// Settles a stream-leader cut-off that has ended: its proposals commit in order, or are
+    /// lost to a new leader (and the deposed one starts answering from its old data).
+    fn settle_cut_off(&self) {
+        let now = host_now();
+        let mut state = lock(&self.shared.state);
+        let mut replicas = lock(&self.shared.replicas);
+        let Some(r) = replicas.as_mut() else {
+            return;
+        };
+        let Some(cut) = r.ended_cut_off(now.monotonic) else {
+            return;
+        };
+        if !cut.commits {
+            r.stale = Some(Stale {
+                until: cut.until + cut.stale_for,
+                as_of: state.last_sequences(),
+            });
+            return;
+        }
+        for p in cut.pending {
+            // Nothing else committed to these streams meanwhile, so each takes the sequence
+            // it was proposed at (unless its subject's records expired: then the expectation
+            // fails now, and nobody hears of it either way).
+            if let Ok(ack) = state.append(
+                &p.subject,
+                p.headers.clone(),
+                p.payload.clone(),
+                p.options.clone(),
+                now,
+            ) {
+                debug_assert_eq!(ack.sequence, p.sequence, "a proposal commits where proposed");
+                r.committed(
+                    now,
+                    Write::Append {
+                        subject: p.subject,
+                        headers: p.headers,
+                        payload: p.payload,
+                        options: p.options,
+                        result: (ack.sequence, ack.duplicate),
+                    },
+                );
+            }
+        }
+    }
+
+    /// An append while the stream leader is cut off from its followers: `None` when it is not
+    /// (handled as usual); `Some(Some(answer))` when the cut-off leader answers at once — a
+    /// refusal when the subject moved in its proposed state, an acknowledgement when the
+    /// message id is a committed duplicate; `Some(None)` when it is proposed and not answered.
+    fn propose(
+        &self,
+        subject: &str,
+        headers: &Headers,
+        payload: &Bytes,
+        options: &AppendOptions,
+    ) -> Option<Option<Response>> {
+        let now = host_now();
+        let mut state = lock(&self.shared.state);
+        let mut replicas = lock(&self.shared.replicas);
+        let cut = replicas.as_mut()?.cutting_off(now.monotonic)?;
+        let id = options.message_id.as_deref();
+        // An unknown stream is refused as usual.
+        let view = state.subject_view(subject, None, id, now)?;
+        let proposed_last = cut
+            .pending
+            .iter()
+            .rev()
+            .find(|p| p.subject == subject)
+            .map_or(view.subject_last, |p| p.sequence);
+        if let Some(expected) = options.expected_last_subject_sequence
+            && expected != proposed_last
+        {
+            return Some(Some(Response::Error(BrokerError::WrongLastSequence {
+                expected,
+                actual: proposed_last,
+            })));
+        }
+        if let Some(sequence) = view.duplicate_of {
+            return Some(Some(Response::Ack {
+                sequence,
+                duplicate: true,
+            }));
+        }
+        if id.is_some_and(|id| {
+            cut.pending
+                .iter()
+                .any(|p| p.options.message_id.as_deref() == Some(id))
+        }) {
+            return Some(None);
+        }
+        let earlier = cut.pending.iter().filter(|p| p.stream == view.stream).count() as u64;
+        cut.pending.push(Proposal {
+            subject: subject.to_owned(),
+            headers: headers.clone(),
+            payload: payload.clone(),
+            options: options.clone(),
+            sequence: view.stream_last + 1 + earlier,
+            stream: view.stream,
+        });
+        Some(None)
+    }
+
+    /// Whether a deposed stream leader answers appends now.
+    fn stale_answers(&self) -> bool {
+        lock(&self.shared.replicas)
+            .as_ref()
+            .is_some_and(|r| r.stale_answers(sim_now()))
+    }
+
+    /// The deposed leader's refusal of an append to `subject` expecting `expected`, when its
+    /// answer is the one the caller hears (half of the time) and its old data disagrees.
+    fn stale_refusal(&self, subject: &str, expected: u64) -> Option<u64> {
+        let now = host_now();
+        let mut state = lock(&self.shared.state);
+        let mut replicas = lock(&self.shared.replicas);
+        let r = replicas.as_mut()?;
+        let stream = state.subject_view(subject, None, None, now)?.stream;
+        let as_of = r.stale_as_of(now.monotonic, &stream)?;
+        let actual = state
+            .subject_view(subject, Some(as_of), None, now)?
+            .subject_last;
+        (actual != expected && self.shared.rng.next_u64().is_multiple_of(2)).then_some(actual)
     }
 
     /// Waits for a write's quorum in the replicated model; false when a stream-leader election

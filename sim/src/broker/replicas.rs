@@ -16,8 +16,20 @@
 //!   commit when it starts is lost: it was never committed), leader-served reads fail as
 //!   unavailable, and direct gets are answered by the followers. The new leader holds every
 //!   committed write (Raft's guarantee): the committed state carries over.
+//! - **A stream leader cut off from its followers** (seen on a real 3-server cluster by the
+//!   nemesis, docs/nemesis.md): it goes on taking appends, proposes them and cannot commit
+//!   them, so it answers none of them. It counts them, though: a later append that expects
+//!   the subject's committed last sequence — the retry of a proposed one above all — is
+//!   refused as if the subject had moved, while reads (its committed state) show nothing new.
+//!   When the cut ends, the proposals either commit (the leader hears its followers again) or
+//!   are lost to a new leader elected without them; only stream appends are cut off (the KV
+//!   buckets' streams have their leaders elsewhere).
+//! - **A deposed leader answering**: after a cut-off that lost its proposals, for a while the
+//!   old leader answers appends too, from its data as of the cut: the new leader stores an
+//!   append while the caller hears the old one's refusal, the subject's last sequence one
+//!   write (or more) behind what it expected.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use aether::broker::{
@@ -90,6 +102,35 @@ struct Follower {
     lag: Duration,
 }
 
+/// An append a cut-off leader proposed: it commits at the end of the cut, or is lost.
+pub(super) struct Proposal {
+    pub(super) subject: String,
+    pub(super) headers: Headers,
+    pub(super) payload: Bytes,
+    pub(super) options: AppendOptions,
+    /// The stream it goes to, and the sequence it takes there if it commits.
+    pub(super) stream: String,
+    pub(super) sequence: u64,
+}
+
+/// A stream leader cut off from its followers until `until`.
+pub(super) struct CutOff {
+    pub(super) until: Duration,
+    /// Whether the proposals commit at the end (else a new leader is elected without them).
+    pub(super) commits: bool,
+    /// After a lost cut: how long the deposed leader goes on answering.
+    pub(super) stale_for: Duration,
+    /// Proposed appends, in order.
+    pub(super) pending: Vec<Proposal>,
+}
+
+/// A deposed leader still answering appends until `until`, from its data as of each stream's
+/// last sequence in `as_of`.
+pub(super) struct Stale {
+    pub(super) until: Duration,
+    pub(super) as_of: BTreeMap<String, u64>,
+}
+
 /// The followers, the log of committed writes they have not all applied, and the election
 /// state.
 pub(super) struct Replicas {
@@ -100,6 +141,11 @@ pub(super) struct Replicas {
     first: u64,
     /// While a stream-leader election runs: when it ends.
     electing_until: Option<Duration>,
+    /// The stream leader cut off from its followers, if it is (or was, and nobody has
+    /// settled the cut yet: [`Replicas::ended_cut_off`]).
+    pub(super) cut_off: Option<CutOff>,
+    /// A deposed leader that still answers.
+    pub(super) stale: Option<Stale>,
 }
 
 impl Replicas {
@@ -118,7 +164,54 @@ impl Replicas {
             log: VecDeque::new(),
             first: 0,
             electing_until: None,
+            cut_off: None,
+            stale: None,
         }
+    }
+
+    /// Cuts the stream leader off from its followers from `now` for `length`.
+    pub(super) fn cut_off(
+        &mut self,
+        now: Duration,
+        length: Duration,
+        commits: bool,
+        stale_for: Duration,
+    ) {
+        if self.cut_off.is_none() {
+            self.cut_off = Some(CutOff {
+                until: now + length,
+                commits,
+                stale_for,
+                pending: Vec::new(),
+            });
+        }
+    }
+
+    /// The cut-off leader at `now`, while the cut lasts.
+    pub(super) fn cutting_off(&mut self, now: Duration) -> Option<&mut CutOff> {
+        self.cut_off.as_mut().filter(|cut| now < cut.until)
+    }
+
+    /// A cut that has ended by `now`, taken to be settled (its proposals committed or lost).
+    pub(super) fn ended_cut_off(&mut self, now: Duration) -> Option<CutOff> {
+        if self.cut_off.as_ref().is_some_and(|cut| now >= cut.until) {
+            self.cut_off.take()
+        } else {
+            None
+        }
+    }
+
+    /// The deposed leader's last sequence of `stream` back then, while it still answers.
+    pub(super) fn stale_as_of(&mut self, now: Duration, stream: &str) -> Option<u64> {
+        if self.stale.as_ref().is_some_and(|stale| now >= stale.until) {
+            self.stale = None;
+        }
+        self.stale.as_ref()?.as_of.get(stream).copied()
+    }
+
+    /// Whether a deposed leader answers at `now`.
+    pub(super) fn stale_answers(&self, now: Duration) -> bool {
+        self.stale.as_ref().is_some_and(|stale| now < stale.until)
     }
 
     /// How long a write waits for its quorum.

@@ -25,6 +25,8 @@ use super::{
 use crate::clock::{Clock, SystemClock};
 use kv::{BucketState, Watcher};
 use stream::StreamState;
+#[cfg(any(test, feature = "sim"))]
+pub use stream::SubjectView;
 
 /// Capacity of each subscription's and watch's queue. Like a NATS slow consumer, a subscriber
 /// that falls this far behind loses messages rather than blocking the publisher.

@@ -16,6 +16,21 @@ struct StoredEntry {
     stored_at: Duration,
 }
 
+/// One subject as a stream leader sees it: see [`BrokerState::subject_view`].
+#[cfg(any(test, feature = "sim"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubjectView {
+    /// The stream capturing the subject.
+    pub stream: String,
+    /// That stream's last sequence.
+    pub stream_last: u64,
+    /// The subject's last sequence (0: none).
+    pub subject_last: u64,
+    /// The sequence of the message stored under the asked message id, if any.
+    pub duplicate_of: Option<u64>,
+}
+
 #[derive(Debug)]
 pub(super) struct StreamState {
     config: StreamConfig,
@@ -113,6 +128,48 @@ impl BrokerState {
             },
         );
         Ok(())
+    }
+
+    /// What the leader of the stream capturing `subject` knows of it at `now`, for a model
+    /// that answers from a state other than its committed one (the simulation's replicated
+    /// broker: a leader holding proposals it cannot commit, or a deposed leader answering from
+    /// old data). `as_of` bounds the stream sequences counted for the subject's last (the
+    /// stream's last sequence back then); `None` for an unknown stream.
+    #[cfg(any(test, feature = "sim"))]
+    pub fn subject_view(
+        &mut self,
+        subject: &str,
+        as_of: Option<u64>,
+        message_id: Option<&str>,
+        now: Now,
+    ) -> Option<SubjectView> {
+        let (name, stream) = self
+            .streams
+            .iter_mut()
+            .find(|(_, s)| s.config.subjects.iter().any(|p| matches(p, subject)))?;
+        stream.expire(now.monotonic);
+        let bound = as_of.unwrap_or(u64::MAX);
+        Some(SubjectView {
+            stream: name.clone(),
+            stream_last: stream.last_sequence,
+            subject_last: stream
+                .subjects
+                .get(subject)
+                .and_then(|seqs| seqs.iter().rev().find(|s| **s <= bound).copied())
+                .unwrap_or(0),
+            duplicate_of: message_id
+                .and_then(|id| stream.dedupe.get(id))
+                .map(|(sequence, _)| *sequence),
+        })
+    }
+
+    /// Every stream's last sequence, by name (see [`BrokerState::subject_view`]).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn last_sequences(&self) -> BTreeMap<String, u64> {
+        self.streams
+            .iter()
+            .map(|(name, s)| (name.clone(), s.last_sequence))
+            .collect()
     }
 
     fn stream_for_subject(&mut self, subject: &str) -> Option<&mut StreamState> {
