@@ -32,6 +32,10 @@ pub enum RetryAnswer {
     /// stored by the real leader, but the caller hears the stale one's refusal — wrong last
     /// sequence, one behind what it expected.
     StaleLeaderAnswers,
+    /// As [`RetryAnswer::StaleLeaderAnswers`], and the stream leader cannot be asked right
+    /// after (an election began: the simulation's replicated model found this): the leader
+    /// read that would tell a stale refusal from a real one times out, once.
+    StaleLeaderThenNoLeader,
 }
 
 /// An append held by [`RetryAnswer::LateCommit`].
@@ -46,6 +50,8 @@ pub struct LossyBroker<B> {
     /// Appends that reached the inner broker.
     pub appends: Arc<AtomicU32>,
     held: Arc<std::sync::Mutex<Option<Held>>>,
+    /// Leader reads still to time out ([`RetryAnswer::StaleLeaderThenNoLeader`]).
+    leaderless_reads: Arc<AtomicU32>,
 }
 
 impl<B: Broker> LossyBroker<B> {
@@ -57,6 +63,7 @@ impl<B: Broker> LossyBroker<B> {
             answer,
             appends: Arc::new(AtomicU32::new(0)),
             held: Arc::default(),
+            leaderless_reads: Arc::default(),
         }
     }
 
@@ -103,8 +110,10 @@ impl<B: Broker> Broker for LossyBroker<B> {
                 });
             }
         }
-        if self.answer == RetryAnswer::StaleLeaderAnswers
-            && let Some(expected) = options.expected_last_subject_sequence
+        if matches!(
+            self.answer,
+            RetryAnswer::StaleLeaderAnswers | RetryAnswer::StaleLeaderThenNoLeader
+        ) && let Some(expected) = options.expected_last_subject_sequence
             && expected > 0
             && self
                 .lose
@@ -114,6 +123,9 @@ impl<B: Broker> Broker for LossyBroker<B> {
             self.inner
                 .append(subject, headers, payload, options)
                 .await?;
+            if self.answer == RetryAnswer::StaleLeaderThenNoLeader {
+                self.leaderless_reads.store(1, Ordering::SeqCst);
+            }
             return Err(BrokerError::WrongLastSequence {
                 expected,
                 actual: expected - 1,
@@ -154,6 +166,16 @@ impl<B: Broker> Broker for LossyBroker<B> {
         from_sequence: u64,
         from: ReadFrom,
     ) -> Result<Option<StoredMessage>, BrokerError> {
+        if from == ReadFrom::Leader
+            && self
+                .leaderless_reads
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(BrokerError::Timeout {
+                operation: "leader read (stream leader election in progress)".into(),
+            });
+        }
         self.inner.next(stream, subject, from_sequence, from).await
     }
 

@@ -69,6 +69,7 @@ macro_rules! store_bodies {
             lost_reply_then_foreign_write_reports_conflict,
             a_write_pending_on_a_cut_off_leader_is_unknown_not_a_conflict,
             a_stale_leaders_refusal_of_a_stored_commit_is_a_success,
+            an_unchecked_refusal_is_unknown_not_a_conflict,
             read_all_pages_through_every_actor_in_commit_order,
             projections_see_every_commit_once_per_checkpoint_and_are_fenced,
             loading_after_a_snapshot_reads_only_what_follows_it,

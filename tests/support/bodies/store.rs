@@ -873,6 +873,36 @@ pub async fn a_stale_leaders_refusal_of_a_stored_commit_is_a_success<B: Broker>(
     );
 }
 
+/// A refusal the stream leader cannot be asked about is no conflict: it may be a deposed
+/// leader's, for a commit the real one stored (the simulation's replicated model found the
+/// store reporting a conflict for a stored commit when an election began right after).
+pub async fn an_unchecked_refusal_is_unknown_not_a_conflict<B: Broker>(broker: B, ns: String) {
+    let lossy = LossyBroker::new(broker.clone(), 1, RetryAnswer::StaleLeaderThenNoLeader);
+    let store = open(lossy.clone(), &ns).await;
+    store
+        .append("unchecked", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap();
+    let err = store
+        .append("unchecked", ExpectedVersion::Exact(1), vec![ev("B", 2)])
+        .await
+        .expect_err("the refusal could not be checked");
+    assert!(
+        matches!(err, AppendError::Indeterminate { .. }),
+        "an unchecked refusal is no conflict: {err:?}"
+    );
+    let events = open(broker.clone(), &ns)
+        .await
+        .events("unchecked", 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2],
+        "the commit the caller was unsure of is stored"
+    );
+}
+
 pub async fn lost_reply_then_foreign_write_reports_conflict<B: Broker>(broker: B, ns: String) {
     // The first attempt is lost *before* reaching the broker is indistinguishable from a lost
     // reply; here the broker really stored a competitor's commit in between.
