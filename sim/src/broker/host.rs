@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use aether::broker::{
     AppendOptions, BrokerError, BrokerState, DEFAULT_MAX_PAYLOAD, Headers, Message, Now,
 };
-use bytes::Bytes;
 use aether::clock::SharedRng;
+use bytes::Bytes;
 
 use super::client::{SimBroker, SimBrokerConfig};
 use super::protocol::{Frame, Request, Response};
@@ -404,7 +404,10 @@ impl BrokerHost {
                 p.options.clone(),
                 now,
             ) {
-                debug_assert_eq!(ack.sequence, p.sequence, "a proposal commits where proposed");
+                debug_assert_eq!(
+                    ack.sequence, p.sequence,
+                    "a proposal commits where proposed"
+                );
                 r.committed(
                     now,
                     Write::Append {
@@ -464,7 +467,11 @@ impl BrokerHost {
         }) {
             return Some(None);
         }
-        let earlier = cut.pending.iter().filter(|p| p.stream == view.stream).count() as u64;
+        let earlier = cut
+            .pending
+            .iter()
+            .filter(|p| p.stream == view.stream)
+            .count() as u64;
         cut.pending.push(Proposal {
             subject: subject.to_owned(),
             headers: headers.clone(),
