@@ -36,6 +36,8 @@ bugs=(
   "projector_skips_fencing readside 35"
   "bus_hides_gaps readside 35"
   "tip_without_floor store 35 - replicated"
+  "refusal_after_ambiguity_is_moved store 35 - replicated"
+  "refusal_taken_at_its_word store 35 - replicated"
   "snapshots_expire_with_events retention 35"
 )
 echo "| planted bug | scenario | failing seeds of $n on $engine | 99.9 % budget |"
