@@ -75,6 +75,8 @@ pub const BUS_LAGGED: &str = "aether_bus_lagged_events_total";
 
 /// Records (commits and damaged records) a projector handed to its handler, by `projection`.
 pub const PROJECTOR_RECORDS: &str = "aether_projector_records_total";
+/// Failed steps a running projector tries again (handler or broker failures), by `projection`.
+pub const PROJECTOR_RETRIES: &str = "aether_projector_retries_total";
 /// How old the newest record of a projector's latest page was, in seconds (0 once caught up),
 /// by `projection`: the projection's lag behind the writers.
 pub const PROJECTOR_LAG_SECONDS: &str = "aether_projector_lag_seconds";
@@ -169,6 +171,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Events subscribers missed by falling behind",
     ),
     (PROJECTOR_RECORDS, Kind::Counter, "Records projected"),
+    (
+        PROJECTOR_RETRIES,
+        Kind::Counter,
+        "Failed projector steps tried again",
+    ),
     (
         PROJECTOR_LAG_SECONDS,
         Kind::Gauge,

@@ -305,6 +305,11 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         self
     }
 
+    /// The bus the store announces its appends on, if it has one ([`EventStore::with_bus`]).
+    pub fn bus(&self) -> Option<&EventBus<B>> {
+        self.inner.bus.get()
+    }
+
     /// The namespace.
     pub fn namespace(&self) -> &str {
         &self.inner.config.namespace

@@ -6,6 +6,7 @@
 //! per body for a broker constructor.
 
 pub mod bus;
+pub mod projection;
 pub mod store;
 
 /// A namespace for a test body: its name, cut to the 64-character limit.
@@ -74,6 +75,11 @@ macro_rules! store_bodies {
             projections_see_every_commit_once_per_checkpoint_and_are_fenced,
             loading_after_a_snapshot_reads_only_what_follows_it,
             under_retention_expired_versions_are_a_typed_condition_and_snapshots_carry_on,
+            a_live_projector_catches_up_then_follows_with_no_gap_or_duplicate,
+            a_live_projector_without_a_bus_follows_by_polling,
+            the_lag_counts_what_is_not_yet_projected,
+            a_reset_rebuilds_the_projection_from_the_first_record,
+            a_standby_instance_takes_over_without_losing_a_commit,
         }
     };
 }

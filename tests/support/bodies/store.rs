@@ -17,6 +17,7 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::Barrier;
 
+pub use super::projection::*;
 use crate::support::lossy::{LossyBroker, RetryAnswer};
 
 pub async fn open<B: Broker>(broker: B, ns: &str) -> EventStore<B> {

@@ -13,6 +13,15 @@
 //! A crash between 2 and 3 hands the same page to the handler again: handlers must be
 //! idempotent (or deduplicate on [`StoredCommit::position`](crate::store::StoredCommit::position)). Damaged records are handed over in
 //! [`Page::errors`], never skipped silently.
+//!
+//! [`Projector::run`] keeps a projection live: it catches up, then follows the commits stored
+//! after — by the very same step, so the switch from catching up to following has no gap and
+//! no duplicate. [`Projector::reset`] starts a projection over (a rebuild), [`Projector::lag`]
+//! says how far behind it is. The checkpoint bucket has as many replicas as the store.
+
+mod live;
+
+pub use live::{Follow, Lag};
 
 use std::future::Future;
 
@@ -68,6 +77,7 @@ pub struct Projector<B, C> {
     name: String,
     bucket: String,
     page_max: usize,
+    follow: Follow,
 }
 
 impl<B: Broker, C: Clock> Projector<B, C> {
@@ -89,16 +99,19 @@ impl<B: Broker, C: Clock> Projector<B, C> {
             .into());
         }
         let bucket = store.names().projections_bucket();
+        // The checkpoints are as durable as what they point into.
+        let replicas = store.config().replicas;
         store
             .runtime()
             .broker()
-            .kv_ensure(KvConfig::new(&bucket))
+            .kv_ensure(KvConfig::new(&bucket).replicas(replicas))
             .await?;
         Ok(Self {
             store,
             name: name.to_owned(),
             bucket,
             page_max: PAGE_MAX,
+            follow: Follow::default(),
         })
     }
 
