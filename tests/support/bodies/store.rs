@@ -17,6 +17,8 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::Barrier;
 
+#[allow(unused_imports)]
+// used through store_suite!, by the test files that run the store bodies
 pub use super::projection::*;
 use crate::support::lossy::{LossyBroker, RetryAnswer};
 
