@@ -298,6 +298,27 @@ impl BrokerHost {
                 }
                 continue;
             }
+            let stale_probe = match &body {
+                Request::Append {
+                    subject, options, ..
+                } if self.stale_answers() => options
+                    .expected_last_subject_sequence
+                    .map(|expected| (subject.clone(), expected)),
+                _ => None,
+            };
+            if body.is_replicated_write() && !self.await_commit().await {
+                // The election began while the write was on its way to a quorum: never
+                // answered; half of the time the new leader has it after all.
+                if self.shared.rng.next_u64().is_multiple_of(2) {
+                    self.settle_cut_off();
+                    let _ = self.handle(&mut conn, sent_at, body);
+                }
+                continue;
+            }
+            // A cut that ended while this write waited is settled before it commits.
+            self.settle_cut_off();
+            // Also a write that was on its way to a quorum when the cut began: the leader
+            // cannot commit it either.
             if let Request::Append {
                 subject,
                 headers,
@@ -312,22 +333,6 @@ impl BrokerHost {
                     && conn.tx.send(Frame::Resp { id, body }).await.is_err()
                 {
                     break;
-                }
-                continue;
-            }
-            let stale_probe = match &body {
-                Request::Append {
-                    subject, options, ..
-                } if self.stale_answers() => options
-                    .expected_last_subject_sequence
-                    .map(|expected| (subject.clone(), expected)),
-                _ => None,
-            };
-            if body.is_replicated_write() && !self.await_commit().await {
-                // The election began while the write was on its way to a quorum: never
-                // answered; half of the time the new leader has it after all.
-                if self.shared.rng.next_u64().is_multiple_of(2) {
-                    let _ = self.handle(&mut conn, sent_at, body);
                 }
                 continue;
             }

@@ -21,9 +21,11 @@
 //!   them, so it answers none of them. It counts them, though: a later append that expects
 //!   the subject's committed last sequence — the retry of a proposed one above all — is
 //!   refused as if the subject had moved, while reads (its committed state) show nothing new.
-//!   When the cut ends, the proposals either commit (the leader hears its followers again) or
-//!   are lost to a new leader elected without them; only stream appends are cut off (the KV
-//!   buckets' streams have their leaders elsewhere).
+//!   A write already on its way to a quorum when the cut begins is proposed too. When the cut
+//!   ends, the proposals either commit (the leader hears its followers again) or are lost to a
+//!   new leader elected without them — also when an election starts during the cut; there is
+//!   no cut during an election. Only stream appends are cut off (the KV buckets' streams have
+//!   their leaders elsewhere).
 //! - **A deposed leader answering**: after a cut-off that lost its proposals, for a while the
 //!   old leader answers appends too, from its data as of the cut: the new leader stores an
 //!   append while the caller hears the old one's refusal, the subject's last sequence one
@@ -177,7 +179,8 @@ impl Replicas {
         commits: bool,
         stale_for: Duration,
     ) {
-        if self.cut_off.is_none() {
+        // During an election there is no leader to cut off.
+        if self.cut_off.is_none() && !self.electing(now) {
             self.cut_off = Some(CutOff {
                 until: now + length,
                 commits,
@@ -231,9 +234,14 @@ impl Replicas {
         }
     }
 
-    /// Starts an election lasting `length`.
+    /// Starts an election lasting `length`. A cut-off leader is replaced by it: the cut ends
+    /// now, its proposals lost.
     pub(super) fn fail_over(&mut self, now: Duration, length: Duration) {
         self.electing_until = Some(now + length);
+        if let Some(cut) = self.cut_off.as_mut().filter(|cut| now < cut.until) {
+            cut.until = now;
+            cut.commits = false;
+        }
     }
 
     /// Sets follower `index`'s lag (`None`: draw a normal one again).
