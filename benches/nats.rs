@@ -9,7 +9,9 @@
 //! (d) `latest_version` vs one raw direct get (one round trip);
 //! (e) replay of many 10-event actors (loading on activation, the common case) vs the best raw
 //!     async-nats way to read one short subject (a batched direct get, and an ordered consumer
-//!     that is deleted afterwards; the faster of the two is the baseline).
+//!     that is deleted afterwards; the faster of the two is the baseline);
+//! (f) a projection catching up over a whole namespace of 20,000 commits vs a raw ordered
+//!     consumer over the same events (`aether.ev.<namespace>.>`).
 //!
 //! `AETHER_BENCH=a,c,e` runs only the named comparisons (default: all).
 //!
@@ -459,6 +461,9 @@ async fn main() {
     if selected("e") {
         results.push(short_replays(&store, &broker, stream, &subject_of).await);
     }
+    if selected("f") {
+        results.push(projection_catch_up(&broker).await);
+    }
     println!();
     println!(
         "{:<40} {:>14} {:>14} {:>7} {:>7}",
@@ -560,6 +565,64 @@ async fn short_replays(
     Comparison {
         name: "(e) replay of 10-event actors",
         unit: "actors/s",
+        ours,
+        raw,
+        target: 0.9,
+    }
+}
+
+/// (f) A projection catching up over a namespace of 20,000 commits (1,000 actors, 20 each),
+/// with a handler that only counts, vs a raw ordered consumer reading the same records.
+async fn projection_catch_up(broker: &aether::NatsBroker) -> Comparison {
+    use aether::projection::Projector;
+    let namespace = "benchproj";
+    let store = EventStore::open(Runtime::system(broker.clone()), StoreConfig::new(namespace))
+        .await
+        .expect("store");
+    let (actors, each) = (1_000usize, 20u64);
+    let writes = futures::stream::iter(0..actors).for_each_concurrent(64, |a| {
+        let store = store.clone();
+        async move {
+            for v in 0..each {
+                store
+                    .append(&format!("p-{a}"), ExpectedVersion::Exact(v), vec![event(v)])
+                    .await
+                    .expect("append");
+            }
+        }
+    });
+    writes.await;
+    let commits = actors * each as usize;
+    let handle = broker
+        .jetstream()
+        .get_stream(format!("AETHER_EV_{namespace}"))
+        .await
+        .expect("stream");
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let projector = Projector::open::<String>(store.clone(), &format!("catch-up-{round}"))
+            .await
+            .expect("projector")
+            .page_max(1_000);
+        let start = Instant::now();
+        let mut seen = 0usize;
+        let handled = projector
+            .catch_up(|page| {
+                seen += page.commits.len();
+                std::future::ready(Ok::<(), String>(()))
+            })
+            .await
+            .expect("catch up");
+        assert_eq!((handled, seen), (commits, commits));
+        ours.push(rate(commits, start.elapsed()));
+        let start = Instant::now();
+        let n = raw_ordered(&handle, &format!("aether.ev.{namespace}.>")).await;
+        assert_eq!(n, commits);
+        raw.push(rate(commits, start.elapsed()));
+    }
+    Comparison {
+        name: "(f) projection catch-up, 20,000 commits",
+        unit: "commits/s",
         ours,
         raw,
         target: 0.9,
