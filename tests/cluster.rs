@@ -169,3 +169,8 @@ mod planted {
         n.stop().await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_projector_per_name_runs_and_a_standby_takes_over_after_a_crash() {
+    one_projector_per_name_runs_and_a_standby_takes_over(&memory_env("proj")).await;
+}

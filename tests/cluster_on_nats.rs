@@ -35,6 +35,8 @@ macro_rules! on_nats {
 }
 
 on_nats! {
+    one_projector_per_name_runs_and_a_standby_takes_over_after_a_crash =>
+        |env| Box::pin(one_projector_per_name_runs_and_a_standby_takes_over(env));
     three_nodes_join_elect_one_leader_and_converge =>
         |env| Box::pin(nodes_join_elect_one_leader_and_converge(env, 3));
     five_nodes_join_elect_one_leader_and_converge =>

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{ProjectionError, Projector};
+use crate::actor::Router;
 use crate::broker::Broker;
 use crate::bus::{BusSubscription, Filter};
 use crate::clock::Clock;
@@ -95,8 +96,56 @@ impl<B: Broker, C: Clock> Projector<B, C> {
     /// carries on; [`ProjectionError::DamagedCheckpoint`].
     pub async fn run<E, F, Fut>(
         &self,
+        handler: F,
+        stop: impl Future<Output = ()>,
+    ) -> Result<u64, ProjectionError<E>>
+    where
+        E: std::fmt::Debug + std::fmt::Display,
+        F: FnMut(Page) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        self.run_gated(handler, stop, None::<fn() -> bool>).await
+    }
+
+    /// [`Projector::run`] on a cluster: every node runs this for the projection, and only the
+    /// node `router` says owns it (its key is `projection/<name>`, placed like an actor) steps;
+    /// the others stand by. When the owner leaves or fails, its shard moves and the new owner
+    /// carries on from the checkpoint. Ownership is checked before every step; a former owner
+    /// still finishing a step while the new one starts is the race the checkpoint's fencing
+    /// settles (the page is handed over again, nothing is skipped), so here being fenced is not
+    /// an error: the instance stands by until it owns the projection again.
+    ///
+    /// # Errors
+    /// [`ProjectionError::DamagedCheckpoint`].
+    pub async fn run_owned<R, E, F, Fut>(
+        &self,
+        router: &R,
+        handler: F,
+        stop: impl Future<Output = ()>,
+    ) -> Result<u64, ProjectionError<E>>
+    where
+        R: Router,
+        E: std::fmt::Debug + std::fmt::Display,
+        F: FnMut(Page) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let node = self.store.runtime().node_id().clone();
+        let key = format!("projection/{}", self.name);
+        let owns = move || {
+            router
+                .ownership(&key)
+                .is_some_and(|ownership| ownership.owner == node)
+        };
+        self.run_gated(handler, stop, Some(owns)).await
+    }
+
+    /// The loop of [`Projector::run`]; with a `gate`, only steps while it says so and takes
+    /// being fenced as a reason to stand by.
+    async fn run_gated<E, F, Fut>(
+        &self,
         mut handler: F,
         stop: impl Future<Output = ()>,
+        mut gate: Option<impl FnMut() -> bool>,
     ) -> Result<u64, ProjectionError<E>>
     where
         E: std::fmt::Debug + std::fmt::Display,
@@ -118,29 +167,42 @@ impl<B: Broker, C: Clock> Projector<B, C> {
         let base = self.follow.retry_max / 10;
         let mut backoff = Backoff::new(base, self.follow.retry_max);
         let mut total = 0u64;
-        tracing::info!(namespace = %self.store.namespace(), projection = %self.name, "projector running");
+        let mut active = None;
         loop {
-            let wait = match self.step(&mut handler).await {
-                Ok(0) => {
-                    backoff = Backoff::new(base, self.follow.retry_max);
-                    Some(self.follow.poll_interval)
-                }
-                Ok(records) => {
-                    total += records as u64;
-                    backoff = Backoff::new(base, self.follow.retry_max);
-                    None
-                }
-                Err(
-                    e @ (ProjectionError::Fenced { .. }
-                    | ProjectionError::DamagedCheckpoint { .. }
-                    | ProjectionError::InvalidName(_)),
-                ) => return Err(e),
-                Err(error) => {
-                    metrics::counter!(telemetry::PROJECTOR_RETRIES, "projection" => self.name.clone())
-                        .increment(1);
-                    let delay = backoff.next_delay(rt.rng());
-                    tracing::warn!(%error, projection = %self.name, ?delay, "projection step failed; retrying");
-                    Some(delay)
+            let allowed = gate.as_mut().is_none_or(|gate| gate());
+            if active != Some(allowed) {
+                active = Some(allowed);
+                let state = if allowed { "active" } else { "standing by" };
+                tracing::info!(namespace = %self.store.namespace(), projection = %self.name, state, "projector");
+            }
+            let wait = if !allowed {
+                Some(self.follow.poll_interval)
+            } else {
+                match self.step(&mut handler).await {
+                    Ok(0) => {
+                        backoff = Backoff::new(base, self.follow.retry_max);
+                        Some(self.follow.poll_interval)
+                    }
+                    Ok(records) => {
+                        total += records as u64;
+                        backoff = Backoff::new(base, self.follow.retry_max);
+                        None
+                    }
+                    Err(ProjectionError::Fenced { .. }) if gate.is_some() => {
+                        Some(self.follow.poll_interval)
+                    }
+                    Err(
+                        e @ (ProjectionError::Fenced { .. }
+                        | ProjectionError::DamagedCheckpoint { .. }
+                        | ProjectionError::InvalidName(_)),
+                    ) => return Err(e),
+                    Err(error) => {
+                        metrics::counter!(telemetry::PROJECTOR_RETRIES, "projection" => self.name.clone())
+                            .increment(1);
+                        let delay = backoff.next_delay(rt.rng());
+                        tracing::warn!(%error, projection = %self.name, ?delay, "projection step failed; retrying");
+                        Some(delay)
+                    }
                 }
             };
             let Some(wait) = wait else {

@@ -614,3 +614,110 @@ pub async fn a_former_leaders_late_assignment_is_rebuilt<B: Broker>(env: &Env<B>
         n.stop().await;
     }
 }
+
+/// A projection on a three-node cluster, every node running it with `run_owned`: only the
+/// owner of `projection/<name>` steps. The owner crashes (no leave: its membership expires) in
+/// the middle of 300 commits; a standby becomes the owner and carries on from the checkpoint.
+/// Every commit is handed over, by one node at a time, and only the page in flight at the
+/// crash may be handed over twice.
+pub async fn one_projector_per_name_runs_and_a_standby_takes_over<B: Broker>(env: &Env<B>) {
+    use aether::projection::{Follow, Projector};
+    use aether::{EventStore, ExpectedVersion, NewEvent, StoreConfig};
+
+    type Seen = Arc<Mutex<Vec<(NodeId, u64)>>>;
+    let ns = format!("{}proj", env.name);
+    let seen: Seen = Arc::default();
+    let mut nodes = Vec::new();
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let id = format!("node-{i}");
+        let node = Arc::new(env.start(&id).await);
+        let seed = 1_000 + i as u64;
+        let store = EventStore::open(env.runtime(seed, &id).await, StoreConfig::new(&ns))
+            .await
+            .expect("store");
+        let projector = Projector::open::<String>(store, "view")
+            .await
+            .expect("projector")
+            .page_max(10)
+            .follow(Follow::default().poll_interval(Duration::from_millis(50)));
+        let (router, seen, me) = (node.clone(), seen.clone(), node.node_id().clone());
+        runs.push(tokio::spawn(async move {
+            projector
+                .run_owned(
+                    &*router,
+                    |page: aether::Page| {
+                        seen.lock()
+                            .unwrap()
+                            .extend(page.commits.iter().map(|c| (me.clone(), c.position)));
+                        std::future::ready(Ok::<(), String>(()))
+                    },
+                    std::future::pending::<()>(),
+                )
+                .await
+        }));
+        nodes.push(Some(node));
+    }
+    let refs: Vec<&Node<B>> = nodes.iter().flatten().map(|n| &**n).collect();
+    wait_converged(env, &refs).await;
+    let owner = refs[0].owner_of("projection/view").expect("an owner");
+    let writer = EventStore::open(env.runtime(7, "writer").await, StoreConfig::new(&ns))
+        .await
+        .expect("store");
+    let write = |from: u64, to: u64| {
+        let writer = writer.clone();
+        async move {
+            for n in from..to {
+                writer
+                    .append(
+                        &format!("a-{}", n % 7),
+                        ExpectedVersion::Any,
+                        vec![NewEvent::new("E", serde_json::json!({ "n": n }))],
+                    )
+                    .await
+                    .expect("append");
+            }
+        }
+    };
+    write(0, 150).await;
+    env.wait_until(CONVERGE_MAX, "the owner projects the first half", || {
+        seen.lock().unwrap().len() >= 150
+    })
+    .await;
+    // The owner crashes: its cluster node and its projector vanish without a word.
+    let index = nodes
+        .iter()
+        .position(|n| n.as_ref().is_some_and(|n| *n.node_id() == owner))
+        .unwrap();
+    runs[index].abort();
+    drop(nodes[index].take());
+    let crashed_at = seen.lock().unwrap().len();
+    write(150, 300).await;
+    let survivors: Vec<&Node<B>> = nodes.iter().flatten().map(|n| &**n).collect();
+    let config = env.config();
+    let within = config.lease_ttl * 4 + CONVERGE_MAX;
+    env.wait_until(within, "a standby projects the rest", || {
+        let positions: BTreeSet<u64> = seen.lock().unwrap().iter().map(|(_, p)| *p).collect();
+        positions.len() >= 300
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    let before: BTreeSet<&NodeId> = seen[..crashed_at].iter().map(|(n, _)| n).collect();
+    assert_eq!(before, BTreeSet::from([&owner]), "only the owner projected");
+    let after: BTreeSet<&NodeId> = seen[crashed_at..].iter().map(|(n, _)| n).collect();
+    assert_eq!(after.len(), 1, "one standby took over: {after:?}");
+    assert!(!after.contains(&owner));
+    let unique: BTreeSet<u64> = seen.iter().map(|(_, p)| *p).collect();
+    assert_eq!(unique.len(), 300, "every commit handed over");
+    assert!(
+        seen.len() - unique.len() <= 10,
+        "only the page in flight at the crash twice: {} repeats",
+        seen.len() - unique.len()
+    );
+    for run in runs {
+        run.abort();
+    }
+    for n in survivors {
+        n.stop().await;
+    }
+}
