@@ -114,6 +114,51 @@ fn given_when_then_decides_without_a_store() {
     );
 }
 
+#[test]
+fn then_expect_helpers_pass_on_what_was_decided() {
+    let opened = AggregateTest::<Account>::given([
+        NewEvent::new("Opened", json!({})),
+        NewEvent::new("Deposited", json!(10)),
+    ]);
+    opened.then_expect_rejection(
+        &AccountCommand::Withdraw(11),
+        &Refusal::Insufficient { balance: 10 },
+    );
+    let decided = opened.when(&AccountCommand::Withdraw(10)).unwrap();
+    opened.then_expect_events(&AccountCommand::Withdraw(10), &decided);
+    opened.then_expect_event_types(&AccountCommand::Withdraw(10), &["Withdrawn"]);
+}
+
+#[test]
+#[should_panic(expected = "decided event types differ")]
+fn then_expect_event_types_fails_on_other_types() {
+    AggregateTest::<Account>::given([NewEvent::new("Opened", json!({}))])
+        .then_expect_event_types(&AccountCommand::Deposit(1), &["Withdrawn"]);
+}
+
+#[test]
+#[should_panic(expected = "decided events (type, data) differ")]
+fn then_expect_events_fails_on_other_data() {
+    let opened = AggregateTest::<Account>::given([NewEvent::new("Opened", json!({}))]);
+    let mut decided = opened.when(&AccountCommand::Deposit(1)).unwrap();
+    decided[0].data = json!(2);
+    opened.then_expect_events(&AccountCommand::Deposit(1), &decided);
+}
+
+#[test]
+#[should_panic(expected = "but rejected")]
+fn then_expect_events_fails_on_a_rejection() {
+    AggregateTest::<Account>::given([])
+        .then_expect_event_types(&AccountCommand::Deposit(1), &["Deposited"]);
+}
+
+#[test]
+#[should_panic(expected = "but decided")]
+fn then_expect_rejection_fails_on_acceptance() {
+    AggregateTest::<Account>::given([NewEvent::new("Opened", json!({}))])
+        .then_expect_rejection(&AccountCommand::Deposit(1), &Refusal::NotOpen);
+}
+
 #[tokio::test]
 async fn commands_append_events_and_rejections_store_nothing() {
     let broker = MemoryBroker::new();

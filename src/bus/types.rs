@@ -219,6 +219,27 @@ pub struct BusSubscription {
     pub(super) missed: Arc<AtomicU64>,
 }
 
+/// A subscription is also a [`Stream`](futures::Stream) of what [`BusSubscription::recv`]
+/// returns; it ends when the bus is dropped.
+impl futures::Stream for BusSubscription {
+    type Item = Result<Event, RecvError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let missed = self.missed.swap(0, Ordering::Relaxed);
+        if missed > 0 {
+            return std::task::Poll::Ready(Some(Err(RecvError::Lagged(missed))));
+        }
+        self.receiver.poll_recv(cx).map(|item| match item {
+            Some(Item::Delivered(delivery)) => Some(Ok(delivery.event)),
+            Some(Item::Missed(n)) => Some(Err(RecvError::Lagged(n))),
+            None => None,
+        })
+    }
+}
+
 impl BusSubscription {
     /// The next event, or [`RecvError::Lagged`] for events not delivered to this subscriber:
     /// first for what its full queue dropped, and for events lost on the way at the place in

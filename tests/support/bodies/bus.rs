@@ -258,3 +258,25 @@ pub async fn a_publication_too_large_for_one_message_is_refused<B: Broker>(broke
     assert!(sub.try_recv().is_none(), "nothing was published");
     assert_eq!(bus.stats().published, 0);
 }
+
+/// A subscription is a `Stream`: 1,000 events arrive through it in order, and it ends when the
+/// bus is dropped.
+pub async fn a_subscription_is_a_stream_that_ends_with_the_bus<B: Broker>(broker: B, ns: String) {
+    use futures::StreamExt;
+    let bus = EventBus::new(&on_node(broker, "n1"), BusConfig::new());
+    let sub = bus.subscribe(&ns, Filter::all()).unwrap();
+    for batch in 0..10u64 {
+        let events: Vec<Event> = (0..100u64)
+            .map(|i| event("s", "Tick", batch * 100 + i + 1))
+            .collect();
+        bus.publish(&ns, &events).await.unwrap();
+    }
+    drop(bus);
+    let versions: Vec<u64> = tokio::time::timeout(
+        Duration::from_secs(10),
+        sub.map(|e| e.expect("no loss").version).collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the stream ends once the bus is dropped");
+    assert_eq!(versions, (1..=1000).collect::<Vec<_>>());
+}

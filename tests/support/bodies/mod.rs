@@ -96,6 +96,7 @@ macro_rules! bus_bodies {
             gaps_in_an_origins_numbering_are_reported_and_repeats_dropped,
             a_publication_too_large_for_one_message_is_refused,
             bad_namespace_patterns_are_refused,
+            a_subscription_is_a_stream_that_ends_with_the_bus,
         }
     };
 }
