@@ -326,6 +326,7 @@ pub fn decode_commit(bytes: &[u8]) -> Result<Commit, DecodeError> {
             data: e.data,
             timestamp: e.timestamp,
             metadata: e.metadata,
+            commit_id: wire.commit_id.clone(),
         });
     }
     Ok(Commit {
@@ -385,6 +386,7 @@ fn structured_commit(bytes: &[u8]) -> Option<Commit> {
             data: serde_json::json!({ "s": text(2), "i": i }),
             timestamp: crate::clock::from_unix_nanos(first),
             metadata: [("k".to_owned(), text(3))].into_iter().collect(),
+            commit_id: format!("commit-{first}"),
         })
         .collect();
     Some(Commit {
@@ -412,6 +414,7 @@ mod tests {
             data,
             timestamp: crate::clock::from_unix_nanos(1_700_000_000_000_000_000),
             metadata: metadata.clone(),
+            commit_id: "c0ffee00-0000-4000-8000-000000000001".into(),
         };
         Commit {
             commit_id: "c0ffee00-0000-4000-8000-000000000001".into(),
@@ -556,6 +559,7 @@ mod tests {
                 data: json!({"n": payload, "s": value.clone()}),
                 timestamp: crate::clock::from_unix_nanos(payload.unsigned_abs()),
                 metadata: [(key.clone(), value.clone())].into_iter().collect(),
+                commit_id: "c".into(),
             }).collect();
             let commit = Commit { commit_id: "c".into(), actor_id: actor.clone(), events };
             prop_assert_eq!(decode_commit(&encode_commit(&commit)).unwrap(), commit);

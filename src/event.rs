@@ -110,6 +110,11 @@ pub struct Event {
     pub timestamp: SystemTime,
     /// Correlation, causation, user, trace and span ids and any other string metadata.
     pub metadata: Metadata,
+    /// The id of the commit that stored it: every event of one append shares it. A caller
+    /// can choose it ([`EventStore::append_with_commit_id`](crate::EventStore::append_with_commit_id)),
+    /// as an idempotency key. Empty for an event made by hand.
+    #[serde(default)]
+    pub commit_id: String,
 }
 
 impl Event {
@@ -130,6 +135,7 @@ impl Event {
             data,
             timestamp: SystemTime::UNIX_EPOCH,
             metadata: Metadata::new(),
+            commit_id: String::new(),
         }
     }
 
@@ -309,6 +315,7 @@ mod tests {
             data: json!(null),
             timestamp: SystemTime::UNIX_EPOCH,
             metadata,
+            commit_id: String::new(),
         }
     }
 

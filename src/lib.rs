@@ -80,9 +80,9 @@ pub use event::{Event, ExpectedVersion, Metadata, NewEvent, Snapshot};
 pub use node::{InvalidNodeId, NodeId};
 pub use runtime::Runtime;
 pub use store::{
-    AppendError, AppendOutcome, ConflictError, DeadlineError, EVENT_STORED, EventStore,
-    EventStored, OpenError, Page, ReadError, ReplayError, ReplayErrorCause, ReplayResult,
-    SnapshotError, SnapshotStore, StoreConfig, StoredCommit,
+    AppendError, AppendOutcome, CommitStatus, ConflictError, DeadlineError, EVENT_STORED,
+    EventStore, EventStored, OpenError, Page, ReadError, ReplayError, ReplayErrorCause,
+    ReplayResult, SnapshotError, SnapshotStore, StoreConfig, StoredCommit,
 };
 
 /// The README's examples, compiled and run as doc tests so they stay true (the NATS example

@@ -54,6 +54,7 @@ impl<A: Aggregate> AggregateTest<A> {
                 data: new.data,
                 timestamp: new.timestamp.unwrap_or(std::time::SystemTime::UNIX_EPOCH),
                 metadata: new.metadata,
+                commit_id: format!("given-{version}"),
             });
         }
         Self { state, version }

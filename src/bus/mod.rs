@@ -454,7 +454,7 @@ impl<B: Broker> EventBus<B> {
                     session,
                     sequence: first + i as u64,
                 };
-                match sub.sender.try_send(Item::Delivered(delivery)) {
+                match sub.sender.try_send(Item::Delivered(Box::new(delivery))) {
                     Ok(()) => {
                         counters.delivered.fetch_add(1, Ordering::Relaxed);
                     }

@@ -191,7 +191,7 @@ impl BusConfig {
 /// place they were found.
 #[derive(Debug)]
 pub(super) enum Item {
-    Delivered(Delivery),
+    Delivered(Box<Delivery>),
     Missed(u64),
 }
 
@@ -261,7 +261,7 @@ impl BusSubscription {
             return Err(RecvError::Lagged(missed));
         }
         match self.receiver.recv().await {
-            Some(Item::Delivered(delivery)) => Ok(delivery),
+            Some(Item::Delivered(delivery)) => Ok(*delivery),
             Some(Item::Missed(n)) => Err(RecvError::Lagged(n)),
             None => Err(RecvError::Closed),
         }
@@ -279,7 +279,7 @@ impl BusSubscription {
             return Some(Err(RecvError::Lagged(missed)));
         }
         match self.receiver.try_recv() {
-            Ok(Item::Delivered(delivery)) => Some(Ok(delivery)),
+            Ok(Item::Delivered(delivery)) => Some(Ok(*delivery)),
             Ok(Item::Missed(n)) => Some(Err(RecvError::Lagged(n))),
             Err(mpsc::error::TryRecvError::Empty) => None,
             Err(mpsc::error::TryRecvError::Disconnected) => Some(Err(RecvError::Closed)),

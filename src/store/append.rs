@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::deadline::InFlight;
-use super::error::{AppendError, ConflictError};
+use super::error::{AppendError, ConflictError, ReadError};
 use super::replay::decode_record;
 use super::tip::Tip;
 use super::{EventStore, EventStored};
@@ -63,6 +63,17 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// # Cancel safety
     /// Not cancel safe in the sense that a cancelled append may or may not have been stored,
     /// exactly like an `Indeterminate` error.
+    pub async fn append(
+        &self,
+        actor: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, AppendError> {
+        self.append_keyed(actor, expected, events, None).await
+    }
+
+    /// [`EventStore::append`], under the caller's commit id if it gives one (see
+    /// [`EventStore::append_with_commit_id`]).
     #[tracing::instrument(
         level = "debug",
         name = "aether.append",
@@ -72,6 +83,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             actor,
             ?expected,
             events = events.len(),
+            keyed = key.is_some(),
             trace_id = trace::current().map(|c| tracing::field::display(c.trace_id())),
             commit_id = tracing::field::Empty,
             version = tracing::field::Empty,
@@ -79,18 +91,20 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             outcome = tracing::field::Empty,
         )
     )]
-    pub async fn append(
+    pub(super) async fn append_keyed(
         &self,
         actor: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        key: Option<&str>,
     ) -> Result<AppendOutcome, AppendError> {
         let clock = self.inner.rt.clock();
         let started = clock.monotonic();
         let deadline = self.start_deadline();
         let in_flight = InFlight::default();
         // Boxed: kept off the caller's stack, which nests it in commands' futures.
-        let work = Box::pin(self.append_within(actor, expected, events, &deadline, &in_flight));
+        let work =
+            Box::pin(self.append_within(actor, expected, events, key, &deadline, &in_flight));
         let result = match deadline.run(clock, work).await {
             Ok(Ok(outcome)) => {
                 // Publishing on the bus never waits on the broker (it queues).
@@ -137,6 +151,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         actor: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        key: Option<&str>,
         deadline: &Deadline,
         in_flight: &InFlight,
     ) -> Result<AppendOutcome, AppendError> {
@@ -198,6 +213,9 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 tip = self.confirm_tip(actor, &subject, tip, 0).await?;
             }
             if !expected.matches(tip.version) {
+                if let Some(found) = self.earlier_keyed(actor, &subject, key, expected).await? {
+                    return Ok(found);
+                }
                 return Err(ConflictError {
                     actor: actor.to_owned(),
                     expected,
@@ -205,6 +223,10 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 }
                 .into());
             }
+            let commit_id = match key {
+                Some(key) => key.to_owned(),
+                None => rt.rng().uuid().to_string(),
+            };
             let mut events = Vec::with_capacity(stamped.len());
             for (i, (id, e)) in stamped.iter().enumerate() {
                 let version = tip.version.checked_add(1 + i as u64).ok_or_else(|| {
@@ -222,10 +244,11 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                     data: e.data.clone(),
                     timestamp: e.timestamp.unwrap_or(now),
                     metadata: traced(&e.metadata),
+                    commit_id: commit_id.clone(),
                 });
             }
             let commit = Commit {
-                commit_id: rt.rng().uuid().to_string(),
+                commit_id,
                 actor_id: actor.to_owned(),
                 events,
             };
@@ -234,6 +257,11 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             span.record("attempt", races + 1);
             let sent = self.send_commit(actor, &subject, &commit, tip, deadline, in_flight);
             match sent.await {
+                Ok(ack) if key.is_some() && ack.duplicate => {
+                    // The broker knows the key from an earlier commit: this one's, or another
+                    // actor's that reused it.
+                    return self.keyed_duplicate(actor, &subject, commit, ack).await;
+                }
                 Ok(ack) => {
                     let last_version = commit.last_version();
                     assert_eq!(
@@ -297,6 +325,9 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                             attempts: races + 1,
                         });
                     }
+                    if let Some(found) = self.earlier_keyed(actor, &subject, key, expected).await? {
+                        return Ok(found);
+                    }
                     return Err(ConflictError {
                         actor: actor.to_owned(),
                         expected,
@@ -306,6 +337,62 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 }
                 Err(SendError::Append(e)) => return Err(e),
             }
+        }
+    }
+
+    /// A keyed append that conflicts with an exact expectation: the original outcome when the
+    /// commit holding the next version carries the key (an earlier call stored it).
+    async fn earlier_keyed(
+        &self,
+        actor: &str,
+        subject: &str,
+        key: Option<&str>,
+        expected: ExpectedVersion,
+    ) -> Result<Option<AppendOutcome>, AppendError> {
+        let after = match expected {
+            ExpectedVersion::Exact(v) => v,
+            ExpectedVersion::NoStream => 0,
+            ExpectedVersion::Any => return Ok(None),
+        };
+        match key {
+            Some(key) => Ok(self.keyed_outcome(actor, subject, key, after).await?),
+            None => Ok(None),
+        }
+    }
+
+    /// A keyed commit the broker acknowledged as a duplicate: the stored record under the
+    /// acknowledged sequence is the original outcome when it is this actor's commit with the
+    /// key; otherwise the key names another actor's commit.
+    async fn keyed_duplicate(
+        &self,
+        actor: &str,
+        subject: &str,
+        commit: Commit,
+        ack: AppendAck,
+    ) -> Result<AppendOutcome, AppendError> {
+        let record = self
+            .broker()
+            .next(
+                &self.inner.events_stream,
+                subject,
+                ack.sequence,
+                ReadFrom::Leader,
+            )
+            .await
+            .map_err(ReadError::from)?;
+        match record
+            .filter(|r| r.sequence == ack.sequence)
+            .and_then(|r| decode_record(&r, Some(actor)).ok().map(|c| (r.sequence, c)))
+        {
+            Some((sequence, stored)) if stored.commit_id == commit.commit_id => Ok(AppendOutcome {
+                commit_id: stored.commit_id,
+                sequence,
+                events: stored.events,
+            }),
+            _ => Err(AppendError::InvalidEvent(format!(
+                "commit id {:?} already names a commit of another actor",
+                commit.commit_id
+            ))),
         }
     }
 

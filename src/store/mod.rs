@@ -29,6 +29,7 @@
 mod append;
 mod deadline;
 mod error;
+mod idempotent;
 mod replay;
 mod snapshot;
 mod tip;
@@ -44,6 +45,7 @@ pub use error::{
     AppendError, ConflictError, DeadlineError, OpenError, ReadError, ReplayError, ReplayErrorCause,
     SnapshotError,
 };
+pub use idempotent::{COMMIT_ID_MAX, CommitStatus};
 pub use replay::{Page, ReplayResult, StoredCommit, check_record};
 pub use snapshot::SnapshotStore;
 
@@ -196,6 +198,7 @@ impl EventStored {
             }),
             timestamp: stored.timestamp,
             metadata: stored.metadata.clone(),
+            commit_id: stored.commit_id.clone(),
         }
     }
 }

@@ -390,6 +390,31 @@ impl NatsServer {
     /// paused server is still killed on drop).
     pub fn pause(&self) {
         self.signal("-STOP");
+        // `kill` returns once the signal is queued; each of the server's threads stops when it
+        // next enters the kernel. Wait until all of them have (state `T` in /proc), so that
+        // nothing sent after this returns is served — a loaded machine once let one append
+        // through.
+        let pid = self.child.as_ref().expect("the server is running").id();
+        let stopped = || -> Option<bool> {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+            let mut all = true;
+            for task in tasks.filter_map(Result::ok) {
+                let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+                // `pid (comm) S …`: the state follows the last ')'.
+                let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+                all &= state == "T" || state == "t";
+            }
+            Some(all)
+        };
+        for _ in 0..2_500 {
+            match stopped() {
+                Some(true) => return,
+                // No /proc (not Linux): the signal is all there is.
+                None => return,
+                Some(false) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        panic!("nats-server {pid} did not stop within 5 s of SIGSTOP");
     }
 
     /// Continues a process stopped by [`NatsServer::pause`] (SIGCONT).

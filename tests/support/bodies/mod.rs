@@ -75,6 +75,8 @@ macro_rules! store_bodies {
             projections_see_every_commit_once_per_checkpoint_and_are_fenced,
             loading_after_a_snapshot_reads_only_what_follows_it,
             under_retention_expired_versions_are_a_typed_condition_and_snapshots_carry_on,
+            a_keyed_append_called_again_returns_the_original_outcome,
+            commit_status_answers_stored_superseded_or_not_yet,
             a_live_projector_catches_up_then_follows_with_no_gap_or_duplicate,
             a_live_projector_without_a_bus_follows_by_polling,
             the_lag_counts_what_is_not_yet_projected,

@@ -1276,3 +1276,153 @@ pub async fn under_retention_expired_versions_are_a_typed_condition_and_snapshot
     assert_eq!(after_expiry.first_version(), 4);
     assert_eq!(fresh.latest_version("partial").await.unwrap(), 4);
 }
+
+/// An append under a caller's commit id, called again after its answer was lost, returns the
+/// original outcome — also after 300 other commits moved the actor on — and stores nothing
+/// twice; the key is on every event; bad or reused keys are typed errors.
+pub async fn a_keyed_append_called_again_returns_the_original_outcome<B: Broker>(
+    broker: B,
+    ns: String,
+) {
+    let store = open(broker.clone(), &ns).await;
+    let first = store
+        .append_with_commit_id(
+            "keyed",
+            ExpectedVersion::NoStream,
+            vec![ev("A", 1)],
+            "order-1",
+        )
+        .await
+        .unwrap();
+    let again = store
+        .append_with_commit_id(
+            "keyed",
+            ExpectedVersion::NoStream,
+            vec![ev("A", 1)],
+            "order-1",
+        )
+        .await
+        .expect("the original outcome, not a conflict");
+    assert_eq!(again, first);
+    let second = store
+        .append_with_commit_id(
+            "keyed",
+            ExpectedVersion::Exact(1),
+            vec![ev("B", 2), ev("B", 3)],
+            "order-2",
+        )
+        .await
+        .unwrap();
+    for i in 0..300 {
+        store
+            .append("keyed", ExpectedVersion::Any, vec![ev("C", i)])
+            .await
+            .unwrap();
+    }
+    // Another process (a fresh handle, no cached tip) retries both.
+    let other = open(broker.clone(), &ns).await;
+    for (expected, key, original) in [
+        (ExpectedVersion::NoStream, "order-1", &first),
+        (ExpectedVersion::Exact(1), "order-2", &second),
+    ] {
+        let retried = other
+            .append_with_commit_id("keyed", expected, vec![ev("X", 0)], key)
+            .await
+            .unwrap_or_else(|e| panic!("{key}: the original outcome: {e}"));
+        assert_eq!(&retried, original, "{key}");
+    }
+    let events = other.events("keyed", 1).await.unwrap();
+    assert_eq!(events.len(), 303, "nothing stored twice");
+    assert!(events[..1].iter().all(|e| e.commit_id == "order-1"));
+    assert!(events[1..3].iter().all(|e| e.commit_id == "order-2"));
+    // A new key at a taken version is a conflict.
+    let err = other
+        .append_with_commit_id(
+            "keyed",
+            ExpectedVersion::Exact(1),
+            vec![ev("Y", 0)],
+            "order-3",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Conflict(ref c) if c.actual == 303),
+        "{err:?}"
+    );
+    // A key naming another actor's commit is refused, and stores nothing.
+    let err = other
+        .append_with_commit_id(
+            "elsewhere",
+            ExpectedVersion::Any,
+            vec![ev("Z", 0)],
+            "order-1",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AppendError::InvalidEvent(_)), "{err:?}");
+    assert_eq!(other.latest_version("elsewhere").await.unwrap(), 0);
+    for bad in [
+        "",
+        "has space",
+        &"k".repeat(aether::store::COMMIT_ID_MAX + 1),
+    ] {
+        let err = other
+            .append_with_commit_id("keyed", ExpectedVersion::Any, vec![ev("Z", 0)], bad)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, AppendError::InvalidEvent(_)),
+            "{bad:?}: {err:?}"
+        );
+    }
+    assert_eq!(other.latest_version("keyed").await.unwrap(), 303);
+}
+
+/// `commit_status` finds a commit among 1,000 without reading the actor: stored at its
+/// versions, superseded when another commit holds the next version, not (yet) stored past the
+/// tip, and found later when it was appended with `Any`.
+pub async fn commit_status_answers_stored_superseded_or_not_yet<B: Broker>(broker: B, ns: String) {
+    use aether::CommitStatus;
+    let store = open(broker, &ns).await;
+    for i in 0..1000u64 {
+        store
+            .append_with_commit_id(
+                "many",
+                ExpectedVersion::Exact(i),
+                vec![ev("E", i as i64)],
+                &format!("c-{}", i + 1),
+            )
+            .await
+            .unwrap();
+    }
+    for v in [1u64, 2, 499, 500, 999, 1000] {
+        match store
+            .commit_status("many", &format!("c-{v}"), v - 1)
+            .await
+            .unwrap()
+        {
+            CommitStatus::Stored {
+                first_version,
+                last_version,
+                ..
+            } => assert_eq!((first_version, last_version), (v, v)),
+            other => panic!("c-{v}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.commit_status("many", "nope", 499).await.unwrap(),
+        CommitStatus::NotStored { superseded: true }
+    );
+    assert_eq!(
+        store.commit_status("many", "c-1001", 1000).await.unwrap(),
+        CommitStatus::NotStored { superseded: false }
+    );
+    // Asked from an earlier version than its own: found by reading on.
+    assert!(matches!(
+        store.commit_status("many", "c-700", 10).await.unwrap(),
+        CommitStatus::Stored {
+            first_version: 700,
+            ..
+        }
+    ));
+}
