@@ -349,15 +349,15 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         key: Option<&str>,
         expected: ExpectedVersion,
     ) -> Result<Option<AppendOutcome>, AppendError> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
         let after = match expected {
             ExpectedVersion::Exact(v) => v,
             ExpectedVersion::NoStream => 0,
             ExpectedVersion::Any => return Ok(None),
         };
-        match key {
-            Some(key) => Ok(self.keyed_outcome(actor, subject, key, after).await?),
-            None => Ok(None),
-        }
+        Ok(self.keyed_outcome(actor, subject, key, after).await?)
     }
 
     /// A keyed commit the broker acknowledged as a duplicate: the stored record under the

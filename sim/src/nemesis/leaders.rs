@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{events_stream, servers};
+use super::{events_stream_detail, servers};
 
 /// The events stream's leader as polled every 250 ms.
 pub(super) type LeaderSamples = Mutex<Vec<(Duration, LeaderSample)>>;
@@ -51,13 +51,7 @@ pub(super) fn leader_views(ports: &[(String, u16)]) -> Vec<(String, Option<Strin
             .map(|(_, port)| {
                 scope.spawn(move || {
                     let (_, body) = servers::monitor_get(*port, "/jsz?accounts=true&streams=true")?;
-                    let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
-                    let stream = events_stream();
-                    jsz["account_details"]
-                        .as_array()?
-                        .iter()
-                        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
-                        .find(|s| s["name"] == stream.as_str())?["cluster"]["leader"]
+                    events_stream_detail(&body)?["cluster"]["leader"]
                         .as_str()
                         .map(str::to_owned)
                 })

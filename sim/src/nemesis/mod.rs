@@ -69,6 +69,18 @@ fn events_stream() -> String {
     format!("AETHER_EV_{NAMESPACE}")
 }
 
+/// The events stream's entry in a server's `/jsz?accounts=true&streams=true` answer.
+fn events_stream_detail(jsz_body: &str) -> Option<serde_json::Value> {
+    let jsz: serde_json::Value = serde_json::from_str(jsz_body).ok()?;
+    let stream = events_stream();
+    jsz["account_details"]
+        .as_array()?
+        .iter()
+        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+        .find(|s| s["name"] == stream.as_str())
+        .cloned()
+}
+
 /// What a nemesis run does.
 #[derive(Clone, Debug)]
 pub struct NemesisOptions {
@@ -493,16 +505,7 @@ async fn read_all(
 /// last sequence. `None` when the server does not answer or holds no replica.
 fn replica_state(server: &servers::NatsServer) -> Option<(u64, u64, u64, u64)> {
     let (_, body) = server.monitor("/jsz?accounts=true&streams=true")?;
-    let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
-    let stream = events_stream();
-    jsz["account_details"]
-        .as_array()?
-        .iter()
-        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
-        .find(|s| s["name"] == stream.as_str())
-        .map(|s| {
-            let state = &s["state"];
-            let n = |k: &str| state[k].as_u64().unwrap_or(0);
-            (n("messages"), n("bytes"), n("first_seq"), n("last_seq"))
-        })
+    let detail = events_stream_detail(&body)?;
+    let n = |k: &str| detail["state"][k].as_u64().unwrap_or(0);
+    Some((n("messages"), n("bytes"), n("first_seq"), n("last_seq")))
 }
