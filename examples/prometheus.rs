@@ -17,31 +17,39 @@ use aether::actor::CommandContext;
 use aether::cluster::{Cluster, ClusterConfig, NodeId};
 use aether::trace::{self, TraceContext};
 use aether::{
-    ActorConfig, ActorHost, Aggregate, Event, EventStore, MemoryBroker, NewEvent, Runtime,
-    SharedRng, StoreConfig, SystemClock,
+    ActorConfig, ActorHost, Aggregate, DomainEvent, EventStore, MemoryBroker, Runtime, SharedRng,
+    StoreConfig, SystemClock,
 };
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 #[derive(Default, Serialize, Deserialize)]
 struct Account {
     balance: i64,
 }
 
+#[derive(Serialize, Deserialize)]
+enum AccountEvent {
+    Moved { amount: i64 },
+}
+
+impl DomainEvent for AccountEvent {}
+
 impl Aggregate for Account {
+    const NAME: &'static str = "account";
     type Command = i64;
+    type Event = AccountEvent;
     type Rejection = String;
 
-    fn handle(&self, _: &CommandContext<'_>, amount: &i64) -> Result<Vec<NewEvent>, String> {
+    fn handle(&self, _: &CommandContext<'_>, amount: &i64) -> Result<Vec<AccountEvent>, String> {
         if self.balance + amount < 0 {
             return Err(format!("balance {} cannot pay {}", self.balance, -amount));
         }
-        Ok(vec![NewEvent::new("Moved", json!({ "amount": amount }))])
+        Ok(vec![AccountEvent::Moved { amount: *amount }])
     }
 
-    fn apply(&mut self, event: &Event) {
-        self.balance += event.data["amount"].as_i64().unwrap_or(0);
+    fn apply(&mut self, AccountEvent::Moved { amount }: &AccountEvent) {
+        self.balance += amount;
     }
 }
 

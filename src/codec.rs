@@ -197,6 +197,11 @@ struct WireEvent {
     timestamp: SystemTime,
     data: Value,
     metadata: Metadata,
+    #[serde(
+        default = "crate::event::schema_one",
+        skip_serializing_if = "crate::event::is_schema_one"
+    )]
+    schema_version: u32,
 }
 
 /// Why a stored record is not a valid commit.
@@ -258,6 +263,7 @@ pub fn encode_commit(commit: &Commit) -> Vec<u8> {
                 timestamp: e.timestamp,
                 data: e.data.clone(),
                 metadata: e.metadata.clone(),
+                schema_version: e.schema_version,
             })
             .collect(),
     };
@@ -327,6 +333,7 @@ pub fn decode_commit(bytes: &[u8]) -> Result<Commit, DecodeError> {
             timestamp: e.timestamp,
             metadata: e.metadata,
             commit_id: wire.commit_id.clone(),
+            schema_version: e.schema_version,
         });
     }
     Ok(Commit {
@@ -387,6 +394,7 @@ fn structured_commit(bytes: &[u8]) -> Option<Commit> {
             timestamp: crate::clock::from_unix_nanos(first),
             metadata: [("k".to_owned(), text(3))].into_iter().collect(),
             commit_id: format!("commit-{first}"),
+            schema_version: 1 + (first % 3) as u32,
         })
         .collect();
     Some(Commit {
@@ -415,6 +423,7 @@ mod tests {
             timestamp: crate::clock::from_unix_nanos(1_700_000_000_000_000_000),
             metadata: metadata.clone(),
             commit_id: "c0ffee00-0000-4000-8000-000000000001".into(),
+            schema_version: 1,
         };
         Commit {
             commit_id: "c0ffee00-0000-4000-8000-000000000001".into(),
@@ -560,6 +569,7 @@ mod tests {
                 timestamp: crate::clock::from_unix_nanos(payload.unsigned_abs()),
                 metadata: [(key.clone(), value.clone())].into_iter().collect(),
                 commit_id: "c".into(),
+                schema_version: 1 + (i % 3) as u32,
             }).collect();
             let commit = Commit { commit_id: "c".into(), actor_id: actor.clone(), events };
             prop_assert_eq!(decode_commit(&encode_commit(&commit)).unwrap(), commit);

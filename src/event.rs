@@ -115,6 +115,19 @@ pub struct Event {
     /// as an idempotency key. Empty for an event made by hand.
     #[serde(default)]
     pub commit_id: String,
+    /// The schema version of `data` (1 unless the event type's data changed shape; see
+    /// [`DomainEvent::schema_version`](crate::DomainEvent::schema_version)).
+    #[serde(default = "schema_one", skip_serializing_if = "is_schema_one")]
+    pub schema_version: u32,
+}
+
+/// The schema version of data written before schema versions existed.
+pub(crate) fn schema_one() -> u32 {
+    1
+}
+
+pub(crate) fn is_schema_one(version: &u32) -> bool {
+    *version == 1
 }
 
 impl Event {
@@ -136,7 +149,14 @@ impl Event {
             timestamp: SystemTime::UNIX_EPOCH,
             metadata: Metadata::new(),
             commit_id: String::new(),
+            schema_version: 1,
         }
+    }
+
+    /// Sets the schema version of the data.
+    pub fn with_schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
+        self
     }
 
     /// Sets the timestamp.
@@ -167,6 +187,8 @@ pub struct NewEvent {
     pub metadata: Metadata,
     /// Timestamp to record; `None` takes the runtime clock's wall time.
     pub timestamp: Option<SystemTime>,
+    /// The schema version of `data` (1 by default).
+    pub schema_version: u32,
 }
 
 impl NewEvent {
@@ -178,7 +200,14 @@ impl NewEvent {
             data,
             metadata: Metadata::new(),
             timestamp: None,
+            schema_version: 1,
         }
+    }
+
+    /// Sets the schema version of the data.
+    pub fn with_schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
+        self
     }
 
     /// Sets the event id.
@@ -209,6 +238,7 @@ impl From<Event> for NewEvent {
             data: event.data,
             metadata: event.metadata,
             timestamp: Some(event.timestamp),
+            schema_version: event.schema_version,
         }
     }
 }
@@ -231,6 +261,25 @@ pub struct Snapshot {
     /// When the snapshot was saved: set by the store from its clock when it saves it.
     #[serde(with = "timestamp_nanos")]
     pub timestamp: SystemTime,
+    /// The schema version of `state` (1 unless the state's shape changed; see
+    /// [`Aggregate::STATE_VERSION`](crate::Aggregate::STATE_VERSION)).
+    #[serde(default = "schema_one", skip_serializing_if = "is_schema_one")]
+    pub schema_version: u32,
+    /// The commits most recently folded into `state`, oldest first: what lets the actor host
+    /// recognise a repeated command key without reading the history before the snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_commits: Vec<CommitRange>,
+}
+
+/// One commit's place in an actor's stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRange {
+    /// The commit id (a caller's idempotency key, or a generated id).
+    pub commit_id: String,
+    /// Its first version.
+    pub first_version: u64,
+    /// Its last version.
+    pub last_version: u64,
 }
 
 impl Snapshot {
@@ -242,7 +291,15 @@ impl Snapshot {
             sequence: 0,
             state,
             timestamp: SystemTime::UNIX_EPOCH,
+            schema_version: 1,
+            recent_commits: Vec::new(),
         }
+    }
+
+    /// Sets the schema version of the state.
+    pub fn with_schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
+        self
     }
 
     /// Names the stream sequence of the events record that ends at `version` (what an append's
@@ -316,6 +373,7 @@ mod tests {
             timestamp: SystemTime::UNIX_EPOCH,
             metadata,
             commit_id: String::new(),
+            schema_version: 1,
         }
     }
 

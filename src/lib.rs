@@ -63,12 +63,14 @@ pub mod retry;
 #[doc(hidden)]
 pub mod rt;
 pub mod runtime;
+pub mod schema;
 pub mod store;
 pub mod telemetry;
 pub mod trace;
 
 pub use actor::{
-    ActorConfig, ActorHost, ActorState, Aggregate, CommandError, CommandOutcome, Router, SingleNode,
+    ActorConfig, ActorHost, ActorState, Aggregate, CommandContext, CommandError, CommandOutcome,
+    RemoteError, RemoteErrorKind, Router, SingleNode,
 };
 pub use broker::{Broker, BrokerError, MemoryBroker};
 #[cfg(feature = "nats")]
@@ -76,9 +78,10 @@ pub use broker::{NatsBroker, NatsOptions};
 pub use bus::{BusConfig, BusSubscription, Delivery, EventBus, Filter, RecvError};
 pub use clock::{Clock, SharedRng, SystemClock};
 pub use codec::{DecodeError, InvalidName};
-pub use event::{Event, ExpectedVersion, Metadata, NewEvent, Snapshot};
+pub use event::{CommitRange, Event, ExpectedVersion, Metadata, NewEvent, Snapshot};
 pub use node::{InvalidNodeId, NodeId};
 pub use runtime::Runtime;
+pub use schema::{DomainEvent, EventDecodeError, EventEncodeError, Upcasters};
 pub use store::{
     AppendError, AppendOutcome, CommitStatus, ConflictError, DeadlineError, EVENT_STORED,
     EventStore, EventStored, OpenError, Page, ReadError, ReplayError, ReplayErrorCause,

@@ -6,7 +6,7 @@
 //! | events of namespace `ns` | stream `AETHER_EV_<ns>`, subject `aether.ev.<ns>.<actor token>` |
 //! | snapshots | stream `AETHER_SNAP_<ns>`, subject `aether.snap.<ns>.<actor token>` |
 //! | bus | subject `aether.bus.<ns>` |
-//! | commands for a node | subject `aether.cmd.<ns>.<node id>` |
+//! | commands for one aggregate type on a node | subject `aether.cmd.<ns>.<node id>.<aggregate>` |
 //! | cluster | KV buckets `<cluster>-members`, `<cluster>-leader`, `<cluster>-assignment` |
 //! | projection checkpoints | KV bucket `aether-projections-<ns>` |
 //! | a KV bucket `b` | stream `KV_<b>`, subjects `$KV.<b>.<key>` (NATS's own layout) |
@@ -90,9 +90,9 @@ impl NamespaceNames {
         bus_subject(&self.namespace)
     }
 
-    /// The subject commands for `node` are sent to.
-    pub fn command_subject(&self, node: &NodeId) -> String {
-        command_subject(&self.namespace, node)
+    /// The subject commands for aggregate type `aggregate` on `node` are sent to.
+    pub fn command_subject(&self, node: &NodeId, aggregate: &str) -> String {
+        command_subject(&self.namespace, node, aggregate)
     }
 
     /// The KV bucket of the namespace's projection checkpoints.
@@ -121,9 +121,10 @@ pub fn bus_namespace(subject: &str) -> Option<&str> {
         .and_then(|rest| rest.strip_prefix('.'))
 }
 
-/// The subject commands for `node` in `namespace` are sent to.
-pub fn command_subject(namespace: &str, node: &NodeId) -> String {
-    format!("aether.cmd.{namespace}.{node}")
+/// The subject commands for aggregate type `aggregate` on `node` in `namespace` are sent to
+/// (`aggregate` is an [`Aggregate::NAME`](crate::Aggregate::NAME), a checked subject token).
+pub fn command_subject(namespace: &str, node: &NodeId, aggregate: &str) -> String {
+    format!("aether.cmd.{namespace}.{node}.{aggregate}")
 }
 
 /// The KV buckets of the cluster called `cluster`.
@@ -186,8 +187,8 @@ mod tests {
         assert_eq!(bus_namespace("aether.bus.bank"), Some("bank"));
         assert_eq!(bus_namespace("aether.busy.bank"), None);
         assert_eq!(
-            names.command_subject(&NodeId::new("n1").unwrap()),
-            "aether.cmd.bank.n1"
+            names.command_subject(&NodeId::new("n1").unwrap(), "account"),
+            "aether.cmd.bank.n1.account"
         );
         assert_eq!(names.projections_bucket(), "aether-projections-bank");
         assert_eq!(ClusterBuckets::new("c").leader, "c-leader");

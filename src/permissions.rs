@@ -243,8 +243,8 @@ pub fn for_role(namespace: &str, role: &Role) -> Result<Permissions, InvalidName
                 publish.extend(write_bucket(bucket));
                 publish.push(watch_bucket(bucket));
             }
-            publish.push(format!("aether.cmd.{namespace}.*"));
-            subscribe.push(format!("aether.cmd.{namespace}.*"));
+            publish.push(format!("aether.cmd.{namespace}.>"));
+            subscribe.push(format!("aether.cmd.{namespace}.>"));
             allow_responses = true;
         }
         Role::Inspector { cluster } => {
@@ -328,8 +328,8 @@ mod tests {
         assert!(allows(&node, "aether.ev.orders.*"));
         assert!(!allows(&reader, "aether.ev.orders.*"));
         assert!(!allows(&inspector, "aether.ev.orders.*"));
-        assert!(allows(&node, "aether.cmd.orders.*"));
-        assert!(!allows(&writer, "aether.cmd.orders.*"));
+        assert!(allows(&node, "aether.cmd.orders.>"));
+        assert!(!allows(&writer, "aether.cmd.orders.>"));
         assert!(allows(&reader, "$KV.aether-projections-orders.>"));
         assert!(!allows(&inspector, "$KV.aether-projections-orders.>"));
     }

@@ -54,6 +54,14 @@ pub const ACTOR_ACTIVATIONS: &str = "aether_actor_activations_total";
 pub const ACTOR_PASSIVATIONS: &str = "aether_actor_passivations_total";
 /// Actors in memory, by `namespace` and `node`.
 pub const ACTOR_ACTIVE: &str = "aether_actor_active";
+/// Snapshots an actor load did not use (it replayed instead), by `namespace` and `reason`
+/// (`newer_schema`, `no_upcaster`, `undecodable`).
+pub const ACTOR_SNAPSHOTS_SKIPPED: &str = "aether_actor_snapshots_skipped_total";
+/// Keyed commands answered with the outcome of an earlier command under the same key, by
+/// `namespace`.
+pub const ACTOR_DEDUPLICATED: &str = "aether_actor_commands_deduplicated_total";
+/// Stored events lifted by an upcaster, by `event_type` and `from_version`.
+pub const EVENTS_UPCAST: &str = "aether_events_upcast_total";
 
 /// Times this node became leader.
 pub const CLUSTER_LEADER_CHANGES: &str = "aether_cluster_leader_changes_total";
@@ -134,6 +142,21 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Command latency on the owner (seconds)",
     ),
     (ACTOR_SENDS, Kind::Counter, "Commands sent, by outcome"),
+    (
+        ACTOR_SNAPSHOTS_SKIPPED,
+        Kind::Counter,
+        "Snapshots not used on load, by reason",
+    ),
+    (
+        ACTOR_DEDUPLICATED,
+        Kind::Counter,
+        "Keyed commands answered with an earlier outcome",
+    ),
+    (
+        EVENTS_UPCAST,
+        Kind::Counter,
+        "Stored events upcast on replay",
+    ),
     (
         ACTOR_SEND_SECONDS,
         Kind::Histogram,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aether::actor::{AggregateTest, CommandContext, command_subject};
 use aether::{
-    ActorConfig, ActorHost, Aggregate, CommandError, Event, EventStore, ExpectedVersion,
+    ActorConfig, ActorHost, Aggregate, CommandError, DomainEvent, EventStore, ExpectedVersion,
     MemoryBroker, NewEvent, NodeId, Router, Runtime, SingleNode, StoreConfig,
 };
 use serde::{Deserialize, Serialize};
@@ -34,35 +34,45 @@ enum Refusal {
     Insufficient { balance: i64 },
 }
 
+/// Stored as `Opened` with data `{}`, `Deposited` and `Withdrawn` with a bare amount.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum AccountEvent {
+    Opened {},
+    Deposited(i64),
+    Withdrawn(i64),
+}
+
+impl DomainEvent for AccountEvent {}
+
 impl Aggregate for Account {
+    const NAME: &'static str = "account";
     type Command = AccountCommand;
+    type Event = AccountEvent;
     type Rejection = Refusal;
 
     fn handle(
         &self,
         _: &CommandContext<'_>,
         command: &AccountCommand,
-    ) -> Result<Vec<NewEvent>, Refusal> {
+    ) -> Result<Vec<AccountEvent>, Refusal> {
         match command {
             AccountCommand::Open if self.open => Err(Refusal::AlreadyOpen),
-            AccountCommand::Open => Ok(vec![NewEvent::new("Opened", json!({}))]),
+            AccountCommand::Open => Ok(vec![AccountEvent::Opened {}]),
             _ if !self.open => Err(Refusal::NotOpen),
             AccountCommand::Deposit(0) => Ok(vec![]),
-            AccountCommand::Deposit(n) => Ok(vec![NewEvent::new("Deposited", json!(n))]),
+            AccountCommand::Deposit(n) => Ok(vec![AccountEvent::Deposited(*n)]),
             AccountCommand::Withdraw(n) if *n > self.balance => Err(Refusal::Insufficient {
                 balance: self.balance,
             }),
-            AccountCommand::Withdraw(n) => Ok(vec![NewEvent::new("Withdrawn", json!(n))]),
+            AccountCommand::Withdraw(n) => Ok(vec![AccountEvent::Withdrawn(*n)]),
         }
     }
 
-    fn apply(&mut self, event: &Event) {
-        let n = event.data.as_i64().unwrap_or(0);
-        match event.event_type.as_str() {
-            "Opened" => self.open = true,
-            "Deposited" => self.balance += n,
-            "Withdrawn" => self.balance -= n,
-            _ => {}
+    fn apply(&mut self, event: &AccountEvent) {
+        match event {
+            AccountEvent::Opened {} => self.open = true,
+            AccountEvent::Deposited(n) => self.balance += n,
+            AccountEvent::Withdrawn(n) => self.balance -= n,
         }
     }
 }
@@ -92,10 +102,8 @@ async fn single(
 
 #[test]
 fn given_when_then_decides_without_a_store() {
-    let opened = AggregateTest::<Account>::given([
-        NewEvent::new("Opened", json!({})),
-        NewEvent::new("Deposited", json!(10)),
-    ]);
+    let opened =
+        AggregateTest::<Account>::given([AccountEvent::Opened {}, AccountEvent::Deposited(10)]);
     assert_eq!(opened.version(), 2);
     assert_eq!(opened.state().balance, 10);
     assert_eq!(
@@ -103,8 +111,8 @@ fn given_when_then_decides_without_a_store() {
         Refusal::Insufficient { balance: 10 }
     );
     assert_eq!(
-        opened.when(&AccountCommand::Withdraw(10)).unwrap()[0].event_type,
-        "Withdrawn"
+        opened.when(&AccountCommand::Withdraw(10)).unwrap(),
+        [AccountEvent::Withdrawn(10)]
     );
     assert_eq!(
         AggregateTest::<Account>::given([])
@@ -116,10 +124,8 @@ fn given_when_then_decides_without_a_store() {
 
 #[test]
 fn then_expect_helpers_pass_on_what_was_decided() {
-    let opened = AggregateTest::<Account>::given([
-        NewEvent::new("Opened", json!({})),
-        NewEvent::new("Deposited", json!(10)),
-    ]);
+    let opened =
+        AggregateTest::<Account>::given([AccountEvent::Opened {}, AccountEvent::Deposited(10)]);
     opened.then_expect_rejection(
         &AccountCommand::Withdraw(11),
         &Refusal::Insufficient { balance: 10 },
@@ -132,16 +138,16 @@ fn then_expect_helpers_pass_on_what_was_decided() {
 #[test]
 #[should_panic(expected = "decided event types differ")]
 fn then_expect_event_types_fails_on_other_types() {
-    AggregateTest::<Account>::given([NewEvent::new("Opened", json!({}))])
+    AggregateTest::<Account>::given([AccountEvent::Opened {}])
         .then_expect_event_types(&AccountCommand::Deposit(1), &["Withdrawn"]);
 }
 
 #[test]
-#[should_panic(expected = "decided events (type, data) differ")]
+#[should_panic(expected = "decided events differ")]
 fn then_expect_events_fails_on_other_data() {
-    let opened = AggregateTest::<Account>::given([NewEvent::new("Opened", json!({}))]);
+    let opened = AggregateTest::<Account>::given([AccountEvent::Opened {}]);
     let mut decided = opened.when(&AccountCommand::Deposit(1)).unwrap();
-    decided[0].data = json!(2);
+    decided[0] = AccountEvent::Deposited(2);
     opened.then_expect_events(&AccountCommand::Deposit(1), &decided);
 }
 
@@ -155,7 +161,7 @@ fn then_expect_events_fails_on_a_rejection() {
 #[test]
 #[should_panic(expected = "but decided")]
 fn then_expect_rejection_fails_on_acceptance() {
-    AggregateTest::<Account>::given([NewEvent::new("Opened", json!({}))])
+    AggregateTest::<Account>::given([AccountEvent::Opened {}])
         .then_expect_rejection(&AccountCommand::Deposit(1), &Refusal::NotOpen);
 }
 
@@ -372,8 +378,8 @@ async fn an_unreachable_owner_makes_the_command_unroutable() {
         other => panic!("expected Unroutable after 3 attempts, got {other:?}"),
     }
     assert_eq!(
-        command_subject("bank", &nid("node-gone")),
-        "aether.cmd.bank.node-gone"
+        command_subject("bank", &nid("node-gone"), Account::NAME),
+        "aether.cmd.bank.node-gone.account"
     );
 }
 
@@ -505,7 +511,7 @@ async fn a_reply_naming_another_command_is_never_taken_as_the_answer() {
     // A broken node-b that answers with the outcome of some other command.
     use aether::broker::{Broker, Headers};
     let mut inbox = broker
-        .subscribe(&command_subject("bank", &nid("node-b")))
+        .subscribe(&command_subject("bank", &nid("node-b"), Account::NAME))
         .await
         .unwrap();
     let responder = broker.clone();

@@ -7,8 +7,8 @@ use std::time::Duration;
 use aether::actor::CommandContext;
 use aether::cluster::{Cluster, ClusterConfig, NodeId};
 use aether::{
-    ActorConfig, ActorHost, Aggregate, Event, EventStore, MemoryBroker, NewEvent, Runtime,
-    SharedRng, StoreConfig, SystemClock,
+    ActorConfig, ActorHost, Aggregate, DomainEvent, EventStore, MemoryBroker, Runtime, SharedRng,
+    StoreConfig, SystemClock,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -18,20 +18,36 @@ struct Counter {
     value: u64,
 }
 
+#[derive(Serialize, Deserialize)]
+enum CounterEvent {
+    Added {
+        by: u64,
+        node: String,
+        epoch: Option<u64>,
+        on: u64,
+    },
+}
+
+impl DomainEvent for CounterEvent {}
+
 impl Aggregate for Counter {
+    const NAME: &'static str = "counter";
     type Command = u64;
+    type Event = CounterEvent;
     type Rejection = String;
 
     /// Records who decided, under which assignment epoch, on which version.
-    fn handle(&self, ctx: &CommandContext<'_>, by: &u64) -> Result<Vec<NewEvent>, String> {
-        Ok(vec![NewEvent::new(
-            "Added",
-            json!({ "by": by, "node": ctx.node_id.as_str(), "epoch": ctx.epoch, "on": ctx.version }),
-        )])
+    fn handle(&self, ctx: &CommandContext<'_>, by: &u64) -> Result<Vec<CounterEvent>, String> {
+        Ok(vec![CounterEvent::Added {
+            by: *by,
+            node: ctx.node_id.to_string(),
+            epoch: ctx.epoch,
+            on: ctx.version,
+        }])
     }
 
-    fn apply(&mut self, event: &Event) {
-        self.value += event.data["by"].as_u64().unwrap_or(0);
+    fn apply(&mut self, CounterEvent::Added { by, .. }: &CounterEvent) {
+        self.value += by;
     }
 }
 

@@ -10,8 +10,7 @@ use std::time::Duration;
 use aether::broker::{Broker, BrokerError, PermissionAction};
 use aether::permissions::{Role, for_role};
 use aether::{
-    EventStore, ExpectedVersion, NatsBroker, NatsOptions, NewEvent, Snapshot, StoreConfig,
-    SystemClock,
+    EventStore, ExpectedVersion, NatsBroker, NatsOptions, Snapshot, StoreConfig, SystemClock,
 };
 use serde_json::json;
 use support::nats_server::{NatsServer, ServerSettings};
@@ -210,20 +209,29 @@ struct Counter {
     value: u64,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+enum CounterEvent {
+    Added { by: u64 },
+}
+
+impl aether::DomainEvent for CounterEvent {}
+
 impl aether::Aggregate for Counter {
+    const NAME: &'static str = "counter";
     type Command = u64;
+    type Event = CounterEvent;
     type Rejection = String;
 
     fn handle(
         &self,
         _ctx: &aether::actor::CommandContext<'_>,
         by: &u64,
-    ) -> Result<Vec<NewEvent>, String> {
-        Ok(vec![NewEvent::new("Added", json!({ "by": by }))])
+    ) -> Result<Vec<CounterEvent>, String> {
+        Ok(vec![CounterEvent::Added { by: *by }])
     }
 
-    fn apply(&mut self, event: &aether::Event) {
-        self.value += event.data["by"].as_u64().unwrap_or(0);
+    fn apply(&mut self, CounterEvent::Added { by }: &CounterEvent) {
+        self.value += by;
     }
 }
 

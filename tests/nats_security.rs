@@ -176,7 +176,7 @@ async fn credentials_of_namespace_a_are_refused_everything_in_namespace_b_and_wr
         direct,
     )
     .await;
-    let command = aether::names::command_subject(B, &NodeId::new("n1").unwrap());
+    let command = aether::names::command_subject(B, &NodeId::new("n1").unwrap(), "account");
     let request = a.request(
         &command,
         Default::default(),

@@ -9,8 +9,8 @@ use aether::cluster::{Cluster, ClusterConfig, NodeId};
 use aether::telemetry;
 use aether::trace::{self, TraceContext};
 use aether::{
-    ActorConfig, ActorHost, Aggregate, BusConfig, Event, EventBus, EventStore, ExpectedVersion,
-    Filter, MemoryBroker, NewEvent, Runtime, SharedRng, StoreConfig, SystemClock,
+    ActorConfig, ActorHost, Aggregate, BusConfig, EventBus, EventStore, ExpectedVersion, Filter,
+    MemoryBroker, NewEvent, Runtime, SharedRng, StoreConfig, SystemClock,
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde::{Deserialize, Serialize};
@@ -21,19 +21,28 @@ struct Account {
     balance: i64,
 }
 
+#[derive(Serialize, Deserialize)]
+enum AccountEvent {
+    Moved { amount: i64 },
+}
+
+impl aether::DomainEvent for AccountEvent {}
+
 impl Aggregate for Account {
+    const NAME: &'static str = "account";
     type Command = i64;
+    type Event = AccountEvent;
     type Rejection = String;
 
-    fn handle(&self, _: &CommandContext<'_>, amount: &i64) -> Result<Vec<NewEvent>, String> {
+    fn handle(&self, _: &CommandContext<'_>, amount: &i64) -> Result<Vec<AccountEvent>, String> {
         if self.balance + amount < 0 {
             return Err("insufficient funds".into());
         }
-        Ok(vec![NewEvent::new("Moved", json!({ "amount": amount }))])
+        Ok(vec![AccountEvent::Moved { amount: *amount }])
     }
 
-    fn apply(&mut self, event: &Event) {
-        self.balance += event.data["amount"].as_i64().unwrap_or(0);
+    fn apply(&mut self, AccountEvent::Moved { amount }: &AccountEvent) {
+        self.balance += amount;
     }
 }
 

@@ -476,21 +476,34 @@ struct Tally {
     total: u64,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+enum TallyEvent {
+    Added { n: u64 },
+}
+
+impl aether::DomainEvent for TallyEvent {}
+
 impl aether::Aggregate for Tally {
+    const NAME: &'static str = "tally";
     type Command = u64;
+    type Event = TallyEvent;
     type Rejection = String;
 
     fn handle(
         &self,
         _: &aether::actor::CommandContext<'_>,
         n: &u64,
-    ) -> Result<Vec<NewEvent>, String> {
+    ) -> Result<Vec<TallyEvent>, String> {
         // 0 decides nothing: a command that answers with the version it was decided on.
-        Ok(if *n == 0 { Vec::new() } else { event(*n) })
+        Ok(if *n == 0 {
+            Vec::new()
+        } else {
+            vec![TallyEvent::Added { n: *n }]
+        })
     }
 
-    fn apply(&mut self, event: &aether::Event) {
-        self.total += event.data["n"].as_u64().unwrap_or(0);
+    fn apply(&mut self, TallyEvent::Added { n }: &TallyEvent) {
+        self.total += n;
     }
 }
 

@@ -4,10 +4,13 @@
 //! ```no_run
 //! # use aether_sim::harness::Harness;
 //! # #[derive(Default, serde::Serialize, serde::Deserialize)] struct Account { balance: i64 }
+//! # #[derive(serde::Serialize, serde::Deserialize)] enum Ev { Moved(i64) }
+//! # impl aether::DomainEvent for Ev {}
 //! # impl aether::Aggregate for Account {
-//! #     type Command = i64; type Rejection = String;
-//! #     fn handle(&self, _: &aether::actor::CommandContext<'_>, c: &i64) -> Result<Vec<aether::NewEvent>, String> { Ok(vec![]) }
-//! #     fn apply(&mut self, _: &aether::Event) {}
+//! #     const NAME: &'static str = "account";
+//! #     type Command = i64; type Event = Ev; type Rejection = String;
+//! #     fn handle(&self, _: &aether::actor::CommandContext<'_>, c: &i64) -> Result<Vec<Ev>, String> { Ok(vec![Ev::Moved(*c)]) }
+//! #     fn apply(&mut self, Ev::Moved(n): &Ev) { self.balance += n }
 //! # }
 //! let harness = Harness::<Account>::new()
 //!     .actors(4)
@@ -170,10 +173,13 @@ where
     /// # use aether_sim::harness::Harness;
     /// # #[derive(Default, serde::Serialize, serde::Deserialize)] struct Account { balance: i64 }
     /// # #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)] enum Command { Deposit(i64), Withdraw(i64) }
+    /// # #[derive(serde::Serialize, serde::Deserialize)] enum Ev { Moved(i64) }
+    /// # impl aether::DomainEvent for Ev {}
     /// # impl aether::Aggregate for Account {
-    /// #     type Command = Command; type Rejection = String;
-    /// #     fn handle(&self, _: &aether::actor::CommandContext<'_>, c: &Command) -> Result<Vec<aether::NewEvent>, String> { Ok(vec![]) }
-    /// #     fn apply(&mut self, _: &aether::Event) {}
+    /// #     const NAME: &'static str = "account";
+    /// #     type Command = Command; type Event = Ev; type Rejection = String;
+    /// #     fn handle(&self, _: &aether::actor::CommandContext<'_>, c: &Command) -> Result<Vec<Ev>, String> { Ok(vec![]) }
+    /// #     fn apply(&mut self, _: &Ev) {}
     /// # }
     /// use proptest::prelude::*;
     /// let harness = Harness::<Account>::new().strategy(prop_oneof![
@@ -377,11 +383,21 @@ fn check_user<A: Aggregate>(
             }
         }
     }
+    let upcasters = A::upcasters();
     for actor in actors {
         let mut state = A::default();
         'events: for (_, commit) in input.chain(actor) {
             for event in &commit.events {
-                state.apply(event);
+                match upcasters.decode::<A::Event>(event) {
+                    Ok(typed) => state.apply(&typed),
+                    Err(error) => {
+                        out.push(Violation {
+                            invariant: USER,
+                            detail: format!("{actor}: {error}"),
+                        });
+                        break 'events;
+                    }
+                }
                 for (name, holds) in invariants {
                     if let Err(why) = holds(&state) {
                         out.push(Violation {

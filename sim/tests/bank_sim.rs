@@ -7,10 +7,9 @@
 //! `cargo test -p aether-sim --test bank_sim -- --nocapture` prints the buggy account's report.
 
 use aether::actor::CommandContext;
-use aether::{Aggregate, Event, NewEvent};
+use aether::{Aggregate, DomainEvent};
 use aether_sim::harness::Harness;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Command {
@@ -48,29 +47,35 @@ type Account = Bank<0>;
 /// The bug: a fee of 1 the check ignores.
 type FeeAccount = Bank<1>;
 
+/// What happens to an account.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum BankEvent {
+    Deposited { amount: i64 },
+    Withdrawn { amount: i64, fee: i64 },
+}
+
+impl DomainEvent for BankEvent {}
+
 impl<const FEE: i64> Aggregate for Bank<FEE> {
+    const NAME: &'static str = "bank";
     type Command = Command;
+    type Event = BankEvent;
     type Rejection = String;
 
-    fn handle(&self, _: &CommandContext<'_>, command: &Command) -> Result<Vec<NewEvent>, String> {
+    fn handle(&self, _: &CommandContext<'_>, command: &Command) -> Result<Vec<BankEvent>, String> {
         match *command {
-            Command::Deposit(n) => Ok(vec![NewEvent::new("Deposited", json!({ "amount": n }))]),
+            Command::Deposit(amount) => Ok(vec![BankEvent::Deposited { amount }]),
             Command::Withdraw(n) if n > self.balance => {
                 Err(format!("balance {} cannot cover {n}", self.balance))
             }
-            Command::Withdraw(n) => Ok(vec![NewEvent::new(
-                "Withdrawn",
-                json!({ "amount": n, "fee": FEE }),
-            )]),
+            Command::Withdraw(amount) => Ok(vec![BankEvent::Withdrawn { amount, fee: FEE }]),
         }
     }
 
-    fn apply(&mut self, event: &Event) {
-        let amount = event.data["amount"].as_i64().expect("amount");
-        match event.event_type.as_str() {
-            "Deposited" => self.balance += amount,
-            "Withdrawn" => self.balance -= amount + event.data["fee"].as_i64().unwrap_or(0),
-            other => panic!("unknown event type {other}"),
+    fn apply(&mut self, event: &BankEvent) {
+        match event {
+            BankEvent::Deposited { amount } => self.balance += amount,
+            BankEvent::Withdrawn { amount, fee } => self.balance -= amount + fee,
         }
     }
 }

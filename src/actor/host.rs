@@ -2,7 +2,7 @@
 //! events), one command at a time per actor, appends at the exact version, reload on conflict,
 //! snapshots and passivation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +18,8 @@ use super::{
 };
 use crate::broker::Broker;
 use crate::clock::{Clock, Deadline, Elapsed, SystemClock};
-use crate::event::{Event, ExpectedVersion, NewEvent, Snapshot};
+use crate::event::{CommitRange, Event, ExpectedVersion, NewEvent, Snapshot};
+use crate::schema::{DomainEvent, SnapshotSkip, Upcasters};
 use crate::store::{AppendError, ConflictError, EventStore, ReadError, SnapshotError};
 use crate::telemetry;
 use crate::trace::{self, TraceContext};
@@ -28,6 +29,9 @@ pub(super) struct Slot<A> {
     state: A,
     version: u64,
     snapshot_version: u64,
+    /// The commits most recently folded, oldest first (at most
+    /// [`ActorConfig::recent_commits`]): where a repeated command key is found.
+    recent: VecDeque<CommitRange>,
     loaded: bool,
     /// Loaded at least once since it came into memory (counts one activation).
     activated: bool,
@@ -40,7 +44,40 @@ pub(super) struct Inner<A, B, C, R> {
     pub(super) config: ActorConfig,
     pub(super) slots: StdMutex<BTreeMap<String, Arc<Mutex<Slot<A>>>>>,
     pub(super) commands: AtomicU64,
+    pub(super) upcasters: Upcasters,
     pub(super) _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A> Slot<A> {
+    fn empty(state: A) -> Self {
+        Slot {
+            state,
+            version: 0,
+            snapshot_version: 0,
+            recent: VecDeque::new(),
+            loaded: false,
+            activated: false,
+            last_used: Duration::ZERO,
+        }
+    }
+
+    /// Records a commit just folded, keeping the newest `max`.
+    fn remember(&mut self, commit: CommitRange, max: usize) {
+        match self.recent.back_mut() {
+            // Events of one commit folded one by one extend its range.
+            Some(last) if last.commit_id == commit.commit_id => {
+                last.last_version = commit.last_version
+            }
+            _ => self.recent.push_back(commit),
+        }
+        while self.recent.len() > max {
+            self.recent.pop_front();
+        }
+    }
+
+    fn recent_commit(&self, key: &str) -> Option<&CommitRange> {
+        self.recent.iter().rev().find(|c| c.commit_id == key)
+    }
 }
 
 /// Hosts aggregates of type `A` of one namespace on one node. Cheap to clone.
@@ -60,7 +97,17 @@ impl<A, B, C, R> Clone for ActorHost<A, B, C, R> {
 
 impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
     /// A host executing commands against `store`, owning what `router` says.
+    ///
+    /// # Panics
+    /// When [`Aggregate::NAME`] is not a subject token (`A-Z a-z 0-9 - _`, 1..=64 characters):
+    /// a constant of the code, so a bug, caught on the first host made.
     pub fn new(store: EventStore<B, C>, router: R, config: ActorConfig) -> Self {
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        assert!(
+            !A::NAME.is_empty() && A::NAME.len() <= 64 && A::NAME.chars().all(valid),
+            "Aggregate::NAME {:?} must be 1..=64 characters of A-Z a-z 0-9 - _",
+            A::NAME
+        );
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -68,6 +115,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 config,
                 slots: StdMutex::new(BTreeMap::new()),
                 commands: AtomicU64::new(0),
+                upcasters: A::upcasters(),
                 _aggregate: PhantomData,
             }),
             serving: Arc::new(ServeGuard::default()),
@@ -102,14 +150,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 });
             }
         }
-        let mut slot = Slot {
-            state: A::default(),
-            version: 0,
-            snapshot_version: 0,
-            loaded: false,
-            activated: false,
-            last_used: Duration::ZERO,
-        };
+        let mut slot = Slot::empty(A::default());
         self.load(actor_id, &mut slot).await?;
         Ok(ActorState {
             state: slot.state,
@@ -138,6 +179,39 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         actor_id: &str,
         command: &A::Command,
     ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
+        self.execute_with(actor_id, command, None).await
+    }
+
+    /// [`execute`](Self::execute) under an idempotency key: the command's commit is stored
+    /// under `key` (its events get ids `key`, `key.1`, `key.2` …), and a command with a key
+    /// the actor already stored is not decided again — the answer is the earlier command's
+    /// outcome, flagged [`CommandOutcome::deduplicated`].
+    ///
+    /// The key is recognised among the actor's last [`ActorConfig::recent_commits`] commits
+    /// (kept in memory and in its snapshots, so passivation, restarts and retention do not
+    /// forget them) and, beyond those, by the store as
+    /// [`EventStore::append_with_commit_id`] describes (the broker's deduplication window).
+    /// A key names one commit in the whole namespace: reuse one only to retry.
+    ///
+    /// # Errors
+    /// As [`execute`](Self::execute); [`CommandError::InvalidKey`] for a key that is not a
+    /// valid commit id.
+    pub async fn execute_keyed(
+        &self,
+        actor_id: &str,
+        command: &A::Command,
+        key: &str,
+    ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
+        check_key(key)?;
+        self.execute_with(actor_id, command, Some(key)).await
+    }
+
+    pub(super) async fn execute_with(
+        &self,
+        actor_id: &str,
+        command: &A::Command,
+        key: Option<&str>,
+    ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
         let rt = self.inner.store.runtime();
         // This command's span in the caller's trace (a sender's `traceparent`, or the
         // application's scope), or the first span of a new trace.
@@ -150,6 +224,8 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             node = %rt.node_id(),
             trace_id = %context.trace_id(),
             span_id = %context.span_id(),
+            aggregate = A::NAME,
+            key = key,
             version = tracing::field::Empty,
             attempts = tracing::field::Empty,
             outcome = tracing::field::Empty,
@@ -162,7 +238,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 &span,
                 &deadline,
                 (telemetry::ACTOR_COMMANDS, telemetry::ACTOR_COMMAND_SECONDS),
-                self.execute_here(actor_id, command, &deadline),
+                self.execute_here(actor_id, command, key, &deadline),
             )
             .await;
         if let Ok(done) = &result {
@@ -224,6 +300,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         &self,
         actor_id: &str,
         command: &A::Command,
+        key: Option<&str>,
         deadline: &Deadline,
     ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
         let rt = self.inner.store.runtime();
@@ -247,16 +324,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             let mut slots = self.lock_slots();
             let slot = slots
                 .entry(actor_id.to_owned())
-                .or_insert_with(|| {
-                    Arc::new(Mutex::new(Slot {
-                        state: A::default(),
-                        version: 0,
-                        snapshot_version: 0,
-                        loaded: false,
-                        activated: false,
-                        last_used: Duration::ZERO,
-                    }))
-                })
+                .or_insert_with(|| Arc::new(Mutex::new(Slot::empty(A::default()))))
                 .clone();
             (slot, slots.len())
         };
@@ -282,14 +350,19 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 }
                 self.load(actor_id, &mut slot).await?;
             }
+            // A key this actor already stored: that command's outcome, nothing decided.
+            if let Some(stored) = key.and_then(|key| slot.recent_commit(key)).cloned() {
+                return self.deduplicated(actor_id, &slot, stored).await;
+            }
             let ctx = CommandContext {
                 actor_id,
                 version: slot.version,
                 node_id: me,
                 epoch,
                 now: rt.clock().wall(),
+                key,
             };
-            let events = match command_events(&slot.state, &ctx, command) {
+            let decided = match command_events(&slot.state, &ctx, command) {
                 Ok(events) => events,
                 // A refusal is only as good as the state it was decided on. A cached state may
                 // be stale (another writer appended), and so may a fresh load answered by a
@@ -314,9 +387,10 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                     continue;
                 }
             };
-            if events.is_empty() {
+            if decided.is_empty() {
                 return Ok(self.outcome(actor_id, slot.version, Vec::new()));
             }
+            let events = encode_events(&decided, key)?;
             let expected = if crate::planted::planted!(rt, host_appends_with_any) {
                 ExpectedVersion::Any
             } else {
@@ -327,15 +401,48 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             // command, the next one — reloads it instead of deciding on a state that may be
             // behind.
             slot.loaded = false;
-            match store.append(actor_id, expected, events).await {
+            let appended = match key {
+                Some(key) => {
+                    store
+                        .append_with_commit_id(actor_id, expected, events, key)
+                        .await
+                }
+                None => store.append(actor_id, expected, events).await,
+            };
+            match appended {
+                Ok(stored) if stored.first_version() != slot.version + 1 => {
+                    // The store answered a keyed append with the commit already stored under
+                    // the key, elsewhere in the stream than the state in memory knows: reload,
+                    // and answer with that commit.
+                    let range = CommitRange {
+                        commit_id: stored.commit_id.clone(),
+                        first_version: stored.first_version(),
+                        last_version: stored.last_version(),
+                    };
+                    self.load(actor_id, &mut slot).await?;
+                    return self.deduplicated(actor_id, &slot, range).await;
+                }
                 Ok(stored) => {
-                    for event in &stored.events {
-                        slot.state.apply(event);
+                    if key.is_some() {
+                        // The stored commit may be an earlier attempt's (found by its key),
+                        // decided on the same version but perhaps otherwise: fold what is
+                        // stored, not what was decided now.
+                        for event in &stored.events {
+                            let event = self.inner.upcasters.decode::<A::Event>(event)?;
+                            slot.state.apply(&event);
+                        }
+                    } else {
+                        for event in &decided {
+                            slot.state.apply(event);
+                        }
                     }
-                    assert_eq!(
-                        stored.first_version(),
-                        slot.version + 1,
-                        "contiguous versions"
+                    slot.remember(
+                        CommitRange {
+                            commit_id: stored.commit_id.clone(),
+                            first_version: stored.first_version(),
+                            last_version: stored.last_version(),
+                        },
+                        self.inner.config.recent_commits,
                     );
                     slot.version = stored.last_version();
                     slot.loaded = true;
@@ -375,7 +482,39 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             version,
             events,
             node_id: self.inner.store.runtime().node_id().clone(),
+            deduplicated: false,
         }
+    }
+
+    /// The outcome of the earlier command stored as `commit`: its events (those still kept)
+    /// and the version it left the actor at.
+    async fn deduplicated(
+        &self,
+        actor_id: &str,
+        slot: &Slot<A>,
+        commit: CommitRange,
+    ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
+        tracing::debug!(
+            key = %commit.commit_id,
+            first = commit.first_version,
+            last = commit.last_version,
+            "command key already stored: answering with that commit"
+        );
+        metrics::counter!(
+            telemetry::ACTOR_DEDUPLICATED,
+            "namespace" => self.inner.store.namespace().to_owned()
+        )
+        .increment(1);
+        let mut events = self
+            .inner
+            .store
+            .events(actor_id, commit.first_version)
+            .await?;
+        events.retain(|e| e.version <= commit.last_version && e.commit_id == commit.commit_id);
+        debug_assert!(slot.version >= commit.last_version);
+        let mut outcome = self.outcome(actor_id, commit.last_version, events);
+        outcome.deduplicated = true;
+        Ok(outcome)
     }
 
     /// Loads an actor: its latest snapshot, then every later event.
@@ -387,19 +526,17 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         let store = &self.inner.store;
         let snapshot = store.latest_snapshot(actor_id).await?;
         let decoded = snapshot.as_ref().and_then(|snapshot| {
-            match serde_json::from_value::<A>(snapshot.state.clone()) {
-                Ok(state) => Some((state, snapshot)),
-                Err(error) => {
-                    // An unreadable snapshot (e.g. the state type changed) is not fatal: the
-                    // events are the truth. Replay from the start.
-                    tracing::warn!(actor = actor_id, %error, "ignoring undecodable snapshot");
-                    None
-                }
-            }
+            self.decode_snapshot(snapshot)
+                .map(|state| (state, snapshot))
         });
+        let max = self.inner.config.recent_commits;
+        slot.recent.clear();
         let (mut state, mut version, events) = match decoded {
             // Only what follows the snapshot is read.
             Some((state, snapshot)) => {
+                for commit in &snapshot.recent_commits {
+                    slot.remember(commit.clone(), max);
+                }
                 (state, snapshot.version, store.events_after(snapshot).await?)
             }
             None => (A::default(), 0, store.events(actor_id, 1).await?),
@@ -407,8 +544,16 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         slot.snapshot_version = version;
         for event in events {
             assert_eq!(event.version, version + 1, "replay is contiguous");
-            state.apply(&event);
+            state.apply(&self.inner.upcasters.decode::<A::Event>(&event)?);
             version = event.version;
+            slot.remember(
+                CommitRange {
+                    commit_id: event.commit_id,
+                    first_version: version,
+                    last_version: version,
+                },
+                max,
+            );
         }
         slot.state = state;
         slot.version = version;
@@ -420,6 +565,45 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             self.save_snapshot(actor_id, slot, 0).await;
         }
         Ok(())
+    }
+
+    /// The state a snapshot holds, lifted to [`Aggregate::STATE_VERSION`] — or `None` (logged
+    /// and counted) when it cannot be used: the events are the truth, the actor replays them.
+    fn decode_snapshot(&self, snapshot: &Snapshot) -> Option<A> {
+        let lifted = self
+            .inner
+            .upcasters
+            .upcast_snapshot(
+                snapshot.schema_version,
+                A::STATE_VERSION,
+                snapshot.state.clone(),
+            )
+            .and_then(|state| {
+                serde_json::from_value::<A>(state).map_err(|error| {
+                    tracing::warn!(actor = %snapshot.actor_id, %error, "snapshot state does not decode");
+                    SnapshotSkip::Undecodable
+                })
+            });
+        match lifted {
+            Ok(state) => Some(state),
+            Err(skip) => {
+                tracing::warn!(
+                    actor = %snapshot.actor_id,
+                    version = snapshot.version,
+                    stored_schema = snapshot.schema_version,
+                    current_schema = A::STATE_VERSION,
+                    reason = skip.label(),
+                    "snapshot skipped: replaying the actor's events instead"
+                );
+                metrics::counter!(
+                    telemetry::ACTOR_SNAPSHOTS_SKIPPED,
+                    "namespace" => self.inner.store.namespace().to_owned(),
+                    "reason" => skip.label()
+                )
+                .increment(1);
+                None
+            }
+        }
     }
 
     /// Saves a snapshot when `snapshot_every` events passed since the last one — after every
@@ -443,7 +627,9 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             actor_id,
             slot.version,
             serde_json::to_value(&slot.state).expect("aggregate state serialises"),
-        );
+        )
+        .with_schema_version(A::STATE_VERSION);
+        snapshot.recent_commits = slot.recent.iter().cloned().collect();
         if sequence > 0 {
             snapshot = snapshot.at_sequence(sequence);
         }
@@ -522,8 +708,37 @@ fn command_events<A: Aggregate>(
     state: &A,
     ctx: &CommandContext<'_>,
     command: &A::Command,
-) -> Result<Vec<NewEvent>, CommandError<A::Rejection>> {
+) -> Result<Vec<A::Event>, CommandError<A::Rejection>> {
     state.handle(ctx, command).map_err(CommandError::Rejected)
+}
+
+/// The decided events as the store takes them; under a key, with ids derived from it (`key`,
+/// `key.1`, `key.2` …), so that a retried command's events carry the same ids.
+fn encode_events<E: DomainEvent, R: std::fmt::Debug>(
+    decided: &[E],
+    key: Option<&str>,
+) -> Result<Vec<NewEvent>, CommandError<R>> {
+    decided
+        .iter()
+        .enumerate()
+        .map(|(i, event)| {
+            let new = event.encode()?;
+            Ok(match key {
+                Some(key) if i == 0 => new.with_id(key),
+                Some(key) => new.with_id(format!("{key}.{i}")),
+                None => new,
+            })
+        })
+        .collect()
+}
+
+/// Checks a command key: the rules of a commit id.
+pub(super) fn check_key<R: std::fmt::Debug>(key: &str) -> Result<(), CommandError<R>> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || "-_.:/".contains(c);
+    if key.is_empty() || key.len() > crate::store::COMMIT_ID_MAX || !key.chars().all(valid) {
+        return Err(CommandError::InvalidKey(key.to_owned()));
+    }
+    Ok(())
 }
 
 /// The `outcome` label of a command's result.

@@ -8,7 +8,7 @@
 //!   stale owner during a partition — got there first; the store's compare-and-set is the final
 //!   fence), snapshots every `snapshot_every` events and passivates idle actors.
 //! - [`ActorHost::send`] routes a command to the owner: locally, or by request/reply over the
-//!   broker on `aether.cmd.<namespace>.<node id>`, re-routing when the owner says it is not
+//!   broker on `aether.cmd.<namespace>.<node id>.<aggregate>`, re-routing when the owner says it is not
 //!   (ownership moved).
 
 mod host;
@@ -25,20 +25,66 @@ pub use host::ActorHost;
 pub use testing::AggregateTest;
 
 use crate::broker::BrokerError;
-use crate::event::{Event, NewEvent};
+use crate::event::Event;
 use crate::node::NodeId;
+use crate::schema::{DomainEvent, EventDecodeError, EventEncodeError, Upcasters};
 use crate::store::{AppendError, ReadError, SnapshotError};
 
-/// An event-sourced aggregate: its state is the fold of its events.
+/// An event-sourced aggregate: its state is the fold of its typed events.
+///
+/// ```
+/// use aether::actor::{Aggregate, CommandContext};
+/// use aether::DomainEvent;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Account { balance: i64 }
+///
+/// #[derive(Serialize, Deserialize)]
+/// enum AccountEvent { Deposited { amount: i64 }, Withdrawn { amount: i64 } }
+/// impl DomainEvent for AccountEvent {}
+///
+/// impl Aggregate for Account {
+///     const NAME: &'static str = "account";
+///     type Command = i64; // a signed amount
+///     type Event = AccountEvent;
+///     type Rejection = String;
+///     fn handle(&self, _: &CommandContext<'_>, amount: &i64) -> Result<Vec<AccountEvent>, String> {
+///         match *amount {
+///             a if a >= 0 => Ok(vec![AccountEvent::Deposited { amount: a }]),
+///             a if self.balance + a < 0 => Err(format!("balance {} too low", self.balance)),
+///             a => Ok(vec![AccountEvent::Withdrawn { amount: -a }]),
+///         }
+///     }
+///     fn apply(&mut self, event: &AccountEvent) {
+///         match event {
+///             AccountEvent::Deposited { amount } => self.balance += amount,
+///             AccountEvent::Withdrawn { amount } => self.balance -= amount,
+///         }
+///     }
+/// }
+/// ```
 pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The aggregate type's name: commands for it are addressed by namespace, node *and* this
+    /// name, so that several aggregate types can share a namespace. A subject token: `A-Z a-z
+    /// 0-9 - _`, at most 64 characters. Keep it stable: nodes of one cluster must agree on it.
+    const NAME: &'static str;
+    /// The schema version of the state as snapshots store it: raise it when the state's shape
+    /// changes, and register a snapshot upcaster ([`Upcasters::snapshot`]) — or none, and
+    /// older snapshots are skipped (the actor replays its events, metric
+    /// `aether_actor_snapshots_skipped_total`).
+    const STATE_VERSION: u32 = 1;
+
     /// What callers ask of it.
     type Command: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// Its events: a serde enum, one variant per event type ([`DomainEvent`]).
+    type Event: DomainEvent;
     /// Why it may refuse a command (a domain answer, not a failure).
     type Rejection: Serialize + DeserializeOwned + std::fmt::Debug + Send + 'static;
 
     /// Decides which events a command produces, without changing state. An empty vector is a
     /// valid answer (nothing to record). `ctx` says which actor, at which version, on which
-    /// node and when.
+    /// node, when, and under which idempotency key.
     ///
     /// # Errors
     /// A domain rejection.
@@ -46,10 +92,18 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'sta
         &self,
         ctx: &CommandContext<'_>,
         command: &Self::Command,
-    ) -> Result<Vec<NewEvent>, Self::Rejection>;
+    ) -> Result<Vec<Self::Event>, Self::Rejection>;
 
-    /// Folds one event into the state. Must be deterministic and must not fail: events are facts.
-    fn apply(&mut self, event: &Event);
+    /// Folds one event into the state. Must be deterministic and must not fail: events are
+    /// facts, already decoded (a stored event that does not decode stops the load with
+    /// [`CommandError::Replay`] instead of reaching `apply`).
+    fn apply(&mut self, event: &Self::Event);
+
+    /// The upcasters that lift older stored events and snapshots to the current schema
+    /// versions. Called once per host. None by default.
+    fn upcasters() -> Upcasters {
+        Upcasters::new()
+    }
 }
 
 /// What a command handler knows besides the state it decides on.
@@ -67,6 +121,9 @@ pub struct CommandContext<'a> {
     pub epoch: Option<u64>,
     /// The node clock's wall time.
     pub now: SystemTime,
+    /// The command's idempotency key, when the caller gave one
+    /// ([`ActorHost::execute_keyed`], [`ActorHost::send_keyed`]).
+    pub key: Option<&'a str>,
 }
 
 impl<'a> CommandContext<'a> {
@@ -79,6 +136,7 @@ impl<'a> CommandContext<'a> {
             node_id,
             epoch: None,
             now: SystemTime::UNIX_EPOCH,
+            key: None,
         }
     }
 }
@@ -178,6 +236,10 @@ pub struct ActorConfig {
     /// snapshot a command saves after its append is skipped when the deadline passes: the
     /// command is done by then.
     pub deadline: Duration,
+    /// How many of an actor's latest commits the host remembers (in memory and in the actor's
+    /// snapshots) to recognise a repeated command key ([`ActorHost::execute_keyed`]). Default
+    /// 256.
+    pub recent_commits: usize,
 }
 
 impl Default for ActorConfig {
@@ -199,6 +261,7 @@ impl ActorConfig {
             request_timeout: Duration::from_secs(5),
             inflight_max: 256,
             deadline: Duration::from_secs(20),
+            recent_commits: 256,
         }
     }
 
@@ -221,6 +284,22 @@ pub struct CommandOutcome {
     pub events: Vec<Event>,
     /// The node that executed it.
     pub node_id: NodeId,
+    /// The command carried an idempotency key an earlier command already used: this is that
+    /// command's outcome (`events` are the events it stored, when still kept), and nothing was
+    /// decided or stored now.
+    #[serde(default)]
+    pub deduplicated: bool,
+}
+
+impl CommandOutcome {
+    /// The stored events decoded as `E` (upcast first when older than `E` writes).
+    ///
+    /// # Errors
+    /// The first event that does not decode.
+    pub fn decoded<A: Aggregate>(&self) -> Result<Vec<A::Event>, EventDecodeError> {
+        let upcasters = A::upcasters();
+        self.events.iter().map(|e| upcasters.decode(e)).collect()
+    }
 }
 
 /// Why a command produced no outcome.
@@ -272,9 +351,21 @@ pub enum CommandError<R: std::fmt::Debug> {
     /// Loading the snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
-    /// The remote owner failed (its message).
-    #[error("remote owner failed: {0}")]
-    Remote(String),
+    /// A stored event of the actor does not decode as the aggregate's event type (after
+    /// upcasting): the actor cannot be loaded until the code (or an upcaster) reads it.
+    #[error(transparent)]
+    Replay(#[from] EventDecodeError),
+    /// An event the aggregate decided does not encode (its type is not a serde enum of the
+    /// expected shape). Nothing was stored.
+    #[error(transparent)]
+    Encode(#[from] EventEncodeError),
+    /// The idempotency key is not a valid commit id (`A-Z a-z 0-9 - _ . : /`, 1..=128
+    /// characters). Nothing was run.
+    #[error("invalid command key {0:?}: 1..=128 characters of A-Z a-z 0-9 - _ . : /")]
+    InvalidKey(String),
+    /// The remote owner failed in a way that has no variant of its own here.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -287,6 +378,41 @@ pub struct ActorState<A> {
     pub state: A,
     /// The version of the last event folded (0: no events).
     pub version: u64,
+}
+
+/// A failure on the remote owner that has no [`CommandError`] variant of its own (conflicts,
+/// rejections, deadlines, not-owner answers and replay errors come back as those variants).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("remote owner {node} failed ({kind:?}): {message}")]
+#[non_exhaustive]
+pub struct RemoteError {
+    /// The owner that answered.
+    pub node: NodeId,
+    /// What kind of failure.
+    pub kind: RemoteErrorKind,
+    /// Its message.
+    pub message: String,
+}
+
+/// The kind of a [`RemoteError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RemoteErrorKind {
+    /// The owner's append may or may not have stored the commit
+    /// ([`AppendError::Indeterminate`] there).
+    Indeterminate,
+    /// The owner's store failed otherwise (an append, a read, a snapshot).
+    Store,
+    /// The owner's broker failed.
+    Broker,
+    /// The owner could not decode the command (sender and owner disagree on its type).
+    UndecodableCommand,
+    /// The sender could not decode the owner's reply.
+    UndecodableReply,
+    /// An event the owner's aggregate decided does not encode.
+    Encode,
+    /// Anything else.
+    Other,
 }
 
 pub use crate::names::command_subject;

@@ -10,11 +10,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use super::host::ActorHost;
-use super::{Aggregate, CommandError, CommandOutcome, Router};
+use super::host::check_key;
+use super::{Aggregate, CommandError, CommandOutcome, RemoteError, RemoteErrorKind, Router};
 use crate::broker::{Broker, BrokerError, Headers};
 use crate::clock::{Clock, Deadline};
+use crate::event::ExpectedVersion;
 use crate::node::NodeId;
 use crate::retry::Backoff;
+use crate::schema::EventDecodeError;
+use crate::store::{AppendError, ConflictError};
 use crate::telemetry;
 use crate::trace::{self, TRACEPARENT, TraceContext};
 
@@ -28,6 +32,9 @@ struct Request<C> {
     request_id: String,
     actor_id: String,
     command: C,
+    /// The command's idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
 }
 
 /// The owner's answer, naming the request and the actor it answers: a reply for anything else
@@ -44,7 +51,82 @@ enum Answer<R> {
     Done(CommandOutcome),
     Rejected(R),
     NotOwner(Option<NodeId>),
-    Failed(String),
+    Failed(Failure),
+}
+
+/// A failure on the owner, kept typed across the wire: the sender turns it back into the
+/// [`CommandError`] variant `execute` would have returned there.
+#[derive(Serialize, Deserialize)]
+enum Failure {
+    Conflict {
+        expected: ExpectedVersion,
+        actual: u64,
+    },
+    DeadlineExceeded {
+        deadline_ms: u64,
+    },
+    InvalidKey(String),
+    Replay(EventDecodeError),
+    Other {
+        kind: RemoteErrorKind,
+        message: String,
+    },
+}
+
+impl Failure {
+    fn of<R: std::fmt::Debug>(error: CommandError<R>) -> Self {
+        let other = |kind, error: &dyn std::fmt::Display| Failure::Other {
+            kind,
+            message: error.to_string(),
+        };
+        match error {
+            CommandError::Append(AppendError::Conflict(c)) => Failure::Conflict {
+                expected: c.expected,
+                actual: c.actual,
+            },
+            CommandError::DeadlineExceeded { deadline, .. } => Failure::DeadlineExceeded {
+                deadline_ms: deadline.as_millis().try_into().unwrap_or(u64::MAX),
+            },
+            CommandError::InvalidKey(key) => Failure::InvalidKey(key),
+            CommandError::Replay(e) => Failure::Replay(e),
+            CommandError::Append(e @ AppendError::Indeterminate { .. }) => {
+                other(RemoteErrorKind::Indeterminate, &e)
+            }
+            CommandError::Append(e) => other(RemoteErrorKind::Store, &e),
+            CommandError::Read(e) => other(RemoteErrorKind::Store, &e),
+            CommandError::Snapshot(e) => other(RemoteErrorKind::Store, &e),
+            CommandError::Broker(e) => other(RemoteErrorKind::Broker, &e),
+            CommandError::Encode(e) => other(RemoteErrorKind::Encode, &e),
+            CommandError::Remote(e) => Failure::Other {
+                kind: e.kind,
+                message: e.message,
+            },
+            e => other(RemoteErrorKind::Other, &e),
+        }
+    }
+
+    fn into_error<R: std::fmt::Debug>(self, actor: &str, owner: &NodeId) -> CommandError<R> {
+        match self {
+            Failure::Conflict { expected, actual } => {
+                CommandError::Append(AppendError::Conflict(ConflictError {
+                    actor: actor.to_owned(),
+                    expected,
+                    actual,
+                }))
+            }
+            Failure::DeadlineExceeded { deadline_ms } => CommandError::DeadlineExceeded {
+                actor: actor.to_owned(),
+                deadline: Duration::from_millis(deadline_ms),
+            },
+            Failure::InvalidKey(key) => CommandError::InvalidKey(key),
+            Failure::Replay(e) => CommandError::Replay(e),
+            Failure::Other { kind, message } => CommandError::Remote(RemoteError {
+                node: owner.clone(),
+                kind,
+                message,
+            }),
+        }
+    }
 }
 
 /// The task serving remote commands. Shared by the handles the application holds (not by the
@@ -93,6 +175,31 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         actor_id: &str,
         command: &A::Command,
     ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
+        self.send_with(actor_id, command, None).await
+    }
+
+    /// [`send`](Self::send) under an idempotency key, executed on the owner as
+    /// [`execute_keyed`](Self::execute_keyed): sending it again after a timeout (or from
+    /// another process) returns the first outcome instead of running the command twice.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); [`CommandError::InvalidKey`].
+    pub async fn send_keyed(
+        &self,
+        actor_id: &str,
+        command: &A::Command,
+        key: &str,
+    ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
+        check_key(key)?;
+        self.send_with(actor_id, command, Some(key)).await
+    }
+
+    async fn send_with(
+        &self,
+        actor_id: &str,
+        command: &A::Command,
+        key: Option<&str>,
+    ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
         let rt = self.inner.store.runtime();
         // The sender's span: a child of the application's trace context, or a new trace.
         let context = trace::next_span(rt.rng());
@@ -104,6 +211,8 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             node = %rt.node_id(),
             trace_id = %context.trace_id(),
             span_id = %context.span_id(),
+            aggregate = A::NAME,
+            key = key,
             owner = tracing::field::Empty,
             attempt = tracing::field::Empty,
             outcome = tracing::field::Empty,
@@ -116,7 +225,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 &span,
                 &deadline,
                 (telemetry::ACTOR_SENDS, telemetry::ACTOR_SEND_SECONDS),
-                self.route(actor_id, command),
+                self.route(actor_id, command, key),
             )
             .await;
         let _entered = span.enter();
@@ -135,6 +244,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         &self,
         actor_id: &str,
         command: &A::Command,
+        key: Option<&str>,
     ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
         let config = &self.inner.config;
         let rt = self.inner.store.runtime();
@@ -161,7 +271,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             };
             span.record("owner", tracing::field::display(&owner));
             if owner == *self.inner.store.runtime().node_id() {
-                match self.execute(actor_id, command).await {
+                match self.execute_with(actor_id, command, key).await {
                     // The view moved meanwhile.
                     Err(CommandError::NotOwner { .. }) => {
                         reroute("not_owner");
@@ -170,7 +280,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                     other => return other,
                 }
             }
-            match self.request(&owner, actor_id, command).await {
+            match self.request(&owner, actor_id, command, key).await {
                 Err(CommandError::NotOwner { .. }) => {
                     reroute("not_owner");
                     continue;
@@ -196,6 +306,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         owner: &NodeId,
         actor_id: &str,
         command: &A::Command,
+        key: Option<&str>,
     ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
         let rt = self.inner.store.runtime();
         let request_id = rt.rng().uuid().to_string();
@@ -203,6 +314,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             request_id: request_id.clone(),
             actor_id: actor_id.to_owned(),
             command,
+            key: key.map(str::to_owned),
         })
         .expect("commands serialise");
         tracing::debug!(%owner, request = %request_id, "command sent to its owner");
@@ -214,7 +326,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         let reply = rt
             .broker()
             .request(
-                &self.inner.store.names().command_subject(owner),
+                &self.inner.store.names().command_subject(owner, A::NAME),
                 headers,
                 Bytes::from(payload),
                 self.inner.config.request_timeout,
@@ -222,7 +334,13 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             .await?;
         let reply = match serde_json::from_slice::<Reply<A::Rejection>>(&reply.payload) {
             Ok(reply) => reply,
-            Err(e) => return Err(CommandError::Remote(format!("undecodable reply: {e}"))),
+            Err(e) => {
+                return Err(CommandError::Remote(RemoteError {
+                    node: owner.clone(),
+                    kind: RemoteErrorKind::UndecodableReply,
+                    message: e.to_string(),
+                }));
+            }
         };
         if reply.request_id != request_id || reply.actor_id != actor_id {
             // Never someone else's outcome as ours. What became of our command is unknown.
@@ -248,7 +366,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 actor: actor_id.to_owned(),
                 owner,
             }),
-            Answer::Failed(message) => Err(CommandError::Remote(message)),
+            Answer::Failed(failure) => Err(failure.into_error(actor_id, owner)),
         }
     }
 
@@ -282,7 +400,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             .inner
             .store
             .names()
-            .command_subject(self.inner.store.runtime().node_id());
+            .command_subject(self.inner.store.runtime().node_id(), A::NAME);
         let subscription = self
             .inner
             .store
@@ -432,15 +550,30 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                 return Reply {
                     request_id,
                     actor_id,
-                    answer: Answer::Failed(format!("undecodable command: {e}")),
+                    answer: Answer::Failed(Failure::Other {
+                        kind: RemoteErrorKind::UndecodableCommand,
+                        message: e.to_string(),
+                    }),
                 };
             }
         };
-        let answer = match self.execute(&request.actor_id, &request.command).await {
+        let key = match request.key.as_deref().map(|k| check_key(k).map(|()| k)) {
+            Some(Err(e)) => Err(e),
+            Some(Ok(key)) => Ok(Some(key)),
+            None => Ok(None),
+        };
+        let result = match key {
+            Ok(key) => {
+                self.execute_with(&request.actor_id, &request.command, key)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let answer = match result {
             Ok(outcome) => Answer::Done(outcome),
             Err(CommandError::Rejected(r)) => Answer::Rejected(r),
             Err(CommandError::NotOwner { owner, .. }) => Answer::NotOwner(owner),
-            Err(e) => Answer::Failed(e.to_string()),
+            Err(e) => Answer::Failed(Failure::of(e)),
         };
         Reply {
             request_id: request.request_id,

@@ -165,6 +165,12 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 bad.id
             )));
         }
+        if let Some(bad) = events.iter().find(|e| e.schema_version == 0) {
+            return Err(AppendError::InvalidEvent(format!(
+                "event of type {:?} has schema version 0 (schema versions start at 1)",
+                bad.event_type
+            )));
+        }
         if let Some(bad) = events.iter().find(|e| e.id.as_deref() == Some("")) {
             return Err(AppendError::InvalidEvent(format!(
                 "event of type {:?} has an empty id",
@@ -245,6 +251,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                     timestamp: e.timestamp.unwrap_or(now),
                     metadata: traced(&e.metadata),
                     commit_id: commit_id.clone(),
+                    schema_version: e.schema_version,
                 });
             }
             let commit = Commit {

@@ -197,6 +197,7 @@ impl EventStored {
                 "timestamp_nanos": crate::clock::unix_nanos(stored.timestamp),
             }),
             timestamp: stored.timestamp,
+            schema_version: 1,
             metadata: stored.metadata.clone(),
             commit_id: stored.commit_id.clone(),
         }

@@ -31,7 +31,8 @@ pub struct Counter {
     value: u64,
 }
 
-/// What a counter is asked to do; `id` becomes the id of the event a command stores.
+/// What a counter is asked to do. The sender sends it under `id` as its idempotency key, so
+/// `id` also becomes the commit id and the id of the event the command stores.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum CounterCommand {
     /// Add `by`.
@@ -77,6 +78,15 @@ pub struct Decision {
 /// The event type of every counter decision.
 pub const COUNTED: &str = "Counted";
 
+/// A counter's events: one type, a decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CounterEvent {
+    /// One decision (stored as type [`COUNTED`]).
+    Counted(Decision),
+}
+
+impl aether::DomainEvent for CounterEvent {}
+
 impl Decision {
     /// The decision an event records, if it is one.
     pub fn of(event: &Event) -> Option<Self> {
@@ -95,36 +105,38 @@ impl Decision {
 }
 
 impl Aggregate for Counter {
+    const NAME: &'static str = "counter";
     type Command = CounterCommand;
+    type Event = CounterEvent;
     type Rejection = Refused;
 
     fn handle(
         &self,
         ctx: &CommandContext<'_>,
         command: &CounterCommand,
-    ) -> Result<Vec<NewEvent>, Refused> {
-        let decision = |delta: i64| Decision {
-            delta,
-            before: self.value,
-            version: ctx.version,
-            node: ctx.node_id.to_string(),
-            epoch: ctx.epoch,
+    ) -> Result<Vec<CounterEvent>, Refused> {
+        let decision = |delta: i64| {
+            CounterEvent::Counted(Decision {
+                delta,
+                before: self.value,
+                version: ctx.version,
+                node: ctx.node_id.to_string(),
+                epoch: ctx.epoch,
+            })
         };
         match command {
-            CounterCommand::Add { by, id } => Ok(vec![decision(*by as i64).event(id)]),
+            CounterCommand::Add { by, .. } => Ok(vec![decision(*by as i64)]),
             CounterCommand::Take { by, .. } if *by > self.value => Err(Refused {
                 value: self.value,
                 version: ctx.version,
             }),
-            CounterCommand::Take { by, id } => Ok(vec![decision(-(*by as i64)).event(id)]),
+            CounterCommand::Take { by, .. } => Ok(vec![decision(-(*by as i64))]),
         }
     }
 
-    fn apply(&mut self, event: &Event) {
-        if let Some(d) = Decision::of(event) {
-            // A wrong decision below zero is the checker's to report; the fold stays total.
-            self.value = self.value.saturating_add_signed(d.delta);
-        }
+    fn apply(&mut self, CounterEvent::Counted(d): &CounterEvent) {
+        // A wrong decision below zero is the checker's to report; the fold stays total.
+        self.value = self.value.saturating_add_signed(d.delta);
     }
 }
 
@@ -157,9 +169,9 @@ pub async fn command_sender<B: Broker, C: Clock>(
         let op = ctx.invoke(OpKind::Command {
             actor: actor.clone(),
             delta,
-            id,
+            id: id.clone(),
         });
-        let outcome = match host.send(&actor, &command).await {
+        let outcome = match host.send_keyed(&actor, &command, &id).await {
             Ok(done) => Outcome::Commanded {
                 version: done.version,
                 node: done.node_id.to_string(),

@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod projection;
 pub mod store;
+pub mod typed;
 
 /// A namespace for a test body: its name, cut to the 64-character limit.
 pub fn namespace_for(body: &str) -> String {
@@ -78,6 +79,12 @@ macro_rules! store_bodies {
             a_keyed_append_called_again_returns_the_original_outcome,
             commit_status_answers_stored_superseded_or_not_yet,
             a_live_projector_catches_up_then_follows_with_no_gap_or_duplicate,
+            three_generations_of_an_event_replay_as_the_current_type,
+            snapshots_of_an_older_state_version_are_lifted_or_skipped,
+            an_event_that_does_not_decode_stops_the_load_with_a_typed_error,
+            a_keyed_command_runs_once_however_often_it_is_retried,
+            send_returns_the_owners_errors_typed,
+            two_aggregate_types_share_a_namespace,
             a_live_projector_without_a_bus_follows_by_polling,
             the_lag_counts_what_is_not_yet_projected,
             a_reset_rebuilds_the_projection_from_the_first_record,

@@ -20,6 +20,8 @@ use tokio::sync::Barrier;
 #[allow(unused_imports)]
 // used through store_suite!, by the test files that run the store bodies
 pub use super::projection::*;
+#[allow(unused_imports)]
+pub use super::typed::*;
 use crate::support::lossy::{LossyBroker, RetryAnswer};
 
 pub async fn open<B: Broker>(broker: B, ns: &str) -> EventStore<B> {
