@@ -11,7 +11,11 @@
 //!     async-nats way to read one short subject (a batched direct get, and an ordered consumer
 //!     that is deleted afterwards; the faster of the two is the baseline);
 //! (f) a projection catching up over a whole namespace of 20,000 commits vs a raw ordered
-//!     consumer over the same events (`aether.ev.<namespace>.>`).
+//!     consumer over the same events (`aether.ev.<namespace>.>`);
+//! (g) typed replay vs untyped replay of a 10,000-event actor, on this nats-server and on the
+//!     memory broker: the same `events` read, folded by decoding each event into the
+//!     aggregate's `DomainEvent` enum (what the actor host does) vs by reading the JSON fields
+//!     (what an untyped fold does). The baseline here is the untyped fold, not raw async-nats.
 //!
 //! `AETHER_BENCH=a,c,e` runs only the named comparisons (default: all).
 //!
@@ -464,6 +468,16 @@ async fn main() {
     if selected("f") {
         results.push(projection_catch_up(&broker).await);
     }
+    if selected("g") {
+        results.push(typed_replay("(g) typed vs untyped replay, NATS", &store).await);
+        let memory = EventStore::open(
+            Runtime::system(aether::MemoryBroker::new()),
+            StoreConfig::new("bench"),
+        )
+        .await
+        .expect("memory store");
+        results.push(typed_replay("(g) typed vs untyped replay, memory", &memory).await);
+    }
     println!();
     println!(
         "{:<40} {:>14} {:>14} {:>7} {:>7}",
@@ -623,6 +637,72 @@ async fn projection_catch_up(broker: &aether::NatsBroker) -> Comparison {
     Comparison {
         name: "(f) projection catch-up, 20,000 commits",
         unit: "commits/s",
+        ours,
+        raw,
+        target: 0.9,
+    }
+}
+
+/// The bench events as an aggregate declares them.
+#[derive(serde::Deserialize, serde::Serialize)]
+enum BenchEvent {
+    Deposited {
+        account: String,
+        amount: u64,
+        currency: String,
+    },
+}
+
+impl aether::DomainEvent for BenchEvent {}
+
+/// (g): replay of a 10,000-event actor folded typed (decode into `BenchEvent`, as the actor host
+/// does, through the aggregate's upcasters) vs untyped (JSON field access), alternating which
+/// goes first.
+async fn typed_replay<B: Broker>(name: &'static str, store: &EventStore<B>) -> Comparison {
+    let events = 10_000u64;
+    for i in 0..events {
+        store
+            .append("typed", ExpectedVersion::Exact(i), vec![event(i)])
+            .await
+            .expect("append");
+    }
+    let expected: u64 = (0..events).sum();
+    let upcasters = aether::Upcasters::new();
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for round in 0..2 * ROUNDS {
+        for side in [round % 2, 1 - round % 2] {
+            let start = Instant::now();
+            let stored = store.events("typed", 1).await.expect("replay");
+            let total: u64 = if side == 0 {
+                stored
+                    .iter()
+                    .map(
+                        |e| match upcasters.decode::<BenchEvent>(e).expect("decodes") {
+                            BenchEvent::Deposited { amount, .. } => amount,
+                        },
+                    )
+                    .sum()
+            } else {
+                stored
+                    .iter()
+                    .map(|e| match e.event_type.as_str() {
+                        "Deposited" => e.data["amount"].as_u64().unwrap_or(0),
+                        _ => 0,
+                    })
+                    .sum()
+            };
+            assert_eq!(total, expected);
+            let r = rate(events as usize, start.elapsed());
+            if side == 0 {
+                ours.push(r);
+            } else {
+                raw.push(r);
+            }
+        }
+    }
+    Comparison {
+        name,
+        unit: "events/s",
         ours,
         raw,
         target: 0.9,

@@ -26,7 +26,12 @@ enum AccountEvent {
     Moved { amount: i64 },
 }
 
-impl aether::DomainEvent for AccountEvent {}
+impl aether::DomainEvent for AccountEvent {
+    /// `Moved` once stored a bare amount (version 1); it stores `{"amount": n}` since 2.
+    fn schema_version(_: &str) -> u32 {
+        2
+    }
+}
 
 impl Aggregate for Account {
     const NAME: &'static str = "account";
@@ -43,6 +48,10 @@ impl Aggregate for Account {
 
     fn apply(&mut self, AccountEvent::Moved { amount }: &AccountEvent) {
         self.balance += amount;
+    }
+
+    fn upcasters() -> aether::Upcasters {
+        aether::Upcasters::new().event("Moved", 1, |amount| json!({ "amount": amount }))
     }
 }
 
@@ -291,6 +300,79 @@ async fn key_metrics_move_with_the_work() {
     for c in [c1, c2, c3] {
         c.stop().await;
     }
+}
+
+/// Schema evolution is observable: each upcast event is counted by type and version, a
+/// snapshot a load could not use is counted and logged with the reason, and keyed commands
+/// answered from an earlier outcome are counted.
+#[tokio::test(start_paused = true)]
+async fn schema_metrics_say_what_was_upcast_and_why_a_snapshot_was_skipped() {
+    let recorder = DebuggingRecorder::new();
+    let mut m = Recorded::new(recorder.snapshotter());
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let lines = log_lines();
+    let rt = Runtime::system(MemoryBroker::new());
+    let store = EventStore::open(rt.clone(), StoreConfig::new("schemas"))
+        .await
+        .unwrap();
+    let host = |store: &EventStore<MemoryBroker>| {
+        ActorHost::<Account, _>::new(
+            store.clone(),
+            aether::SingleNode(rt.node_id().clone()),
+            ActorConfig::new(),
+        )
+    };
+    let old = || NewEvent::new("Moved", json!(5)).with_schema_version(1);
+    store
+        .append("old", ExpectedVersion::NoStream, vec![old(), old(), old()])
+        .await
+        .unwrap();
+    assert_eq!(host(&store).state("old").await.unwrap().state.balance, 15);
+    assert_eq!(
+        m.counter(
+            telemetry::EVENTS_UPCAST,
+            &[("event_type", "Moved"), ("from_version", "1")]
+        ),
+        3
+    );
+    for (state, schema, reason) in [
+        (json!({ "balance": 100 }), 7, "newer_schema"),
+        (json!({ "balance": "many" }), 1, "undecodable"),
+    ] {
+        store
+            .save_snapshot(&aether::Snapshot::new("old", 3, state).with_schema_version(schema))
+            .await
+            .unwrap();
+        let loaded = host(&store).state("old").await.unwrap();
+        assert_eq!(
+            loaded.state.balance, 15,
+            "replayed past the {reason} snapshot"
+        );
+        assert_eq!(
+            m.counter(
+                telemetry::ACTOR_SNAPSHOTS_SKIPPED,
+                &[("namespace", "schemas"), ("reason", reason)]
+            ),
+            1
+        );
+    }
+    let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.contains("snapshot skipped") && logged.contains("newer_schema"),
+        "the skip is logged with its reason"
+    );
+    let h = host(&store);
+    h.execute_keyed("new", &5, "deposit-1").await.unwrap();
+    assert!(
+        h.execute_keyed("new", &5, "deposit-1")
+            .await
+            .unwrap()
+            .deduplicated
+    );
+    assert_eq!(
+        m.counter(telemetry::ACTOR_DEDUPLICATED, &[("namespace", "schemas")]),
+        1
+    );
 }
 
 /// A log line buffer for the subscriber below.

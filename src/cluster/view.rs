@@ -252,4 +252,26 @@ impl ClusterEvents {
             broadcast::error::RecvError::Closed => EventsError::Closed,
         })
     }
+    /// The subscription as a [`Stream`](futures::Stream): each event, or
+    /// [`EventsError::Lagged`] where events were dropped; it ends when the node stops.
+    ///
+    /// ```no_run
+    /// # async fn f(cluster: aether::cluster::Cluster<aether::MemoryBroker>) {
+    /// use futures::StreamExt;
+    /// let mut events = std::pin::pin!(cluster.events().into_stream());
+    /// while let Some(event) = events.next().await {
+    ///     println!("{event:?}");
+    /// }
+    /// # }
+    /// ```
+    pub fn into_stream(
+        self,
+    ) -> impl futures::Stream<Item = Result<ClusterEvent, EventsError>> + Send + 'static {
+        futures::stream::unfold(self, |mut events| async move {
+            match events.recv().await {
+                Err(EventsError::Closed) => None,
+                item => Some((item, events)),
+            }
+        })
+    }
 }

@@ -32,6 +32,7 @@ mod error;
 mod idempotent;
 mod replay;
 mod snapshot;
+mod stream;
 mod tip;
 
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,7 @@ pub use error::{
 pub use idempotent::{COMMIT_ID_MAX, CommitStatus};
 pub use replay::{Page, ReplayResult, StoredCommit, check_record};
 pub use snapshot::SnapshotStore;
+pub use stream::STREAM_PAGE;
 
 use crate::broker::{Broker, DEFAULT_MAX_PAYLOAD, StreamConfig};
 use crate::bus::EventBus;

@@ -427,8 +427,8 @@ pub(super) fn decode_record(
 /// cannot, and is reported as one). Pure, and incremental so that decoding overlaps the
 /// transfer of later records; it can resume from a [`Tip`] checked earlier with the same
 /// verdicts as a replay from the start.
-pub(super) struct ReplayChecker<'a> {
-    actor: &'a str,
+pub(super) struct ReplayChecker {
+    actor: String,
     from_version: u64,
     next_version: u64,
     seen: BTreeSet<String>,
@@ -441,11 +441,11 @@ pub(super) struct ReplayChecker<'a> {
     pub(super) prefix_may_expire: bool,
 }
 
-impl<'a> ReplayChecker<'a> {
+impl ReplayChecker {
     /// Checks what follows `tip`.
-    pub(super) fn resume(actor: &'a str, tip: Tip, from_version: u64) -> Self {
+    pub(super) fn resume(actor: &str, tip: Tip, from_version: u64) -> Self {
         Self {
-            actor,
+            actor: actor.to_owned(),
             from_version,
             next_version: tip.version + 1,
             seen: BTreeSet::new(),
@@ -462,7 +462,7 @@ impl<'a> ReplayChecker<'a> {
             return;
         }
         self.last_sequence = record.sequence;
-        let commit = match decode_record(&record, Some(self.actor)) {
+        let commit = match decode_record(&record, Some(&self.actor)) {
             Ok(c) => c,
             Err(e) => return self.replay.errors.push(e),
         };

@@ -33,12 +33,7 @@ pub(super) type VersionCache =
 
 impl<B: Broker, C: Clock> EventStore<B, C> {
     /// A replay checker resuming from `tip`, keeping events from `from_version` on.
-    pub(super) fn checker<'a>(
-        &self,
-        actor: &'a str,
-        tip: Tip,
-        from_version: u64,
-    ) -> ReplayChecker<'a> {
+    pub(super) fn checker(&self, actor: &str, tip: Tip, from_version: u64) -> ReplayChecker {
         let mut checker = ReplayChecker::resume(actor, tip, from_version);
         checker.skips_contiguity =
             crate::planted::planted!(self.inner.rt, replay_skips_contiguity_check);

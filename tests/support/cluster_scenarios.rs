@@ -473,7 +473,7 @@ pub async fn events_record_leadership_and_hosting<B: Broker>(env: &Env<B>) {
         .await;
     let b = env.start("b").await;
     wait_converged(env, &[&a, &b]).await;
-    let mut events = b.events();
+    let events = b.events();
     let token = a.leader().unwrap().token;
     a.stop().await;
     let of = |node: &str| -> Vec<ClusterEventKind> {
@@ -512,9 +512,11 @@ pub async fn events_record_leadership_and_hosting<B: Broker>(env: &Env<B>) {
     })
     .await;
     assert_eq!(b.view().hosted.len(), 1024);
-    // The subscription saw b take over.
+    // The subscription, read as a stream, saw b take over.
+    use futures::StreamExt;
+    let mut events = std::pin::pin!(events.into_stream());
     let mut saw_acquired = false;
-    while let Ok(e) = events.recv().await {
+    while let Some(Ok(e)) = events.next().await {
         if matches!(e.kind, ClusterEventKind::LeadershipAcquired { token: t, .. } if t > token) {
             saw_acquired = true;
             break;

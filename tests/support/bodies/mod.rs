@@ -85,6 +85,7 @@ macro_rules! store_bodies {
             a_keyed_command_runs_once_however_often_it_is_retried,
             send_returns_the_owners_errors_typed,
             two_aggregate_types_share_a_namespace,
+            an_event_stream_yields_what_events_returns_a_page_at_a_time,
             a_live_projector_without_a_bus_follows_by_polling,
             the_lag_counts_what_is_not_yet_projected,
             a_reset_rebuilds_the_projection_from_the_first_record,

@@ -316,7 +316,7 @@ pub async fn metadata_round_trips<B: Broker>(broker: B, ns: String) {
     assert_eq!(events[1].metadata.trace_id(), Some("trace"));
 }
 
-async fn plant_raw_record<B: Broker>(
+pub async fn plant_raw_record<B: Broker>(
     broker: &B,
     ns: &str,
     actor: &str,

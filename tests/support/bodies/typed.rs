@@ -547,3 +547,68 @@ pub async fn two_aggregate_types_share_a_namespace<B: Broker>(broker: B, ns: Str
     assert_eq!(wallets.store().latest_version("l-none").await.unwrap(), 0);
     wallets.stop_serving().await;
 }
+
+pub async fn an_event_stream_yields_what_events_returns_a_page_at_a_time<B: Broker>(
+    broker: B,
+    ns: String,
+) {
+    use futures::StreamExt;
+    let store = store_on(&broker, &ns, "n1").await;
+    // Several pages of commits of one to three events, around another actor's.
+    let mut version = 0;
+    for n in 0..700u64 {
+        let size = 1 + (n % 3) as usize;
+        let events = (0..size)
+            .map(|i| {
+                raw(
+                    "Credited",
+                    3,
+                    json!({ "amount": n, "currency": i.to_string() }),
+                )
+            })
+            .collect();
+        store
+            .append("long", ExpectedVersion::Exact(version), events)
+            .await
+            .unwrap();
+        version += size as u64;
+        if n % 10 == 0 {
+            store
+                .append(
+                    "other",
+                    ExpectedVersion::Any,
+                    vec![raw("Debited", 1, json!({ "amount": 1 }))],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    assert!(version as usize > 3 * aether::store::STREAM_PAGE);
+    for from in [1, 2, 500, version, version + 1] {
+        let streamed: Vec<_> = store
+            .events_stream("long", from)
+            .map(|e| e.expect("no damage"))
+            .collect()
+            .await;
+        assert_eq!(
+            streamed,
+            store.events("long", from).await.unwrap(),
+            "from {from}"
+        );
+    }
+    assert_eq!(store.events_stream("nobody", 1).count().await, 0);
+    match std::pin::pin!(store.events_stream("", 1)).next().await {
+        Some(Err(aether::ReadError::InvalidName(_))) => {}
+        other => panic!("an invalid actor id is a typed error, got {other:?}"),
+    }
+    // Damage ends the stream with the error replay reports, after the events before it.
+    let sequence = super::store::plant_raw_record(&broker, &ns, "long", b"not a commit").await;
+    let items: Vec<_> = store.events_stream("long", 1).collect().await;
+    let (last, events) = items.split_last().unwrap();
+    assert_eq!(events.len() as u64, version);
+    assert!(events.iter().all(Result::is_ok));
+    match last {
+        Err(aether::ReadError::Damaged(e)) => assert_eq!(e.sequence, sequence),
+        other => panic!("expected the damaged record, got {other:?}"),
+    }
+}
