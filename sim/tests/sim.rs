@@ -53,8 +53,9 @@ fn store_scenario_holds_every_invariant_on_the_ci_seeds() {
 
 /// Seeds that once failed, with the length of the run that failed: cluster seeds 1830 and 1891
 /// of a 60 s sweep answered a command with another command's outcome (replies crossed node
-/// incarnations through reused inbox names).
-const CLUSTER_REGRESSION_SEEDS: [(u64, u64); 2] = [(1830, 60), (1891, 60)];
+/// incarnations through reused inbox names); seeds 62 and 160 reported a keyed command as
+/// definitely failed when the lookup of its key failed after an attempt that had stored it.
+const CLUSTER_REGRESSION_SEEDS: [(u64, u64); 4] = [(1830, 60), (1891, 60), (62, 60), (160, 60)];
 
 #[test]
 fn cluster_regression_seeds_hold_every_invariant() {

@@ -412,24 +412,44 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             match appended {
                 Ok(stored) if stored.first_version() != slot.version + 1 => {
                     // The store answered a keyed append with the commit already stored under
-                    // the key, elsewhere in the stream than the state in memory knows: reload,
-                    // and answer with that commit.
-                    let range = CommitRange {
-                        commit_id: stored.commit_id.clone(),
-                        first_version: stored.first_version(),
-                        last_version: stored.last_version(),
-                    };
-                    self.load(actor_id, &mut slot).await?;
-                    return self.deduplicated(actor_id, &slot, range).await;
+                    // the key, elsewhere in the stream than the state in memory knows. That
+                    // commit is the answer; the actor is reloaded by the next command (a
+                    // reload failing now would report a stored command as failed).
+                    tracing::debug!(
+                        key = %stored.commit_id,
+                        "command key already stored: answering with that commit"
+                    );
+                    metrics::counter!(
+                        telemetry::ACTOR_DEDUPLICATED,
+                        "namespace" => store.namespace().to_owned()
+                    )
+                    .increment(1);
+                    let mut outcome = self.outcome(actor_id, stored.last_version(), stored.events);
+                    outcome.deduplicated = true;
+                    return Ok(outcome);
                 }
                 Ok(stored) => {
                     if key.is_some() {
                         // The stored commit may be an earlier attempt's (found by its key),
                         // decided on the same version but perhaps otherwise: fold what is
                         // stored, not what was decided now.
-                        for event in &stored.events {
-                            let event = self.inner.upcasters.decode::<A::Event>(event)?;
-                            slot.state.apply(&event);
+                        let typed: Result<Vec<A::Event>, _> = stored
+                            .events
+                            .iter()
+                            .map(|e| self.inner.upcasters.decode::<A::Event>(e))
+                            .collect();
+                        match typed {
+                            Ok(events) => events.iter().for_each(|e| slot.state.apply(e)),
+                            // Stored all the same: the answer is the commit, and the next
+                            // command's load reports what does not decode.
+                            Err(error) => {
+                                tracing::warn!(%error, "a stored commit does not decode");
+                                return Ok(self.outcome(
+                                    actor_id,
+                                    stored.last_version(),
+                                    stored.events,
+                                ));
+                            }
                         }
                     } else {
                         for event in &decided {

@@ -364,7 +364,11 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
             ExpectedVersion::NoStream => 0,
             ExpectedVersion::Any => return Ok(None),
         };
-        Ok(self.keyed_outcome(actor, subject, key, after).await?)
+        // Whether the key's commit is stored is what this read answers: when it fails, the
+        // outcome is unknown (an earlier attempt, of this call or another, may have stored it).
+        self.keyed_outcome(actor, subject, key, after)
+            .await
+            .map_err(|e| keyed_unknown(key, e))
     }
 
     /// A keyed commit the broker acknowledged as a duplicate: the stored record under the
@@ -386,7 +390,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 ReadFrom::Leader,
             )
             .await
-            .map_err(ReadError::from)?;
+            .map_err(|e| keyed_unknown(&commit.commit_id, ReadError::from(e)))?;
         match record
             .filter(|r| r.sequence == ack.sequence)
             .and_then(|r| decode_record(&r, Some(actor)).ok().map(|c| (r.sequence, c)))
@@ -681,4 +685,19 @@ fn traced(metadata: &Metadata) -> Metadata {
         metadata.set_span_id(context.span_id());
     }
     metadata
+}
+
+/// A keyed append whose lookup of the key failed: whether a commit under the key is stored is
+/// unknown.
+fn keyed_unknown(key: &str, error: ReadError) -> AppendError {
+    let source = match error {
+        ReadError::Broker(e) => e,
+        other => BrokerError::Unavailable {
+            reason: other.to_string(),
+        },
+    };
+    AppendError::Indeterminate {
+        commit_id: key.to_owned(),
+        source,
+    }
 }

@@ -906,6 +906,31 @@ pub async fn an_unchecked_refusal_is_unknown_not_a_conflict<B: Broker>(broker: B
         vec![1, 2],
         "the commit the caller was unsure of is stored"
     );
+    // The same under an idempotency key: the key's lookup is what could not be checked.
+    let lossy = LossyBroker::new(broker.clone(), 1, RetryAnswer::StaleLeaderThenNoLeader);
+    let store = open(lossy, &ns).await;
+    store
+        .append("keyed", ExpectedVersion::NoStream, vec![ev("A", 1)])
+        .await
+        .unwrap();
+    let err = store
+        .append_with_commit_id("keyed", ExpectedVersion::Exact(1), vec![ev("B", 2)], "k-1")
+        .await
+        .expect_err("the refusal could not be checked");
+    assert!(
+        matches!(err, AppendError::Indeterminate { .. }),
+        "an unchecked keyed refusal is no conflict: {err:?}"
+    );
+    // Asked again, the key finds its commit.
+    let again = open(broker.clone(), &ns)
+        .await
+        .append_with_commit_id("keyed", ExpectedVersion::Exact(1), vec![ev("B", 2)], "k-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.first_version(), again.commit_id.as_str()),
+        (2, "k-1")
+    );
 }
 
 pub async fn lost_reply_then_foreign_write_reports_conflict<B: Broker>(broker: B, ns: String) {
