@@ -91,6 +91,9 @@ pub const PROJECTOR_LAG_SECONDS: &str = "aether_projector_lag_seconds";
 /// The stream position a projector's next page starts at, by `projection` (the stream's last
 /// sequence minus this is its lag in records).
 pub const PROJECTOR_POSITION: &str = "aether_projector_position";
+/// Commands sent by policies, by `policy` and `outcome` (`executed`, `deduplicated`,
+/// `rejected`).
+pub const POLICY_COMMANDS: &str = "aether_policy_commands_total";
 
 /// NATS broker operations that failed, by `op` and `error` (the
 /// [`BrokerError`](crate::BrokerError) kind: `timeout`, `unavailable`, `no_responders`, …);

@@ -20,8 +20,10 @@
 //! says how far behind it is. The checkpoint bucket has as many replicas as the store.
 
 mod live;
+pub mod policy;
 
 pub use live::{Follow, Lag};
+pub use policy::{Dispatch, Policy, PolicyError, PolicyRunner, Reaction, Sent};
 
 use std::future::Future;
 
@@ -113,6 +115,11 @@ impl<B: Broker, C: Clock> Projector<B, C> {
             page_max: PAGE_MAX,
             follow: Follow::default(),
         })
+    }
+
+    /// The store it reads.
+    pub fn store(&self) -> &EventStore<B, C> {
+        &self.store
     }
 
     /// Sets the page size.

@@ -1,0 +1,182 @@
+//! Policies (process managers) on the memory broker: an order → payment → shipping flow over
+//! three aggregates of one namespace, each step a policy reacting to the previous one's events.
+//! Every order is charged and shipped exactly once, also when every event is delivered to the
+//! policies again (their checkpoints reset).
+
+#[path = "support/shop.rs"]
+mod shop;
+
+use std::time::Duration;
+
+use aether::projection::{Dispatch, Follow, PolicyError, PolicyRunner, ProjectionError};
+use aether::{
+    ActorConfig, ActorHost, Aggregate, EventStore, MemoryBroker, Runtime, SingleNode, StoreConfig,
+};
+use shop::{ChargeOnOrder, MarkShipped, Order, OrderCommand, Payment, ShipOnCharge, Shipment};
+
+const ORDERS: u64 = 300;
+
+struct Shop {
+    store: EventStore<MemoryBroker>,
+    orders: ActorHost<Order, MemoryBroker>,
+    payments: ActorHost<Payment, MemoryBroker>,
+    shipments: ActorHost<Shipment, MemoryBroker>,
+}
+
+impl Shop {
+    async fn open() -> Self {
+        let rt = Runtime::system(MemoryBroker::new());
+        let store = EventStore::open(rt.clone(), StoreConfig::new("shop"))
+            .await
+            .unwrap();
+        let host = || SingleNode(rt.node_id().clone());
+        Self {
+            orders: ActorHost::new(store.clone(), host(), ActorConfig::new()),
+            payments: ActorHost::new(store.clone(), host(), ActorConfig::new()),
+            shipments: ActorHost::new(store.clone(), host(), ActorConfig::new()),
+            store,
+        }
+    }
+
+    fn dispatch(&self) -> Dispatch {
+        Dispatch::new()
+            .route(self.orders.clone())
+            .route(self.payments.clone())
+            .route(self.shipments.clone())
+    }
+
+    async fn versions(&self, kind: &str) -> Vec<u64> {
+        let mut out = Vec::new();
+        for n in 0..ORDERS {
+            out.push(
+                self.store
+                    .latest_version(&format!("{kind}-{n}"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        out
+    }
+
+    /// The actors of `kind` whose stream does not hold exactly `events` events.
+    async fn not(&self, kind: &str, events: u64) -> Vec<(String, u64)> {
+        let versions = self.versions(kind).await;
+        (0..ORDERS)
+            .zip(versions)
+            .filter(|(_, v)| *v != events)
+            .map(|(n, v)| (format!("{kind}-{n}"), v))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_order_is_charged_and_shipped_exactly_once_even_when_events_are_redelivered() {
+    let shop = Shop::open().await;
+    for n in 0..ORDERS {
+        shop.orders
+            .execute(
+                &format!("order-{n}"),
+                &OrderCommand::Place { amount: 10 + n },
+            )
+            .await
+            .unwrap();
+    }
+    let follow = Follow::default().poll_interval(Duration::from_millis(5));
+    let charge = PolicyRunner::open(ChargeOnOrder, shop.store.clone(), shop.dispatch())
+        .await
+        .unwrap()
+        .follow(follow);
+    let ship = PolicyRunner::open(ShipOnCharge, shop.store.clone(), shop.dispatch())
+        .await
+        .unwrap()
+        .follow(follow);
+    let mark = PolicyRunner::open(MarkShipped, shop.store.clone(), shop.dispatch())
+        .await
+        .unwrap()
+        .follow(follow);
+    // All three live at once: each follows what the others cause.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let run = async {
+        tokio::join!(
+            charge.run(until(stopped.clone())),
+            ship.run(until(stopped.clone())),
+            mark.run(until(stopped.clone())),
+        )
+    };
+    let watch = async {
+        let finished = async {
+            while !shop.versions("order").await.iter().all(|v| *v == 2) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let done = tokio::time::timeout(Duration::from_secs(60), finished).await;
+        stop.send(true).unwrap();
+        assert!(done.is_ok(), "the flow did not finish");
+    };
+    let ((a, b, c), ()) = tokio::join!(run, watch);
+    let handled = [a.unwrap(), b.unwrap(), c.unwrap()];
+    assert!(handled.iter().all(|h| *h > 0), "{handled:?}");
+    assert_eq!(shop.not("payment", 1).await, [], "each order charged once");
+    assert_eq!(shop.not("shipment", 1).await, [], "each order shipped once");
+
+    // Every event delivered again, to every policy: their keys are those of the first
+    // delivery, so nothing runs twice.
+    for runner in [charge.projector(), ship.projector(), mark.projector()] {
+        runner.reset::<PolicyError>().await.unwrap();
+    }
+    charge.catch_up().await.unwrap();
+    ship.catch_up().await.unwrap();
+    mark.catch_up().await.unwrap();
+    assert_eq!(
+        shop.not("payment", 1).await,
+        [],
+        "redelivery charged nobody twice"
+    );
+    assert_eq!(
+        shop.not("shipment", 1).await,
+        [],
+        "redelivery shipped nothing twice"
+    );
+    assert_eq!(shop.not("order", 2).await, []);
+    let charged = shop
+        .payments
+        .state("payment-7")
+        .await
+        .unwrap()
+        .state
+        .charged;
+    assert_eq!(charged, 17);
+}
+
+#[tokio::test]
+async fn a_reaction_with_no_route_fails_the_page_and_moves_nothing() {
+    let shop = Shop::open().await;
+    shop.orders
+        .execute("order-0", &OrderCommand::Place { amount: 1 })
+        .await
+        .unwrap();
+    // No host for payments: the page fails, the checkpoint stays.
+    let runner = PolicyRunner::open(
+        ChargeOnOrder,
+        shop.store.clone(),
+        Dispatch::new().route(shop.orders.clone()),
+    )
+    .await
+    .unwrap();
+    match runner.catch_up().await {
+        Err(ProjectionError::Handler(PolicyError::NoRoute(aggregate))) => {
+            assert_eq!(aggregate, Payment::NAME)
+        }
+        other => panic!("expected NoRoute, got {other:?}"),
+    }
+    let (position, _) = runner
+        .projector()
+        .checkpoint::<PolicyError>()
+        .await
+        .unwrap();
+    assert_eq!(position, 1, "the checkpoint did not move");
+    assert_eq!(shop.store.latest_version("payment-0").await.unwrap(), 0);
+}
