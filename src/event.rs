@@ -19,6 +19,10 @@ pub const USER_ID: &str = "user_id";
 pub const TRACE_ID: &str = "trace_id";
 /// Metadata key of the distributed-tracing span id.
 pub const SPAN_ID: &str = "span_id";
+/// Metadata key naming the aggregate type ([`Aggregate::NAME`](crate::Aggregate::NAME)) whose
+/// host stored the event: actor ids are per namespace, whatever the type, and a host refuses to
+/// fold another type's events.
+pub const AGGREGATE: &str = "aggregate";
 
 /// String metadata carried by every event, with typed accessors for the well-known keys.
 ///

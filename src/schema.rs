@@ -141,6 +141,17 @@ pub enum DecodeCause {
         /// The version this build writes.
         current: u32,
     },
+    /// Stored by a host of another aggregate type (its [`AGGREGATE`](crate::event::AGGREGATE)
+    /// metadata): two types share the actor id in this namespace.
+    #[error(
+        "stored by aggregate type {found:?}, not {expected:?}: actor ids are shared by every aggregate type of a namespace"
+    )]
+    OtherAggregate {
+        /// The type named by the event.
+        found: String,
+        /// The type loading it.
+        expected: String,
+    },
     /// No upcaster lifts this type from this version.
     #[error(
         "no upcaster lifts {event_type:?} from schema version {from} (this build writes {current})"
@@ -417,8 +428,13 @@ struct Tagged<'a> {
 impl<'de> Deserializer<'de> for Tagged<'de> {
     type Error = serde_json::Error;
 
+    /// As the map `{type: data}`: what serde's buffering deserializers (untagged variants,
+    /// flattening) expect of an externally tagged enum.
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        visitor.visit_enum(self)
+        visitor.visit_map(OneEntry {
+            event_type: Some(self.event_type),
+            data: self.data,
+        })
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -447,6 +463,39 @@ impl<'de> EnumAccess<'de> for Tagged<'de> {
     ) -> Result<(S::Value, Self::Variant), Self::Error> {
         let name = de::value::BorrowedStrDeserializer::<serde_json::Error>::new(self.event_type);
         Ok((seed.deserialize(name)?, Data(self.data)))
+    }
+}
+
+/// The map `{type: data}`, one entry.
+struct OneEntry<'a> {
+    event_type: Option<&'a str>,
+    data: &'a Value,
+}
+
+impl<'de> de::MapAccess<'de> for OneEntry<'de> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        match self.event_type.take() {
+            Some(name) => seed
+                .deserialize(de::value::BorrowedStrDeserializer::new(name))
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn next_value_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<S::Value, Self::Error> {
+        seed.deserialize(self.data)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(usize::from(self.event_type.is_some()))
     }
 }
 
@@ -544,6 +593,29 @@ mod tests {
         assert!(E::decode("Unit", &json!(1)).is_err());
         assert!(E::decode("New", &json!("four")).is_err());
         assert!(E::decode("Struct", &json!({"b": "x"})).is_err());
+    }
+
+    #[test]
+    fn an_untagged_catch_all_variant_keeps_known_types_decoding() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        enum Known {
+            A { n: i64 },
+        }
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(untagged)]
+        enum Open {
+            Known(Known),
+            Unknown(serde_json::Value),
+        }
+        impl DomainEvent for Open {}
+        assert_eq!(
+            Open::decode("A", &json!({"n": 1})).unwrap(),
+            Open::Known(Known::A { n: 1 })
+        );
+        assert_eq!(
+            Open::decode("B", &json!(2)).unwrap(),
+            Open::Unknown(json!({"B": 2}))
+        );
     }
 
     #[test]

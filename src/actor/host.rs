@@ -18,8 +18,11 @@ use super::{
 };
 use crate::broker::Broker;
 use crate::clock::{Clock, Deadline, Elapsed, SystemClock};
+use crate::event::AGGREGATE;
 use crate::event::{CommitRange, Event, ExpectedVersion, NewEvent, Snapshot};
-use crate::schema::{DomainEvent, SnapshotSkip, Upcasters};
+use crate::schema::{
+    DecodeCause, DomainEvent, EventDecodeError, EventEncodeError, SnapshotSkip, Upcasters,
+};
 use crate::store::{AppendError, ConflictError, EventStore, ReadError, SnapshotError};
 use crate::telemetry;
 use crate::trace::{self, TraceContext};
@@ -183,7 +186,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
     }
 
     /// [`execute`](Self::execute) under an idempotency key: the command's commit is stored
-    /// under `key` (its events get ids `key`, `key.1`, `key.2` …), and a command with a key
+    /// under `key` (its events get ids `key`, `key#1`, `key#2` …), and a command with a key
     /// the actor already stored is not decided again — the answer is the earlier command's
     /// outcome, flagged [`CommandOutcome::deduplicated`].
     ///
@@ -352,7 +355,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             }
             // A key this actor already stored: that command's outcome, nothing decided.
             if let Some(stored) = key.and_then(|key| slot.recent_commit(key)).cloned() {
-                return self.deduplicated(actor_id, &slot, stored).await;
+                return Ok(self.deduplicated(actor_id, &slot, stored).await);
             }
             let ctx = CommandContext {
                 actor_id,
@@ -390,7 +393,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             if decided.is_empty() {
                 return Ok(self.outcome(actor_id, slot.version, Vec::new()));
             }
-            let events = encode_events(&decided, key)?;
+            let (events, decided) = self.encode_events(&decided, key)?;
             let expected = if crate::planted::planted!(rt, host_appends_with_any) {
                 ExpectedVersion::Any
             } else {
@@ -433,11 +436,8 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                         // The stored commit may be an earlier attempt's (found by its key),
                         // decided on the same version but perhaps otherwise: fold what is
                         // stored, not what was decided now.
-                        let typed: Result<Vec<A::Event>, _> = stored
-                            .events
-                            .iter()
-                            .map(|e| self.inner.upcasters.decode::<A::Event>(e))
-                            .collect();
+                        let typed: Result<Vec<A::Event>, _> =
+                            stored.events.iter().map(|e| self.decode(e)).collect();
                         match typed {
                             Ok(events) => events.iter().for_each(|e| slot.state.apply(e)),
                             // Stored all the same: the answer is the commit, and the next
@@ -513,7 +513,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         actor_id: &str,
         slot: &Slot<A>,
         commit: CommitRange,
-    ) -> Result<CommandOutcome, CommandError<A::Rejection>> {
+    ) -> CommandOutcome {
         tracing::debug!(
             key = %commit.commit_id,
             first = commit.first_version,
@@ -525,16 +525,28 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             "namespace" => self.inner.store.namespace().to_owned()
         )
         .increment(1);
-        let mut events = self
+        debug_assert!(slot.version >= commit.last_version);
+        // The answer is the commit; its events are a courtesy. Reading them must not turn a
+        // command that was stored into an error (they may have expired, the broker may fail).
+        let events = match self
             .inner
             .store
-            .events(actor_id, commit.first_version)
-            .await?;
-        events.retain(|e| e.version <= commit.last_version && e.commit_id == commit.commit_id);
-        debug_assert!(slot.version >= commit.last_version);
+            .commit_at(actor_id, &commit.commit_id, commit.first_version)
+            .await
+        {
+            Ok(Some(found)) => found.events,
+            Ok(None) => {
+                tracing::debug!("the earlier command's events are no longer kept");
+                Vec::new()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the earlier command's events could not be read");
+                Vec::new()
+            }
+        };
         let mut outcome = self.outcome(actor_id, commit.last_version, events);
         outcome.deduplicated = true;
-        Ok(outcome)
+        outcome
     }
 
     /// Loads an actor: its latest snapshot, then every later event.
@@ -564,7 +576,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
         slot.snapshot_version = version;
         for event in events {
             assert_eq!(event.version, version + 1, "replay is contiguous");
-            state.apply(&self.inner.upcasters.decode::<A::Event>(&event)?);
+            state.apply(&self.decode(&event)?);
             version = event.version;
             slot.remember(
                 CommitRange {
@@ -585,6 +597,57 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             self.save_snapshot(actor_id, slot, 0).await;
         }
         Ok(())
+    }
+
+    /// A stored event as this aggregate's event: refused when another aggregate type's host
+    /// stored it, else upcast and decoded.
+    fn decode(&self, event: &Event) -> Result<A::Event, EventDecodeError> {
+        if let Some(found) = event.metadata.get(AGGREGATE)
+            && found != A::NAME
+        {
+            return Err(EventDecodeError {
+                actor_id: event.actor_id.clone(),
+                version: event.version,
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                cause: DecodeCause::OtherAggregate {
+                    found: found.to_owned(),
+                    expected: A::NAME.to_owned(),
+                },
+            });
+        }
+        self.inner.upcasters.decode(event)
+    }
+
+    /// The decided events as the store takes them — stamped with the aggregate type; under a
+    /// key, with ids derived from it (`key`, `key#1`, `key#2` …, `#` being outside the key
+    /// alphabet), so that a retried command's events carry the same ids — and as they will
+    /// read back: what the state folds. An event whose encoded form does not decode to itself
+    /// (a serde representation other than the default enum one, a value JSON cannot hold)
+    /// would fold one way now and another on the next load: it is refused here.
+    fn encode_events(
+        &self,
+        decided: &[A::Event],
+        key: Option<&str>,
+    ) -> Result<Encoded<A>, CommandError<A::Rejection>> {
+        let mut encoded = Vec::with_capacity(decided.len());
+        let mut folded = Vec::with_capacity(decided.len());
+        for (i, event) in decided.iter().enumerate() {
+            let new = event.encode()?.with_metadata(AGGREGATE, A::NAME);
+            let back = A::Event::decode(&new.event_type, &new.data).map_err(|e| {
+                EventEncodeError(format!(
+                    "event of type {:?} does not decode from what it encodes to ({}): {e}",
+                    new.event_type, new.data
+                ))
+            })?;
+            folded.push(back);
+            encoded.push(match key {
+                Some(key) if i == 0 => new.with_id(key),
+                Some(key) => new.with_id(format!("{key}#{i}")),
+                None => new,
+            });
+        }
+        Ok((encoded, folded))
     }
 
     /// The state a snapshot holds, lifted to [`Aggregate::STATE_VERSION`] — or `None` (logged
@@ -717,6 +780,9 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
     }
 }
 
+/// Decided events as the store takes them, and as they read back.
+type Encoded<A> = (Vec<NewEvent>, Vec<<A as Aggregate>::Event>);
+
 /// A copy of an aggregate's state through its serialised form (aggregates need not be
 /// `Clone`; they are always `Serialize + DeserializeOwned`).
 fn clone_state<A: Aggregate>(state: &A) -> A {
@@ -730,26 +796,6 @@ fn command_events<A: Aggregate>(
     command: &A::Command,
 ) -> Result<Vec<A::Event>, CommandError<A::Rejection>> {
     state.handle(ctx, command).map_err(CommandError::Rejected)
-}
-
-/// The decided events as the store takes them; under a key, with ids derived from it (`key`,
-/// `key.1`, `key.2` …), so that a retried command's events carry the same ids.
-fn encode_events<E: DomainEvent, R: std::fmt::Debug>(
-    decided: &[E],
-    key: Option<&str>,
-) -> Result<Vec<NewEvent>, CommandError<R>> {
-    decided
-        .iter()
-        .enumerate()
-        .map(|(i, event)| {
-            let new = event.encode()?;
-            Ok(match key {
-                Some(key) if i == 0 => new.with_id(key),
-                Some(key) => new.with_id(format!("{key}.{i}")),
-                None => new,
-            })
-        })
-        .collect()
 }
 
 /// Checks a command key: the rules of a commit id.

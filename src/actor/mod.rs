@@ -72,7 +72,9 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'sta
     /// The schema version of the state as snapshots store it: raise it when the state's shape
     /// changes, and register a snapshot upcaster ([`Upcasters::snapshot`]) — or none, and
     /// older snapshots are skipped (the actor replays its events, metric
-    /// `aether_actor_snapshots_skipped_total`).
+    /// `aether_actor_snapshots_skipped_total`). Under retention, where the events before a
+    /// snapshot may have expired, a skipped snapshot leaves the actor unloadable
+    /// ([`ReadError::Expired`]): register the upcaster.
     const STATE_VERSION: u32 = 1;
 
     /// What callers ask of it.
@@ -285,8 +287,11 @@ pub struct CommandOutcome {
     /// The node that executed it.
     pub node_id: NodeId,
     /// The command carried an idempotency key an earlier command already used: this is that
-    /// command's outcome (`events` are the events it stored, when still kept), and nothing was
-    /// decided or stored now.
+    /// command's outcome (`events` are the events it stored when they could be read — empty
+    /// when they expired or the read failed), and nothing was decided or stored now. Set when
+    /// the key is recognised before deciding, or the store answers the append with the commit
+    /// already under the key elsewhere in the stream; an earlier attempt's commit found at the
+    /// very version being decided is folded and answered as if stored now.
     #[serde(default)]
     pub deduplicated: bool,
 }
@@ -411,7 +416,8 @@ pub enum RemoteErrorKind {
     UndecodableReply,
     /// An event the owner's aggregate decided does not encode.
     Encode,
-    /// Anything else.
+    /// Anything else (also a kind this build does not know, from a newer owner).
+    #[serde(other)]
     Other,
 }
 

@@ -256,7 +256,7 @@ impl ClusterEvents {
     /// [`EventsError::Lagged`] where events were dropped; it ends when the node stops.
     ///
     /// ```no_run
-    /// # async fn f(cluster: aether::cluster::Cluster<aether::MemoryBroker>) {
+    /// # async fn f(cluster: aether::cluster::Cluster<aether::MemoryBroker, aether::SystemClock>) {
     /// use futures::StreamExt;
     /// let mut events = std::pin::pin!(cluster.events().into_stream());
     /// while let Some(event) = events.next().await {

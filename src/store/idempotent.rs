@@ -178,6 +178,23 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         Ok(best.filter(|(_, commit)| commit.first_version() <= version))
     }
 
+    /// The commit `commit_id` of `actor` if it starts at `first_version`, with its events (a
+    /// binary search of leader reads, within the store's deadline).
+    pub(crate) async fn commit_at(
+        &self,
+        actor: &str,
+        commit_id: &str,
+        first_version: u64,
+    ) -> Result<Option<AppendOutcome>, ReadError> {
+        let operation = || format!("commit {commit_id:?} of actor {actor:?}");
+        self.bounded(operation, async {
+            let subject = self.inner.names.event_subject(actor)?;
+            self.keyed_outcome(actor, &subject, commit_id, first_version.saturating_sub(1))
+                .await
+        })
+        .await
+    }
+
     /// The outcome of the commit `commit_id` if it holds version `after_version + 1`.
     pub(super) async fn keyed_outcome(
         &self,

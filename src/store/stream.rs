@@ -102,10 +102,17 @@ impl<B: Broker, C: Clock> Reading<B, C> {
     /// The next event, the error that ends the stream, or `None` at its end.
     async fn next(&mut self) -> Option<Result<Event, ReadError>> {
         loop {
+            // Expiry is known from the first commit read, before any event is handed out;
+            // damage comes after the events before it (a page stops at a damaged record).
+            if let Some(error) = self.expired() {
+                self.ready.clear();
+                self.phase = Phase::Done;
+                return Some(Err(error));
+            }
             if let Some(event) = self.ready.pop_front() {
                 return Some(Ok(event));
             }
-            if let Some(error) = self.failure() {
+            if let Some(error) = self.damaged() {
                 self.phase = Phase::Done;
                 return Some(Err(error));
             }
@@ -121,11 +128,16 @@ impl<B: Broker, C: Clock> Reading<B, C> {
         }
     }
 
-    /// Damage or expiry met so far.
-    fn failure(&mut self) -> Option<ReadError> {
-        if !self.checker.replay.errors.is_empty() {
-            return Some(ReadError::Damaged(self.checker.replay.errors.remove(0)));
+    /// The first damaged record met.
+    fn damaged(&mut self) -> Option<ReadError> {
+        if self.checker.replay.errors.is_empty() {
+            return None;
         }
+        Some(ReadError::Damaged(self.checker.replay.errors.remove(0)))
+    }
+
+    /// Versions asked for that expired.
+    fn expired(&self) -> Option<ReadError> {
         match self.checker.replay.expired_before {
             Some(first_available) if self.from_version < first_available => {
                 Some(ReadError::Expired {
@@ -163,6 +175,11 @@ impl<B: Broker, C: Clock> Reading<B, C> {
         }
         for record in page {
             self.checker.push(record);
+            if !self.checker.replay.errors.is_empty() {
+                // Nothing after the first damaged record is handed out.
+                self.phase = Phase::Done;
+                break;
+            }
         }
         self.take_checked();
         Ok(())

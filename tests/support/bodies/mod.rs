@@ -86,6 +86,7 @@ macro_rules! store_bodies {
             send_returns_the_owners_errors_typed,
             two_aggregate_types_share_a_namespace,
             an_event_stream_yields_what_events_returns_a_page_at_a_time,
+            an_event_that_would_not_read_back_is_refused_before_it_is_stored,
             a_live_projector_without_a_bus_follows_by_polling,
             the_lag_counts_what_is_not_yet_projected,
             a_reset_rebuilds_the_projection_from_the_first_record,

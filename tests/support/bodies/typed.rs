@@ -329,6 +329,49 @@ pub async fn an_event_that_does_not_decode_stops_the_load_with_a_typed_error<B: 
     }
 }
 
+/// An aggregate deciding a value JSON cannot hold: NaN encodes as `null`, which does not
+/// decode as a number.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Gauge;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum GaugeEvent {
+    Measured(f64),
+}
+
+impl DomainEvent for GaugeEvent {}
+
+impl aether::Aggregate for Gauge {
+    const NAME: &'static str = "gauge";
+    type Command = ();
+    type Event = GaugeEvent;
+    type Rejection = String;
+
+    fn handle(&self, _: &CommandContext<'_>, _: &()) -> Result<Vec<GaugeEvent>, String> {
+        Ok(vec![GaugeEvent::Measured(f64::NAN)])
+    }
+
+    fn apply(&mut self, _: &GaugeEvent) {}
+}
+
+pub async fn an_event_that_would_not_read_back_is_refused_before_it_is_stored<B: Broker>(
+    broker: B,
+    ns: String,
+) {
+    let store = store_on(&broker, &ns, "n1").await;
+    let host =
+        ActorHost::<Gauge, _>::new(store.clone(), SingleNode(node("n1")), ActorConfig::new());
+    match host.execute("t", &()).await {
+        Err(CommandError::Encode(e)) => assert!(e.0.contains("does not decode"), "{e}"),
+        other => panic!("expected an encode error, got {other:?}"),
+    }
+    assert_eq!(
+        store.latest_version("t").await.unwrap(),
+        0,
+        "nothing stored"
+    );
+}
+
 pub async fn a_keyed_command_runs_once_however_often_it_is_retried<B: Broker>(
     broker: B,
     ns: String,
@@ -529,6 +572,17 @@ pub async fn two_aggregate_types_share_a_namespace<B: Broker>(broker: B, ns: Str
     }
     assert_eq!(wallets.state("w0").await.unwrap().state.cents, 10);
     assert_eq!(ledgers.state("l0").await.unwrap().state.lines, 10);
+    // Actor ids are per namespace: a ledger command for a wallet's actor id is refused on
+    // replay, never folded from the wallet's events.
+    match to_ledgers.send("w0", &"x".to_string()).await {
+        Err(CommandError::Replay(e)) => {
+            assert!(
+                matches!(&e.cause, DecodeCause::OtherAggregate { found, .. } if found == "wallet"),
+                "{e}"
+            );
+        }
+        other => panic!("expected the wallet's events refused, got {other:?}"),
+    }
     // A node that hosts no ledgers is not sent ledger commands by mistake: nobody answers,
     // the sender re-routes and gives up, and nothing is stored.
     ledgers.stop_serving().await;
@@ -603,6 +657,14 @@ pub async fn an_event_stream_yields_what_events_returns_a_page_at_a_time<B: Brok
     }
     // Damage ends the stream with the error replay reports, after the events before it.
     let sequence = super::store::plant_raw_record(&broker, &ns, "long", b"not a commit").await;
+    store
+        .append(
+            "long",
+            ExpectedVersion::Exact(version),
+            vec![raw("Debited", 1, json!({ "amount": 1 }))],
+        )
+        .await
+        .unwrap();
     let items: Vec<_> = store.events_stream("long", 1).collect().await;
     let (last, events) = items.split_last().unwrap();
     assert_eq!(events.len() as u64, version);
