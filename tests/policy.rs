@@ -151,6 +151,42 @@ async fn every_order_is_charged_and_shipped_exactly_once_even_when_events_are_re
     assert_eq!(charged, 17);
 }
 
+/// The flow's EventStorming board is derived from the running code: aggregate names, command
+/// and event variants, policies' triggers and commands — and it is a consistent board.
+#[test]
+fn the_board_is_derived_from_the_aggregates_and_policies_that_run() {
+    let board = shop::board().expect("a consistent board");
+    let aggregates: Vec<_> = board
+        .aggregates()
+        .iter()
+        .map(|a| (a.name.as_str(), a.handles.clone(), a.emits.clone()))
+        .collect();
+    assert_eq!(
+        aggregates[0],
+        (
+            "order",
+            vec!["Place".to_owned(), "MarkShipped".to_owned()],
+            vec!["OrderPlaced".to_owned(), "OrderShipped".to_owned()]
+        )
+    );
+    assert_eq!(board.aggregates().len(), 3);
+    assert_eq!(board.policies().len(), 3);
+    let mermaid = board.to_mermaid();
+    for name in ["Charge", "Charged", "Ship", "Shipped", "charge-on-order"] {
+        assert!(mermaid.contains(name), "{name} on the board");
+    }
+    // A policy issuing a command no aggregate handles is caught.
+    let wrong = aether::model::Model::builder("wrong")
+        .aggregate_of::<Order>()
+        .element(
+            aether::model::Policy::new("p")
+                .triggered_by(["OrderPlaced"])
+                .issues(["Refund"]),
+        )
+        .build();
+    assert!(wrong.is_err());
+}
+
 #[tokio::test]
 async fn a_reaction_with_no_route_fails_the_page_and_moves_nothing() {
     let shop = Shop::open().await;

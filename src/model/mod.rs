@@ -45,6 +45,7 @@
 //! stable: they depend only on the board, in the order it was declared.
 
 mod builder;
+mod derive;
 mod element;
 mod html;
 pub mod layout;
@@ -52,6 +53,7 @@ mod mermaid;
 mod validate;
 
 pub use builder::ModelBuilder;
+pub use derive::variant_names;
 pub use element::{
     Actor, Aggregate, Command, DomainEvent, Element, ElementRef, ExternalSystem, Kind, Link,
     Policy, ReadModel,

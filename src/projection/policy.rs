@@ -36,6 +36,11 @@ pub trait Policy: Send + Sync + 'static {
     /// The policy's name: the name of its projection checkpoint and the first part of its
     /// command keys (`A-Z a-z 0-9 - _ .`, at most 48 characters).
     const NAME: &'static str;
+    /// The event types that trigger it, for the EventStorming board
+    /// ([`model::Policy::of`](crate::model::Policy::of)); informative only.
+    const TRIGGERED_BY: &'static [&'static str] = &[];
+    /// The commands it issues, for the board; informative only.
+    const ISSUES: &'static [&'static str] = &[];
 
     /// The commands to send for `event` (none for the events it ignores). Must be a function
     /// of the event alone: a redelivered event must give the same reactions in the same order,

@@ -143,11 +143,28 @@ impl Aggregate for Shipment {
     }
 }
 
+/// The board of the running flow, derived from the aggregates and policies themselves (plus the
+/// customer and the read model, which the code does not name).
+pub fn board() -> Result<aether::model::Model, aether::model::InvalidModel> {
+    aether::model::Model::builder("order → payment → shipping")
+        .actor("customer", ["Place"])
+        .aggregate_of::<Order>()
+        .aggregate_of::<Payment>()
+        .aggregate_of::<Shipment>()
+        .policy_of::<ChargeOnOrder>()
+        .policy_of::<ShipOnCharge>()
+        .policy_of::<MarkShipped>()
+        .read_model("orders list", ["OrderPlaced", "OrderShipped"])
+        .build()
+}
+
 /// Policy: an order placed is charged.
 pub struct ChargeOnOrder;
 
 impl Policy for ChargeOnOrder {
     const NAME: &'static str = "charge-on-order";
+    const TRIGGERED_BY: &'static [&'static str] = &["OrderPlaced"];
+    const ISSUES: &'static [&'static str] = &["Charge"];
 
     fn react(&self, event: &Event) -> Vec<Reaction> {
         let Ok(OrderEvent::OrderPlaced { amount }) =
@@ -171,6 +188,8 @@ pub struct ShipOnCharge;
 
 impl Policy for ShipOnCharge {
     const NAME: &'static str = "ship-on-charge";
+    const TRIGGERED_BY: &'static [&'static str] = &["Charged"];
+    const ISSUES: &'static [&'static str] = &["Ship"];
 
     fn react(&self, event: &Event) -> Vec<Reaction> {
         let Ok(PaymentEvent::Charged { order, .. }) =
@@ -190,6 +209,8 @@ pub struct MarkShipped;
 
 impl Policy for MarkShipped {
     const NAME: &'static str = "mark-shipped";
+    const TRIGGERED_BY: &'static [&'static str] = &["Shipped"];
+    const ISSUES: &'static [&'static str] = &["MarkShipped"];
 
     fn react(&self, event: &Event) -> Vec<Reaction> {
         let Ok(ShipmentEvent::Shipped { order }) =
