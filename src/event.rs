@@ -269,8 +269,8 @@ pub struct Snapshot {
     /// [`Aggregate::STATE_VERSION`](crate::Aggregate::STATE_VERSION)).
     #[serde(default = "schema_one", skip_serializing_if = "is_schema_one")]
     pub schema_version: u32,
-    /// The commits most recently folded into `state`, oldest first: what lets the actor host
-    /// recognise a repeated command key without reading the history before the snapshot.
+    /// The keyed commits most recently folded into `state`, oldest first: what lets the actor
+    /// host recognise a repeated command key without reading the history before the snapshot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_commits: Vec<CommitRange>,
 }

@@ -32,7 +32,7 @@ pub(super) struct Slot<A> {
     state: A,
     version: u64,
     snapshot_version: u64,
-    /// The commits most recently folded, oldest first (at most
+    /// The keyed commits most recently folded, oldest first (at most
     /// [`ActorConfig::recent_commits`]): where a repeated command key is found.
     recent: VecDeque<CommitRange>,
     loaded: bool,
@@ -456,14 +456,16 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
                             slot.state.apply(event);
                         }
                     }
-                    slot.remember(
-                        CommitRange {
-                            commit_id: stored.commit_id.clone(),
-                            first_version: stored.first_version(),
-                            last_version: stored.last_version(),
-                        },
-                        self.inner.config.recent_commits,
-                    );
+                    if key.is_some() {
+                        slot.remember(
+                            CommitRange {
+                                commit_id: stored.commit_id.clone(),
+                                first_version: stored.first_version(),
+                                last_version: stored.last_version(),
+                            },
+                            self.inner.config.recent_commits,
+                        );
+                    }
                     slot.version = stored.last_version();
                     slot.loaded = true;
                     // Best effort, and never past the command's deadline: the command is done.
@@ -578,14 +580,24 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> ActorHost<A, B, C, R> {
             assert_eq!(event.version, version + 1, "replay is contiguous");
             state.apply(&self.decode(&event)?);
             version = event.version;
-            slot.remember(
-                CommitRange {
-                    commit_id: event.commit_id,
-                    first_version: version,
-                    last_version: version,
-                },
-                max,
-            );
+            // A keyed command's first event carries the key as its id (and its commit id);
+            // its later events extend the range. Unkeyed commits are not remembered: no key
+            // can name them.
+            let keyed = event.id == event.commit_id
+                || slot
+                    .recent
+                    .back()
+                    .is_some_and(|last| last.commit_id == event.commit_id);
+            if keyed {
+                slot.remember(
+                    CommitRange {
+                        commit_id: event.commit_id,
+                        first_version: version,
+                        last_version: version,
+                    },
+                    max,
+                );
+            }
         }
         slot.state = state;
         slot.version = version;
