@@ -1,6 +1,11 @@
 //! An [`ActorHost`]: the actors of one namespace on one node — loading (snapshot plus later
 //! events), one command at a time per actor, appends at the exact version, reload on conflict,
 //! snapshots and passivation.
+//!
+//! Longer than 800 lines on purpose, for now: one actor's life — load (with upcasting and the
+//! window of keyed commits), decide, append, fold, snapshot — is one loop over one `Slot`, and
+//! its pieces share that slot's invariants. The seam to split along next is the load and
+//! snapshot half (`load`, `decode`, `decode_snapshot`, `save_snapshot`) into `load.rs`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
