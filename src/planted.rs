@@ -54,6 +54,9 @@ pub struct PlantedBugs {
     /// The store reads an actor's tip from whichever replica answers, without the handle's own
     /// tip as a floor (no read-your-writes on a replicated stream).
     pub tip_without_floor: bool,
+    /// A policy sends its commands without the key derived from the triggering event: a
+    /// redelivered event runs its command again.
+    pub policy_sends_unkeyed: bool,
     /// The bus does not tell subscribers about gaps in other nodes' numbering.
     pub bus_hides_gaps: bool,
     /// Under retention, the snapshots stream ages out like the events stream (the old

@@ -216,3 +216,72 @@ async fn a_reaction_with_no_route_fails_the_page_and_moves_nothing() {
     assert_eq!(position, 1, "the checkpoint did not move");
     assert_eq!(shop.store.latest_version("payment-0").await.unwrap(), 0);
 }
+
+/// Ships every order through one hub and charges it on its own payment: one queue of 200
+/// reactions to a single actor next to 200 queues of one.
+struct HubAndCharge;
+
+impl aether::projection::Policy for HubAndCharge {
+    const NAME: &'static str = "hub-and-charge";
+
+    fn react(&self, event: &aether::Event) -> Vec<aether::projection::Reaction> {
+        let Ok(shop::OrderEvent::OrderPlaced { amount }) =
+            <shop::OrderEvent as aether::DomainEvent>::decode(&event.event_type, &event.data)
+        else {
+            return Vec::new();
+        };
+        let order = event.actor_id.clone();
+        vec![
+            aether::projection::Reaction::send::<Payment>(
+                format!("payment-{}", shop::number(&order)),
+                &shop::PaymentCommand::Charge {
+                    order: order.clone(),
+                    amount,
+                },
+            ),
+            aether::projection::Reaction::send::<Shipment>(
+                "shipment-hub",
+                &shop::ShipmentCommand::Ship { order },
+            ),
+        ]
+    }
+}
+
+/// Reactions to different actors go out concurrently, but those to one actor keep the order
+/// of their events: the hub's parcels are in placement order, at every concurrency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_to_one_actor_keep_event_order_at_any_concurrency() {
+    for concurrency in [1, 4, 64] {
+        let shop = Shop::open().await;
+        let orders = 200;
+        for n in 0..orders {
+            shop.orders
+                .execute(&format!("order-{n}"), &OrderCommand::Place { amount: n })
+                .await
+                .unwrap();
+        }
+        let runner = PolicyRunner::open(HubAndCharge, shop.store.clone(), shop.dispatch())
+            .await
+            .unwrap()
+            .concurrency(concurrency);
+        runner.catch_up().await.unwrap();
+        let shipped: Vec<String> = shop
+            .store
+            .events("shipment-hub", 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.data["order"].as_str().unwrap().to_owned())
+            .collect();
+        let placed: Vec<String> = (0..orders).map(|n| format!("order-{n}")).collect();
+        assert_eq!(shipped, placed, "concurrency {concurrency}");
+        for n in 0..orders {
+            let version = shop
+                .store
+                .latest_version(&format!("payment-{n}"))
+                .await
+                .unwrap();
+            assert_eq!(version, 1, "payment-{n} at concurrency {concurrency}");
+        }
+    }
+}

@@ -151,7 +151,28 @@ fn determinism(args: &Args, seed: u64, first: &aether_sim::RunReport) -> Result<
     }
 }
 
+/// Stamps log lines with the simulation's virtual time.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match aether_sim::engine::try_sim_elapsed() {
+            Some(t) => write!(w, "{:>10.3}", t.as_secs_f64()),
+            None => write!(w, "{:>10}", "-"),
+        }
+    }
+}
+
 fn main() {
+    // The library's own logs, for debugging one seed: `AETHER_SIM_LOG=aether=debug`.
+    if let Ok(filter) = std::env::var("AETHER_SIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_timer(SimTime)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args = parse();
     println!(
         "aether-sim ({}): scenario {} ({} nodes + {}, {:?} simulated per seed), seeds {}..{}, {} jobs{}",

@@ -88,6 +88,8 @@ pub struct RunReport {
     pub commands: CommandCounts,
     /// Read-side counts.
     pub readside: ReadsideCounts,
+    /// The policy scenario's order flow (zero elsewhere).
+    pub flow: crate::scenarios::policy::FlowCounts,
     /// Faults applied, with simulated time.
     pub faults: Vec<(Duration, String)>,
     /// Broker host counters.
@@ -181,8 +183,8 @@ impl fmt::Display for RunReport {
         if self.passed() {
             return write!(
                 f,
-                "seed {} ({}) passed: {:?} {:?} {:?}",
-                self.seed, self.scenario, self.counts, self.commands, self.readside
+                "seed {} ({}) passed: {:?} {:?} {:?} {:?}",
+                self.seed, self.scenario, self.counts, self.commands, self.readside, self.flow
             );
         }
         writeln!(
@@ -264,6 +266,7 @@ pub const PLANTED: &[(&str, Switch)] = &[
         &mut b.projector_skips_fencing
     }),
     ("bus_hides_gaps", |b| &mut b.bus_hides_gaps),
+    ("policy_sends_unkeyed", |b| &mut b.policy_sends_unkeyed),
     ("snapshots_expire_with_events", |b| {
         &mut b.snapshots_expire_with_events
     }),

@@ -204,6 +204,7 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
     };
     violations.extend(check_all(&input));
     violations.extend(scenario.user_check(&input));
+    let flow = scenario.flow_counts(&input);
 
     let mut counts = OpCounts::default();
     let mut commands = CommandCounts::default();
@@ -264,6 +265,7 @@ fn run_seed(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunReport {
         counts,
         commands,
         readside,
+        flow,
         faults: history.faults(),
         broker: broker.stats(),
         stream_lengths: raw.iter().map(|(a, r)| (a.clone(), r.len())).collect(),

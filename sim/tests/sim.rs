@@ -126,6 +126,31 @@ fn readside_scenario_holds_every_invariant_on_the_ci_seeds() {
 }
 
 #[test]
+fn policy_scenario_holds_every_invariant_on_the_ci_seeds() {
+    let reports = run_seeds(
+        &Scenario::policy(),
+        &RunOptions::default(),
+        &seeds_from_env(0, CI_SEEDS),
+    );
+    for r in &reports {
+        eprintln!("{r}");
+    }
+    assert_all_pass(&reports);
+    let total = |f: fn(&RunReport) -> u64| -> u64 { reports.iter().map(f).sum() };
+    let (placed, declined) = (total(|r| r.flow.placed), total(|r| r.flow.declined));
+    let (charged, shipped) = (total(|r| r.flow.charged), total(|r| r.flow.shipped));
+    eprintln!("orders: {placed} placed, {declined} declined, {charged} charged, {shipped} shipped");
+    assert!(
+        placed > 0 && declined > 0,
+        "orders were placed, some of a declined amount"
+    );
+    // Every order charged once unless declined, every charge shipped once (the checkers fail
+    // the run otherwise): the totals add up.
+    assert_eq!(charged, placed - declined);
+    assert_eq!(shipped, charged);
+}
+
+#[test]
 fn retention_scenario_holds_every_invariant_on_the_ci_seeds() {
     let reports = run_seeds(
         &Scenario::retention(),
@@ -426,6 +451,8 @@ teeth! {
         "projector_skips_fencing" => Scenario::readside(), "13 ", 300 / 300;
     planted_bus_hides_gaps_is_caught:
         "bus_hides_gaps" => Scenario::readside(), "12 ", 299 / 299;
+    planted_policy_sends_unkeyed_is_caught:
+        "policy_sends_unkeyed" => Scenario::policy(), "16 every trigger has at most one effect", 142 / 151;
     planted_snapshots_expire_with_events_is_caught:
         "snapshots_expire_with_events" => Scenario::retention(), "", 295 / 296;
 }

@@ -173,7 +173,7 @@ impl<B: Broker, C: Clock> Projector<B, C> {
             if active != Some(allowed) {
                 active = Some(allowed);
                 let state = if allowed { "active" } else { "standing by" };
-                tracing::info!(namespace = %self.store.namespace(), projection = %self.name, state, "projector");
+                tracing::info!(namespace = %self.store.namespace(), projection = %self.name, node = %rt.node_id(), state, "projector");
             }
             let wait = if !allowed {
                 Some(self.follow.poll_interval)
@@ -200,7 +200,7 @@ impl<B: Broker, C: Clock> Projector<B, C> {
                         metrics::counter!(telemetry::PROJECTOR_RETRIES, "projection" => self.name.clone())
                             .increment(1);
                         let delay = backoff.next_delay(rt.rng());
-                        tracing::warn!(%error, projection = %self.name, ?delay, "projection step failed; retrying");
+                        tracing::warn!(%error, namespace = %self.store.namespace(), projection = %self.name, node = %rt.node_id(), ?delay, "projection step failed; retrying");
                         Some(delay)
                     }
                 }

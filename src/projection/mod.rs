@@ -174,6 +174,7 @@ impl<B: Broker, C: Clock> Projector<B, C> {
             "aether.projector.step",
             namespace = %self.store.namespace(),
             projection = %self.name,
+            node = %self.store.runtime().node_id(),
             position = tracing::field::Empty,
             records = tracing::field::Empty,
             outcome = tracing::field::Empty,
@@ -189,11 +190,22 @@ impl<B: Broker, C: Clock> Projector<B, C> {
             }
             Err(ProjectionError::Fenced { .. }) => {
                 span.record("outcome", "fenced");
-                tracing::warn!("projection checkpoint moved by another instance");
+                tracing::warn!(
+                    namespace = %self.store.namespace(),
+                    projection = %self.name,
+                    node = %self.store.runtime().node_id(),
+                    "projection checkpoint moved by another instance"
+                );
             }
             Err(error) => {
                 span.record("outcome", "error");
-                tracing::warn!(%error, "projection step failed");
+                tracing::warn!(
+                    %error,
+                    namespace = %self.store.namespace(),
+                    projection = %self.name,
+                    node = %self.store.runtime().node_id(),
+                    "projection step failed"
+                );
             }
         }
         result

@@ -11,6 +11,11 @@
 //!   the namespace, the event's index in it and the reaction's index. A rejection is an answer
 //!   (the reaction is done); any other failure fails the page, which is offered again after a
 //!   backoff with the same keys.
+//! - Order: the reactions of a page to one actor are sent one after the other, in the order of
+//!   their events; reactions to different actors are sent concurrently, up to
+//!   [`PolicyRunner::concurrency`] at a time (16 by default; 1 sends everything in order). A
+//!   page is checkpointed once every one of its reactions is answered; a reaction without a
+//!   route fails the page before anything of it is sent.
 //!
 //! Exactly-once effect holds for as long as the target recognises the key: the actor's last
 //! [`ActorConfig::recent_commits`](crate::ActorConfig::recent_commits) commits, and the
@@ -128,18 +133,33 @@ type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Sent, PolicyError>> + S
 
 /// Sends a serialised command to one aggregate type.
 trait Target: Send + Sync {
-    fn send<'a>(&'a self, actor: &'a str, command: &'a Value, key: &'a str) -> SendFuture<'a>;
+    /// Sends `command` under `key` (`None`: unkeyed — only the planted bug does that).
+    fn send<'a>(
+        &'a self,
+        actor: &'a str,
+        command: &'a Value,
+        key: Option<&'a str>,
+    ) -> SendFuture<'a>;
 }
 
 impl<A: Aggregate, B: Broker, C: Clock, R: Router> Target for ActorHost<A, B, C, R> {
-    fn send<'a>(&'a self, actor: &'a str, command: &'a Value, key: &'a str) -> SendFuture<'a> {
+    fn send<'a>(
+        &'a self,
+        actor: &'a str,
+        command: &'a Value,
+        key: Option<&'a str>,
+    ) -> SendFuture<'a> {
         Box::pin(async move {
             let command =
                 A::Command::deserialize(command).map_err(|e| PolicyError::BadCommand {
                     aggregate: A::NAME,
                     reason: e.to_string(),
                 })?;
-            match self.send_keyed(actor, &command, key).await {
+            let sent = match key {
+                Some(key) => self.send_keyed(actor, &command, key).await,
+                None => self.send(actor, &command).await,
+            };
+            match sent {
                 Ok(outcome) if outcome.deduplicated => Ok(Sent::Deduplicated),
                 Ok(_) => Ok(Sent::Executed),
                 Err(CommandError::Rejected(rejection)) => {
@@ -149,7 +169,7 @@ impl<A: Aggregate, B: Broker, C: Clock, R: Router> Target for ActorHost<A, B, C,
                 Err(e) => Err(PolicyError::Send {
                     aggregate: A::NAME,
                     actor: actor.to_owned(),
-                    key: key.to_owned(),
+                    key: key.unwrap_or_default().to_owned(),
                     reason: e.to_string(),
                 }),
             }
@@ -196,7 +216,11 @@ pub struct PolicyRunner<P, B, C> {
     policy: P,
     projector: Projector<B, C>,
     dispatch: Dispatch,
+    concurrency: usize,
 }
+
+/// Reactions to different actors sent at once by default ([`PolicyRunner::concurrency`]).
+pub const POLICY_CONCURRENCY: usize = 16;
 
 impl<P: Policy, B: Broker, C: Clock> PolicyRunner<P, B, C> {
     /// The runner of `policy` over `store`'s namespace, sending through `dispatch`. Its
@@ -223,7 +247,15 @@ impl<P: Policy, B: Broker, C: Clock> PolicyRunner<P, B, C> {
             policy,
             projector: Projector::open(store, P::NAME).await?,
             dispatch,
+            concurrency: POLICY_CONCURRENCY,
         })
+    }
+
+    /// How many actors' reactions are sent at once (at least 1; default
+    /// [`POLICY_CONCURRENCY`]). Reactions to one actor are always sent in event order.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
     }
 
     /// The projector behind it (checkpoint, `lag`, `reset`, the follow settings).
@@ -277,38 +309,70 @@ impl<P: Policy, B: Broker, C: Clock> PolicyRunner<P, B, C> {
         self.projector.catch_up(|page| self.handle(page)).await
     }
 
-    /// Sends the reactions to every event of `page`, in order.
+    /// Sends the reactions to every event of `page`: per target actor in event order, up to
+    /// `concurrency` actors at once.
     async fn handle(&self, page: Page) -> Result<(), PolicyError> {
-        let namespace = self.projector.store().namespace().to_owned();
+        use futures::TryStreamExt as _;
+        let namespace = self.projector.store().namespace();
+        // The page's reactions, queued per target actor (queues in order of first reaction).
+        let mut queues: Vec<Vec<(String, Reaction, &dyn Target)>> = Vec::new();
+        let mut queue_of: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
         for commit in &page.commits {
             for (e, event) in commit.events.iter().enumerate() {
-                for (r, reaction) in self.policy.react(event).iter().enumerate() {
-                    let key = Self::key(&namespace, commit.position, e, r);
+                for (r, reaction) in self.policy.react(event).into_iter().enumerate() {
                     let target = self
                         .dispatch
                         .targets
                         .get(reaction.aggregate)
                         .ok_or(PolicyError::NoRoute(reaction.aggregate))?;
-                    let sent = target
-                        .send(&reaction.actor, &reaction.command, &key)
-                        .await?;
-                    tracing::debug!(
-                        policy = P::NAME,
-                        key,
-                        aggregate = reaction.aggregate,
-                        actor = %reaction.actor,
-                        outcome = sent.label(),
-                        "policy command sent"
-                    );
-                    metrics::counter!(
-                        telemetry::POLICY_COMMANDS,
-                        "policy" => P::NAME,
-                        "outcome" => sent.label()
-                    )
-                    .increment(1);
+                    let key = Self::key(namespace, commit.position, e, r);
+                    let next = queues.len();
+                    let queue = *queue_of
+                        .entry((reaction.aggregate, reaction.actor.clone()))
+                        .or_insert(next);
+                    if queue == next {
+                        queues.push(Vec::new());
+                    }
+                    queues[queue].push((key, reaction, target.as_ref()));
                 }
             }
         }
+        futures::stream::iter(queues.into_iter().map(Ok))
+            .try_for_each_concurrent(self.concurrency, |queue| async move {
+                for (key, reaction, target) in queue {
+                    self.send_one(&key, &reaction, target).await?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Sends one reaction under its key.
+    async fn send_one(
+        &self,
+        key: &str,
+        reaction: &Reaction,
+        target: &dyn Target,
+    ) -> Result<(), PolicyError> {
+        let keyed =
+            !crate::planted::planted!(self.projector.store().runtime(), policy_sends_unkeyed);
+        let sent = target
+            .send(&reaction.actor, &reaction.command, keyed.then_some(key))
+            .await?;
+        tracing::debug!(
+            policy = P::NAME,
+            key,
+            aggregate = reaction.aggregate,
+            actor = %reaction.actor,
+            outcome = sent.label(),
+            "policy command sent"
+        );
+        metrics::counter!(
+            telemetry::POLICY_COMMANDS,
+            "policy" => P::NAME,
+            "outcome" => sent.label()
+        )
+        .increment(1);
         Ok(())
     }
 }

@@ -42,6 +42,11 @@ pub fn sim_elapsed() -> Duration {
     madsim::time::TimeHandle::current().elapsed()
 }
 
+/// Virtual time, when read inside a simulation (`None` outside one).
+pub fn try_sim_elapsed() -> Option<Duration> {
+    madsim::time::TimeHandle::try_current().map(|t| t.elapsed())
+}
+
 /// Spawns a `!Send` task on the current node.
 pub fn spawn_local<F>(future: F) -> madsim::task::JoinHandle<F::Output>
 where

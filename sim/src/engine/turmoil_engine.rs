@@ -36,6 +36,11 @@ pub fn sim_elapsed() -> Duration {
     turmoil::sim_elapsed().expect("virtual time read outside a turmoil host")
 }
 
+/// Virtual time, when read inside a simulation (`None` outside one).
+pub fn try_sim_elapsed() -> Option<Duration> {
+    turmoil::sim_elapsed()
+}
+
 /// Spawns a `!Send` task on the current host.
 pub fn spawn_local<F>(future: F) -> tokio::task::JoinHandle<F::Output>
 where

@@ -292,11 +292,12 @@ pub async fn run_cluster_node<R: Recorder, B: Broker, C: Clock, U: Send>(
     // instance runs now: a host per cluster round would leave the previous one serving on the
     // same subject while its in-flight commands hold it alive (see docs/sim.md).
     let router = CurrentCluster::default();
-    // The counters' host, unless a user's aggregate takes its place: two aggregate types
-    // serving one namespace's command subject would each receive the other's commands.
-    let host = match workload.user {
-        None => Some(start_host(&ctx, &rt, store.clone(), router.clone()).await),
-        Some(_) => None,
+    // The counters' host, when the workload has counters (a user's aggregate, or the policy
+    // scenario's flow, takes their place).
+    let host = if workload.counters > 0 {
+        Some(start_host(&ctx, &rt, store.clone(), router.clone()).await)
+    } else {
+        None
     };
     let _user = user(&store, &router, &rng);
     for round in 0u64.. {

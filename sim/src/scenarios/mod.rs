@@ -6,11 +6,13 @@
 //! | `cluster` | 3 nodes + a 4th that joins and leaves, each running membership, leader election and shard assignment, owner-based writers (`Exact` versions), counter commands sent through `ActorHost` from every node (adds and refusable takes), and a foreign writer appending counter decisions straight through the store | all, plus leader churn (the leader crashed, partitioned, its link held for about a lease TTL, or slowed — clock down to 0.70–0.76 — and cut off) |
 //! | `readside` | 3 nodes appending through stores that publish `EventStored` on a connected bus; on every node a prompt and a slow (4-event queue) bus subscriber, and an instance of one projection whose handler does broker work before recording a page | all |
 //! | `retention` | 3 nodes, 2 writers each on 4 long-lived actors, under a store that keeps events 20 s; a snapshot after every acknowledged append (naming its position); loaders loading actors from snapshot + events after it | all |
+//! | `policy` | as `cluster`, but the nodes run an order flow: every node hosts `customer`, `ledger` and `shipment` aggregates and runs two policies (`Placed` → `Charge`, `Charged` → `Ship`) with one active instance each; orders are placed under their ids as keys until 2 s after the faults | as `cluster` |
 //! | `long-horizon` | 2 simulated days, time-compressed: 40 actors written sparsely under a 6 h retention with snapshots, one dormant most of each day, the cluster layer running on every node; resource use sampled hourly | rare (one every ~10 min) |
 //! | `cluster-beyond-margin` | as `cluster` | as `cluster`, but the slowed leader's clock runs at 0.50–0.60: past the lease's margin, **expected to fail** (see [`Scenario::cluster_beyond_margin`]) |
 
 pub mod cluster;
 pub mod counter;
+pub mod policy;
 pub mod readside;
 pub mod retention;
 pub mod store;
@@ -54,6 +56,7 @@ enum Kind {
     Cluster(cluster::ClusterWorkload),
     Readside(readside::ReadsideWorkload),
     Retention(retention::RetentionWorkload),
+    Policy(policy::PolicyWorkload),
 }
 
 impl Scenario {
@@ -124,6 +127,27 @@ impl Scenario {
         }
     }
 
+    /// The policy scenario: the cluster scenario's world running an order flow across three
+    /// aggregate types and two policies, each active on one node at a time (20 s of faults,
+    /// 20 s fault-free; placements stop 2 s after the faults).
+    pub fn policy() -> Self {
+        let safety = Duration::from_secs(20);
+        Self {
+            name: "policy",
+            nodes: 4,
+            safety,
+            liveness: Duration::from_secs(20),
+            liveness_bound: Duration::from_secs(12),
+            profile: FaultProfile {
+                leader_churn: true,
+                ..FaultProfile::default()
+            },
+            tick: None,
+            sample_every: None,
+            kind: Kind::Policy(policy::PolicyWorkload::new(safety)),
+        }
+    }
+
     /// Days of sparse activity, time-compressed (a 100 ms tick): a store keeping events 6 h,
     /// 40 actors written every 30 s–3 min per writer with a snapshot after each append, one
     /// actor dormant for 18 h of every day, the cluster layer (library defaults) running on
@@ -184,6 +208,7 @@ impl Scenario {
             Self::cluster(),
             Self::readside(),
             Self::retention(),
+            Self::policy(),
         ]
     }
 
@@ -209,6 +234,9 @@ impl Scenario {
 
     /// The same scenario with the safety phase set to `safety` (the liveness phase unchanged).
     pub fn with_safety(mut self, safety: Duration) -> Self {
+        if let Kind::Policy(w) = &mut self.kind {
+            w.place_until = safety + w.place_until.saturating_sub(self.safety);
+        }
         self.safety = safety;
         self
     }
@@ -220,13 +248,14 @@ impl Scenario {
 
     /// Whether the cluster layer runs.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.kind, Kind::Cluster(_))
+        matches!(self.kind, Kind::Cluster(_) | Kind::Policy(_))
     }
 
     /// The cluster's shard count (0 without a cluster).
     pub fn shard_count(&self) -> u32 {
         match &self.kind {
             Kind::Cluster(w) => w.shard_count,
+            Kind::Policy(w) => w.cluster.shard_count,
             Kind::Store(_) | Kind::Readside(_) | Kind::Retention(_) => 0,
         }
     }
@@ -249,6 +278,7 @@ impl Scenario {
                 .collect(),
             Kind::Readside(w) => w.actors(),
             Kind::Retention(w) => w.actors(),
+            Kind::Policy(w) => w.actors(),
         }
     }
 
@@ -286,7 +316,16 @@ impl Scenario {
             Kind::Cluster(cluster::ClusterWorkload {
                 user: Some(user), ..
             }) => (user.check)(input),
+            Kind::Policy(w) => policy::check(input, w),
             _ => Vec::new(),
+        }
+    }
+
+    /// What the policy scenario's order flow did (zero elsewhere).
+    pub fn flow_counts(&self, input: &crate::checkers::CheckInput<'_>) -> policy::FlowCounts {
+        match &self.kind {
+            Kind::Policy(w) => policy::counts(input, w),
+            _ => policy::FlowCounts::default(),
         }
     }
 
@@ -297,6 +336,7 @@ impl Scenario {
             Kind::Cluster(w) => cluster::node(ctx, w.clone(), self.nodes, self.safety),
             Kind::Readside(w) => Box::pin(readside::readside_node(ctx, w.clone())),
             Kind::Retention(w) => Box::pin(retention::retention_node(ctx, w.clone())),
+            Kind::Policy(w) => policy::node(ctx, w.clone(), self.nodes, self.safety),
         }
     }
 }
