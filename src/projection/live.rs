@@ -168,6 +168,8 @@ impl<B: Broker, C: Clock> Projector<B, C> {
         let mut backoff = Backoff::new(base, self.follow.retry_max);
         let mut total = 0u64;
         let mut active = None;
+        // The next page, fetched while the last one was handled.
+        let mut ahead = None;
         loop {
             let allowed = gate.as_mut().is_none_or(|gate| gate());
             if active != Some(allowed) {
@@ -178,7 +180,7 @@ impl<B: Broker, C: Clock> Projector<B, C> {
             let wait = if !allowed {
                 Some(self.follow.poll_interval)
             } else {
-                match self.step(&mut handler).await {
+                match self.step_ahead(&mut handler, Some(&mut ahead)).await {
                     Ok(0) => {
                         backoff = Backoff::new(base, self.follow.retry_max);
                         Some(self.follow.poll_interval)

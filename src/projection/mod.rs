@@ -32,7 +32,7 @@ use bytes::Bytes;
 use crate::broker::{Broker, BrokerError, KvConfig};
 use crate::clock::Clock;
 use crate::codec::InvalidName;
-use crate::store::{EventStore, Page, ReadError};
+use crate::store::{EventStore, Page, RawPage, ReadError};
 use crate::telemetry;
 use tracing::Instrument;
 
@@ -170,6 +170,22 @@ impl<B: Broker, C: Clock> Projector<B, C> {
         F: FnOnce(Page) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
+        self.step_ahead(handler, None).await
+    }
+
+    /// [`step`](Self::step), pipelined when `ahead` is given: the page there is used when it
+    /// starts at the checkpoint (and is not empty), and the page after this one is fetched
+    /// into it while this one is decoded, handled and checkpointed.
+    pub(crate) async fn step_ahead<E, F, Fut>(
+        &self,
+        handler: F,
+        ahead: Option<&mut Option<RawPage>>,
+    ) -> Result<usize, ProjectionError<E>>
+    where
+        E: std::fmt::Debug + std::fmt::Display,
+        F: FnOnce(Page) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
         let span = tracing::debug_span!(
             "aether.projector.step",
             namespace = %self.store.namespace(),
@@ -179,7 +195,10 @@ impl<B: Broker, C: Clock> Projector<B, C> {
             records = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let result = self.step_in_span(handler).instrument(span.clone()).await;
+        let result = self
+            .step_in_span(handler, ahead)
+            .instrument(span.clone())
+            .await;
         let _entered = span.enter();
         match &result {
             Ok(records) => {
@@ -211,7 +230,11 @@ impl<B: Broker, C: Clock> Projector<B, C> {
         result
     }
 
-    async fn step_in_span<E, F, Fut>(&self, handler: F) -> Result<usize, ProjectionError<E>>
+    async fn step_in_span<E, F, Fut>(
+        &self,
+        handler: F,
+        mut ahead: Option<&mut Option<RawPage>>,
+    ) -> Result<usize, ProjectionError<E>>
     where
         E: std::fmt::Debug + std::fmt::Display,
         F: FnOnce(Page) -> Fut,
@@ -219,24 +242,64 @@ impl<B: Broker, C: Clock> Projector<B, C> {
     {
         let (position, revision) = self.checkpoint().await?;
         tracing::Span::current().record("position", position);
-        let page = self.store.read_all(position, self.page_max).await?;
-        let records = page.commits.len() + page.errors.len();
+        let fetched = ahead.as_deref_mut().and_then(Option::take);
+        let raw = match fetched {
+            // A page fetched ahead is as good as one fetched now: what was stored since lands
+            // after it. An empty one is not: it would hide what a notification announced.
+            Some(raw) if raw.from == position && !raw.records.is_empty() => raw,
+            _ => self.store.fetch_page(position, self.page_max).await?,
+        };
         let rt = self.store.runtime();
-        // Lag: how old the newest record of this page is (0 once caught up).
-        let lag = page
-            .commits
-            .last()
-            .and_then(|c| c.events.last())
-            .and_then(|e| rt.clock().wall().duration_since(e.timestamp).ok())
-            .unwrap_or_default();
-        metrics::gauge!(telemetry::PROJECTOR_LAG_SECONDS, "projection" => self.name.clone())
-            .set(telemetry::seconds(lag));
         metrics::gauge!(telemetry::PROJECTOR_POSITION, "projection" => self.name.clone())
             .set(position as f64);
+        let records = raw.records.len();
         if records == 0 {
+            metrics::gauge!(telemetry::PROJECTOR_LAG_SECONDS, "projection" => self.name.clone())
+                .set(0.0);
             return Ok(0);
         }
-        let next = page.next_position;
+        let next = raw.next_position();
+        // The next page's request goes out first (`join!` polls in order), so the broker
+        // serves it while this page is decoded and handled.
+        let prefetch = async {
+            match ahead {
+                Some(_) => self.store.fetch_page(next, self.page_max).await.ok(),
+                None => None,
+            }
+        };
+        let work = async {
+            let page = self.store.decode_page(raw);
+            // Lag: how old the newest record of this page is.
+            let lag = page
+                .commits
+                .last()
+                .and_then(|c| c.events.last())
+                .and_then(|e| rt.clock().wall().duration_since(e.timestamp).ok())
+                .unwrap_or_default();
+            metrics::gauge!(telemetry::PROJECTOR_LAG_SECONDS, "projection" => self.name.clone())
+                .set(telemetry::seconds(lag));
+            self.handle_and_move(handler, page, next, revision).await
+        };
+        let (fetched, result) = futures::join!(prefetch, work);
+        if let (Ok(_), Some(slot)) = (&result, ahead) {
+            *slot = fetched;
+        }
+        result.map(|()| records)
+    }
+
+    /// Hands `page` to `handler` and moves the checkpoint (at `revision`) to `next`.
+    async fn handle_and_move<E, F, Fut>(
+        &self,
+        handler: F,
+        page: Page,
+        next: u64,
+        revision: u64,
+    ) -> Result<(), ProjectionError<E>>
+    where
+        E: std::fmt::Debug + std::fmt::Display,
+        F: FnOnce(Page) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
         // Planted bug: move the checkpoint first, so a crash before the handler loses the page.
         let early = crate::planted::planted!(self.store.runtime(), checkpoint_before_handling);
         let mut pending = Some((handler, page));
@@ -261,7 +324,7 @@ impl<B: Broker, C: Clock> Projector<B, C> {
             handler(page).await.map_err(ProjectionError::Handler)?;
         }
         match moved {
-            Ok(_) => Ok(records),
+            Ok(_) => Ok(()),
             Err(BrokerError::AlreadyExists { .. } | BrokerError::WrongRevision { .. }) => {
                 Err(ProjectionError::Fenced {
                     name: self.name.clone(),
@@ -282,8 +345,9 @@ impl<B: Broker, C: Clock> Projector<B, C> {
         Fut: Future<Output = Result<(), E>>,
     {
         let mut total = 0;
+        let mut ahead = None;
         loop {
-            match self.step(&mut handler).await? {
+            match self.step_ahead(&mut handler, Some(&mut ahead)).await? {
                 0 => return Ok(total),
                 n => total += n,
             }

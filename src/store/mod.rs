@@ -47,6 +47,7 @@ pub use error::{
     SnapshotError,
 };
 pub use idempotent::{COMMIT_ID_MAX, CommitStatus};
+pub(crate) use replay::RawPage;
 pub use replay::{Page, ReplayResult, StoredCommit, check_record};
 pub use snapshot::SnapshotStore;
 pub use stream::STREAM_PAGE;

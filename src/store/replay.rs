@@ -264,6 +264,27 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     }
 
     async fn read_page(&self, from_position: u64, max_commits: usize) -> Result<Page, ReadError> {
+        let raw = self.fetch_raw(from_position, max_commits).await?;
+        Ok(self.decode_page(raw))
+    }
+
+    /// [`read_all`](Self::read_all)'s records as stored, not yet decoded: a consumer that
+    /// pipelines (the projector) asks for the next page before it decodes this one.
+    pub(crate) async fn fetch_page(
+        &self,
+        from_position: u64,
+        max_commits: usize,
+    ) -> Result<RawPage, ReadError> {
+        let operation = || format!("read_all from position {from_position}");
+        self.bounded(operation, self.fetch_raw(from_position, max_commits))
+            .await
+    }
+
+    async fn fetch_raw(
+        &self,
+        from_position: u64,
+        max_commits: usize,
+    ) -> Result<RawPage, ReadError> {
         let ns = &self.inner.config.namespace;
         let records = self
             .broker()
@@ -274,14 +295,22 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 max_commits,
             )
             .await?;
+        Ok(RawPage {
+            from: from_position.max(1),
+            records,
+        })
+    }
+
+    /// Decodes a fetched page: its commits, and its damaged records as errors (counted and
+    /// logged).
+    pub(crate) fn decode_page(&self, raw: RawPage) -> Page {
+        let ns = &self.inner.config.namespace;
         let prefix = format!("aether.ev.{ns}.");
         let mut page = Page {
-            next_position: records
-                .last()
-                .map_or(from_position.max(1), |r| r.sequence + 1),
+            next_position: raw.next_position(),
             ..Page::default()
         };
-        for record in records {
+        for record in raw.records {
             let subject_actor = record
                 .subject
                 .strip_prefix(&prefix)
@@ -307,7 +336,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
                 tracing::warn!(%error, "damaged record in the namespace's stream");
             }
         }
-        Ok(page)
+        page
     }
 
     /// The actor's latest version (0 if it has no events), asked of the broker in one round trip.
@@ -523,5 +552,22 @@ impl ReplayChecker {
             sequence: self.last_sequence,
             version: self.next_version - 1,
         }
+    }
+}
+
+/// Records of the namespace's stream as stored, from one position on (see
+/// [`EventStore::fetch_page`]).
+#[derive(Debug)]
+pub(crate) struct RawPage {
+    /// The position the page starts at.
+    pub(crate) from: u64,
+    /// The records, in stream order.
+    pub(crate) records: Vec<StoredMessage>,
+}
+
+impl RawPage {
+    /// The position after the page.
+    pub(crate) fn next_position(&self) -> u64 {
+        self.records.last().map_or(self.from, |r| r.sequence + 1)
     }
 }
