@@ -229,6 +229,7 @@ fn one_seed_run_twice_gives_the_same_trace() {
         Scenario::store().with_safety(Duration::from_secs(10)),
         Scenario::cluster().with_safety(Duration::from_secs(10)),
         Scenario::readside().with_safety(Duration::from_secs(10)),
+        Scenario::policy().with_safety(Duration::from_secs(10)),
     ] {
         let first = run(&scenario, seed, &RunOptions::default());
         let second = run(&scenario, seed, &RunOptions::default());
