@@ -258,13 +258,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
         from_position: u64,
         max_commits: usize,
     ) -> Result<Page, ReadError> {
-        let operation = || format!("read_all from position {from_position}");
-        self.bounded(operation, self.read_page(from_position, max_commits))
-            .await
-    }
-
-    async fn read_page(&self, from_position: u64, max_commits: usize) -> Result<Page, ReadError> {
-        let raw = self.fetch_raw(from_position, max_commits).await?;
+        let raw = self.fetch_page(from_position, max_commits).await?;
         Ok(self.decode_page(raw))
     }
 

@@ -131,20 +131,11 @@ impl Scenario {
     /// aggregate types and two policies, each active on one node at a time (20 s of faults,
     /// 20 s fault-free; placements stop 2 s after the faults).
     pub fn policy() -> Self {
-        let safety = Duration::from_secs(20);
+        let cluster = Self::cluster();
         Self {
             name: "policy",
-            nodes: 4,
-            safety,
-            liveness: Duration::from_secs(20),
-            liveness_bound: Duration::from_secs(12),
-            profile: FaultProfile {
-                leader_churn: true,
-                ..FaultProfile::default()
-            },
-            tick: None,
-            sample_every: None,
-            kind: Kind::Policy(policy::PolicyWorkload::new(safety)),
+            kind: Kind::Policy(policy::PolicyWorkload::new(cluster.safety)),
+            ..cluster
         }
     }
 
