@@ -85,6 +85,9 @@ pub const BUS_LAGGED: &str = "aether_bus_lagged_events_total";
 pub const PROJECTOR_RECORDS: &str = "aether_projector_records_total";
 /// Failed steps a running projector tries again (handler or broker failures), by `projection`.
 pub const PROJECTOR_RETRIES: &str = "aether_projector_retries_total";
+/// Steps a projector running on a cluster abandoned because its node stopped owning the
+/// projection mid-step, by `projection`.
+pub const PROJECTOR_STEPS_ABANDONED: &str = "aether_projector_steps_abandoned_total";
 /// How old the newest record of a projector's latest page was, in seconds (0 once caught up),
 /// by `projection`: the projection's lag behind the writers.
 pub const PROJECTOR_LAG_SECONDS: &str = "aether_projector_lag_seconds";
@@ -201,6 +204,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         PROJECTOR_RETRIES,
         Kind::Counter,
         "Failed projector steps tried again",
+    ),
+    (
+        PROJECTOR_STEPS_ABANDONED,
+        Kind::Counter,
+        "Projector steps abandoned when ownership moved",
     ),
     (
         PROJECTOR_LAG_SECONDS,

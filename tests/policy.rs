@@ -275,6 +275,24 @@ async fn reactions_to_one_actor_keep_event_order_at_any_concurrency() {
             .collect();
         let placed: Vec<String> = (0..orders).map(|n| format!("order-{n}")).collect();
         assert_eq!(shipped, placed, "concurrency {concurrency}");
+        if concurrency == 1 {
+            // One at a time is page order across actors too: each order's charge, then its
+            // parcel.
+            let mut sent = Vec::new();
+            let mut position = 1;
+            loop {
+                let page = shop.store.read_all(position, 256).await.unwrap();
+                if page.commits.is_empty() {
+                    break;
+                }
+                position = page.next_position;
+                sent.extend(page.commits.into_iter().map(|c| c.actor_id));
+            }
+            let expected: Vec<String> = (0..orders)
+                .flat_map(|n| [format!("payment-{n}"), "shipment-hub".to_owned()])
+                .collect();
+            assert_eq!(sent[orders as usize..], expected[..]);
+        }
         for n in 0..orders {
             let version = shop
                 .store
@@ -284,4 +302,73 @@ async fn reactions_to_one_actor_keep_event_order_at_any_concurrency() {
             assert_eq!(version, 1, "payment-{n} at concurrency {concurrency}");
         }
     }
+}
+
+/// Ownership that can be moved away by the test.
+struct Movable {
+    me: aether::NodeId,
+    mine: std::sync::atomic::AtomicBool,
+}
+
+impl aether::actor::Router for Movable {
+    fn owner_of(&self, _: &str) -> Option<aether::NodeId> {
+        if self.mine.load(std::sync::atomic::Ordering::SeqCst) {
+            Some(self.me.clone())
+        } else {
+            Some(aether::NodeId::new("elsewhere").unwrap())
+        }
+    }
+}
+
+/// On a cluster a step in progress is abandoned once the node no longer owns the projection:
+/// a page whose handler would run for ever (a policy's commands to an unreachable actor) does
+/// not keep a deposed owner busy, and the checkpoint stays for the new owner.
+#[tokio::test]
+async fn a_step_is_abandoned_when_ownership_moves_away_mid_step() {
+    use aether::projection::{Follow, Projector};
+    let shop = Shop::open().await;
+    shop.orders
+        .execute("order-0", &OrderCommand::Place { amount: 1 })
+        .await
+        .unwrap();
+    let router = std::sync::Arc::new(Movable {
+        me: shop.store.runtime().node_id().clone(),
+        mine: std::sync::atomic::AtomicBool::new(true),
+    });
+    let projector = Projector::open::<String>(shop.store.clone(), "stuck")
+        .await
+        .unwrap()
+        .follow(Follow::default().poll_interval(Duration::from_millis(10)));
+    let (started, mut handler_started) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = projector.run_owned(
+        router.as_ref(),
+        |_page| {
+            let _ = started.send(());
+            std::future::pending::<Result<(), String>>()
+        },
+        async {
+            let _ = stopped.await;
+        },
+    );
+    let drive = async {
+        handler_started.recv().await.unwrap();
+        router
+            .mine
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        // Standing by now: nothing else is handed over, and the run stops when asked.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            handler_started.try_recv().is_err(),
+            "no step while not owning"
+        );
+        stop.send(()).unwrap();
+    };
+    let (handled, ()) =
+        tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(run, drive) })
+            .await
+            .expect("the stuck step was abandoned when ownership moved");
+    assert_eq!(handled.unwrap(), 0);
+    let (position, _) = projector.checkpoint::<String>().await.unwrap();
+    assert_eq!(position, 1, "the checkpoint did not move");
 }

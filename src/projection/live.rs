@@ -110,10 +110,13 @@ impl<B: Broker, C: Clock> Projector<B, C> {
     /// [`Projector::run`] on a cluster: every node runs this for the projection, and only the
     /// node `router` says owns it (its key is `projection/<name>`, placed like an actor) steps;
     /// the others stand by. When the owner leaves or fails, its shard moves and the new owner
-    /// carries on from the checkpoint. Ownership is checked before every step; a former owner
-    /// still finishing a step while the new one starts is the race the checkpoint's fencing
-    /// settles (the page is handed over again, nothing is skipped), so here being fenced is not
-    /// an error: the instance stands by until it owns the projection again.
+    /// carries on from the checkpoint. Ownership is checked before every step and, while a step
+    /// runs, every [`Follow::poll_interval`]: a step still running when the node stops owning
+    /// the projection is abandoned (dropped at its next await; the checkpoint has not moved,
+    /// the new owner hands the page over again). A former owner finishing a step while the new
+    /// one starts is the race the checkpoint's fencing settles (the page is handed over again,
+    /// nothing is skipped), so here being fenced is not an error: the instance stands by until
+    /// it owns the projection again.
     ///
     /// # Errors
     /// [`ProjectionError::DamagedCheckpoint`].
@@ -180,7 +183,37 @@ impl<B: Broker, C: Clock> Projector<B, C> {
             let wait = if !allowed {
                 Some(self.follow.poll_interval)
             } else {
-                match self.step_ahead(&mut handler, Some(&mut ahead)).await {
+                let step = self.step_ahead(&mut handler, Some(&mut ahead));
+                let stepped = match gate.as_mut() {
+                    None => Some(step.await),
+                    // On a cluster, ownership is looked at again every poll interval while a
+                    // step runs: a long page (a policy's commands) is abandoned as soon as the
+                    // node no longer owns the projection, instead of running on against the
+                    // new owner's (the checkpoint did not move; the new owner hands the page
+                    // over again).
+                    Some(gate) => {
+                        let lost = async {
+                            loop {
+                                clock.sleep(self.follow.poll_interval).await;
+                                if !gate() {
+                                    break;
+                                }
+                            }
+                        };
+                        tokio::select! {
+                            biased;
+                            result = step => Some(result),
+                            () = lost => None,
+                        }
+                    }
+                };
+                let Some(stepped) = stepped else {
+                    tracing::info!(namespace = %self.store.namespace(), projection = %self.name, node = %rt.node_id(), "ownership moved during a step: abandoned it");
+                    metrics::counter!(telemetry::PROJECTOR_STEPS_ABANDONED, "projection" => self.name.clone())
+                        .increment(1);
+                    continue;
+                };
+                match stepped {
                     Ok(0) => {
                         backoff = Backoff::new(base, self.follow.retry_max);
                         Some(self.follow.poll_interval)

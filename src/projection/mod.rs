@@ -259,12 +259,14 @@ impl<B: Broker, C: Clock> Projector<B, C> {
             return Ok(0);
         }
         let next = raw.next_position();
-        // The next page's request goes out first (`join!` polls in order), so the broker
-        // serves it while this page is decoded and handled.
+        // Only a full page has more behind it for sure: a shorter one means caught up, and a
+        // page fetched after it would mostly come back empty.
+        let fetch_next = ahead.is_some() && records >= self.page_max;
         let prefetch = async {
-            match ahead {
-                Some(_) => self.store.fetch_page(next, self.page_max).await.ok(),
-                None => None,
+            if fetch_next {
+                self.store.fetch_page(next, self.page_max).await.ok()
+            } else {
+                None
             }
         };
         let work = async {
@@ -280,7 +282,24 @@ impl<B: Broker, C: Clock> Projector<B, C> {
                 .set(telemetry::seconds(lag));
             self.handle_and_move(handler, page, next, revision).await
         };
-        let (fetched, result) = futures::join!(prefetch, work);
+        let (mut prefetch, mut work) = (std::pin::pin!(prefetch), std::pin::pin!(work));
+        // The next page's request goes out first (the prefetch is polled first), so the broker
+        // serves it while this page is decoded and handled; a failed step does not wait for it.
+        let mut fetched = None;
+        let mut prefetched = false;
+        let result = loop {
+            tokio::select! {
+                biased;
+                page = &mut prefetch, if !prefetched => {
+                    fetched = page;
+                    prefetched = true;
+                }
+                result = &mut work => break result,
+            }
+        };
+        if result.is_ok() && !prefetched {
+            fetched = prefetch.await;
+        }
         if let (Ok(_), Some(slot)) = (&result, ahead) {
             *slot = fetched;
         }

@@ -13,9 +13,12 @@
 //!   backoff with the same keys.
 //! - Order: the reactions of a page to one actor are sent one after the other, in the order of
 //!   their events; reactions to different actors are sent concurrently, up to
-//!   [`PolicyRunner::concurrency`] at a time (16 by default; 1 sends everything in order). A
-//!   page is checkpointed once every one of its reactions is answered; a reaction without a
-//!   route fails the page before anything of it is sent.
+//!   [`PolicyRunner::concurrency`] at a time (16 by default; 1 sends everything in page
+//!   order). A page is checkpointed once every one of its reactions is answered; a reaction
+//!   without a route fails the page before anything of it is sent. When a page fails, other
+//!   actors' reactions to later events of it may have run already; on the retry those answer
+//!   from their keys — but a reaction that was *rejected* is decided again, on its target's
+//!   state as it is then.
 //!
 //! Exactly-once effect holds for as long as the target recognises the key: the actor's last
 //! [`ActorConfig::recent_commits`](crate::ActorConfig::recent_commits) commits, and the
@@ -327,9 +330,13 @@ impl<P: Policy, B: Broker, C: Clock> PolicyRunner<P, B, C> {
                         .ok_or(PolicyError::NoRoute(reaction.aggregate))?;
                     let key = Self::key(namespace, commit.position, e, r);
                     let next = queues.len();
-                    let queue = *queue_of
-                        .entry((reaction.aggregate, reaction.actor.clone()))
-                        .or_insert(next);
+                    // One queue for everything when sending one at a time: page order.
+                    let target_actor = if self.concurrency == 1 {
+                        ("", String::new())
+                    } else {
+                        (reaction.aggregate, reaction.actor.clone())
+                    };
+                    let queue = *queue_of.entry(target_actor).or_insert(next);
                     if queue == next {
                         queues.push(Vec::new());
                     }

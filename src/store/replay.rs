@@ -252,7 +252,6 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
     /// # Errors
     /// Broker failures; [`ReadError::DeadlineExceeded`] past
     /// [`StoreConfig::deadline`](super::StoreConfig::deadline).
-    #[tracing::instrument(level = "debug", name = "aether.read", skip_all, fields(namespace = %self.inner.config.namespace, from = from_position, op = "read_all"), err(level = "debug"))]
     pub async fn read_all(
         &self,
         from_position: u64,
@@ -264,6 +263,7 @@ impl<B: Broker, C: Clock> EventStore<B, C> {
 
     /// [`read_all`](Self::read_all)'s records as stored, not yet decoded: a consumer that
     /// pipelines (the projector) asks for the next page before it decodes this one.
+    #[tracing::instrument(level = "debug", name = "aether.read", skip_all, fields(namespace = %self.inner.config.namespace, from = from_position, op = "read_all"), err(level = "debug"))]
     pub(crate) async fn fetch_page(
         &self,
         from_position: u64,

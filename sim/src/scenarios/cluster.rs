@@ -294,7 +294,7 @@ pub async fn run_cluster_node<R: Recorder, B: Broker, C: Clock, U: Send>(
     let router = CurrentCluster::default();
     // The counters' host, when the workload has counters (a user's aggregate, or the policy
     // scenario's flow, takes their place).
-    let host = if workload.counters > 0 {
+    let host = if workload.counters > 0 && workload.user.is_none() {
         Some(start_host(&ctx, &rt, store.clone(), router.clone()).await)
     } else {
         None

@@ -23,8 +23,9 @@
 //!   under the key the policy derives from its trigger's position, with the trigger's amount,
 //!   and nothing is charged for a declined amount;
 //! - `16 once faults stop, every trigger has its effect`: placements stop shortly after the
-//!   faults do, and by the end of the run every placed order is charged (unless declined) and
-//!   every charged order shipped.
+//!   faults do, and by the end of the run every order placed before a placement acknowledged
+//!   a liveness bound before the end is charged (unless declined), and every order charged
+//!   before it is shipped.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -464,6 +465,9 @@ pub const KEYED: &str = "16 every effect is stored under its trigger's key";
 /// Once the faults stop, the policies catch up.
 pub const LIVENESS: &str = "16 once faults stop, every trigger has its effect";
 
+/// The policies' names (their checkpoints are checked by `projections` for forward moves only).
+pub const POLICIES: [&str; 2] = [ChargeOnPlaced::NAME, ShipOnCharged::NAME];
+
 /// Where an event of the flow is stored.
 #[derive(Clone, Debug)]
 struct At<'a> {
@@ -582,7 +586,7 @@ pub fn check(input: &CheckInput<'_>, workload: &PolicyWorkload) -> Vec<Violation
             );
         }
     }
-    // Each effect against its trigger: `trigger` is the first stored trigger of the order.
+    // Each effect against its triggers: it must carry the key of one of them.
     let mut effects = |what: &str,
                        effects: &Orders<'_>,
                        triggers: &Orders<'_>,
@@ -594,7 +598,7 @@ pub fn check(input: &CheckInput<'_>, workload: &PolicyWorkload) -> Vec<Violation
                     format!("order {order} {what} {} times: {}", ats.len(), listed(ats)),
                 );
             }
-            let Some(trigger) = triggers.get(order).and_then(|t| t.first()) else {
+            let Some(triggers) = triggers.get(order) else {
                 once(
                     ONCE,
                     format!(
@@ -604,13 +608,24 @@ pub fn check(input: &CheckInput<'_>, workload: &PolicyWorkload) -> Vec<Violation
                 );
                 continue;
             };
-            let key = key(trigger);
             for at in ats {
-                if at.commit_id != key {
+                let Some(trigger) = triggers.iter().find(|t| key(t) == at.commit_id) else {
+                    let keys: Vec<String> = triggers.iter().map(key).collect();
                     once(
                         KEYED,
                         format!(
-                            "order {order} {what} at {at}, not under {key:?}, the key of its trigger at {trigger}"
+                            "order {order} {what} at {at}, not under the key of a trigger ({keys:?}, triggers at {})",
+                            listed(triggers)
+                        ),
+                    );
+                    continue;
+                };
+                if what == "charged" && (declined(trigger.amount) || at.amount != trigger.amount) {
+                    once(
+                        KEYED,
+                        format!(
+                            "order {order} of amount {} (placed at {trigger}) charged {} at {at}",
+                            trigger.amount, at.amount
                         ),
                     );
                 }
@@ -623,25 +638,28 @@ pub fn check(input: &CheckInput<'_>, workload: &PolicyWorkload) -> Vec<Violation
     effects("shipped", &shipped, &charged, &|t| {
         PolicyRunner::<ShipOnCharged, SimBroker, SimClock>::key(NAMESPACE, t.sequence, t.index, 0)
     });
-    for (order, ats) in &charged {
-        let trigger = placed.get(order).and_then(|t| t.first());
-        if let Some(trigger) = trigger
-            && (declined(trigger.amount) || ats.iter().any(|at| at.amount != trigger.amount))
-        {
-            once(
-                KEYED,
-                format!(
-                    "order {order} of amount {} (placed at {trigger}) charged {} at {}",
-                    trigger.amount,
-                    ats.iter()
-                        .map(|at| at.amount.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    listed(ats)
-                ),
-            );
-        }
-    }
+    // Liveness, for the triggers stored before a placement acknowledged a bound before the
+    // end: the stream's order is storage order, so everything at or below that placement's
+    // position was stored before the bound.
+    let due_by = input.end.saturating_sub(input.liveness_bound);
+    let acknowledged: std::collections::BTreeSet<&str> = input
+        .ops
+        .iter()
+        .filter(|op| op.completed.is_some_and(|done| done <= due_by))
+        .filter_map(|op| match (&op.kind, &op.outcome) {
+            (OpKind::UserCommand { .. }, Outcome::Commanded { events, .. }) => Some(events),
+            _ => None,
+        })
+        .flatten()
+        .map(|event| event.id.as_str())
+        .collect();
+    let cutoff = placed
+        .values()
+        .flatten()
+        .filter(|at| acknowledged.contains(at.commit_id))
+        .map(|at| at.sequence)
+        .max()
+        .unwrap_or(0);
     let mut late = |detail: String| {
         out.push(Violation {
             invariant: LIVENESS,
@@ -650,17 +668,19 @@ pub fn check(input: &CheckInput<'_>, workload: &PolicyWorkload) -> Vec<Violation
     };
     for (order, ats) in &placed {
         let trigger = &ats[0];
-        if !declined(trigger.amount) && !charged.contains_key(order) {
+        if trigger.sequence <= cutoff && !declined(trigger.amount) && !charged.contains_key(order) {
             late(format!(
-                "order {order} placed at {trigger} was never charged"
+                "order {order} placed at {trigger} (before seq {cutoff}, acknowledged by {}) was never charged",
+                crate::history::format_time(due_by)
             ));
         }
     }
     for (order, ats) in &charged {
-        if !shipped.contains_key(order) {
+        if ats[0].sequence <= cutoff && !shipped.contains_key(order) {
             late(format!(
-                "order {order} charged at {} was never shipped",
-                ats[0]
+                "order {order} charged at {} (before seq {cutoff}, acknowledged by {}) was never shipped",
+                ats[0],
+                crate::history::format_time(due_by)
             ));
         }
     }
