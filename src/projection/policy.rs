@@ -225,6 +225,11 @@ pub struct PolicyRunner<P, B, C> {
 /// Reactions to different actors sent at once by default ([`PolicyRunner::concurrency`]).
 pub const POLICY_CONCURRENCY: usize = 16;
 
+/// Commits per page of a policy by default ([`PolicyRunner::page_max`]): smaller than a
+/// projection's, since a page is the unit a policy redoes — a page that fails or moves to
+/// another node mid-way is sent again (answered from the keys, at a round trip or more each).
+pub const POLICY_PAGE_MAX: usize = 64;
+
 impl<P: Policy, B: Broker, C: Clock> PolicyRunner<P, B, C> {
     /// The runner of `policy` over `store`'s namespace, sending through `dispatch`. Its
     /// checkpoint is the projection named [`Policy::NAME`].
@@ -248,10 +253,19 @@ impl<P: Policy, B: Broker, C: Clock> PolicyRunner<P, B, C> {
         }
         Ok(Self {
             policy,
-            projector: Projector::open(store, P::NAME).await?,
+            projector: Projector::open(store, P::NAME)
+                .await?
+                .page_max(POLICY_PAGE_MAX),
             dispatch,
             concurrency: POLICY_CONCURRENCY,
         })
+    }
+
+    /// Commits per page (at least 1; default [`POLICY_PAGE_MAX`]): the checkpoint moves once
+    /// per page, and a page interrupted mid-way is sent again.
+    pub fn page_max(mut self, page_max: usize) -> Self {
+        self.projector = self.projector.page_max(page_max);
+        self
     }
 
     /// How many actors' reactions are sent at once (at least 1; default

@@ -74,8 +74,8 @@ impl PolicyWorkload {
                 ..ClusterWorkload::default()
             },
             customers: 4,
-            ledgers: 3,
-            shipments: 3,
+            ledgers: 6,
+            shipments: 6,
             think: (Duration::from_millis(60), Duration::from_millis(300)),
             place_until: safety + Duration::from_secs(2),
             recent_commits: 8,
